@@ -1,0 +1,286 @@
+//! The kernel/user ABI of modtrace: every record the eBPF programs write and the
+//! settings the loader passes to them. One definition, used by both sides.
+//!
+//! Rules: `#[repr(C)]`, fixed-width fields, no `bool`, no implicit padding. Layouts
+//! are pinned by `const` assertions below, which compile on the BPF target and on
+//! the host alike, so a change that moves a field breaks both builds at once.
+#![no_std]
+
+use core::mem::{offset_of, size_of};
+
+/// Bumped whenever any record below changes shape. Userspace refuses records of
+/// another version instead of misreading them.
+pub const ABI_VERSION: u16 = 1;
+
+/// Record kinds. Values are never reused.
+pub const KIND_INIT_MODULE: u16 = 1;
+pub const KIND_FINIT_MODULE: u16 = 2;
+pub const KIND_DELETE_MODULE: u16 = 3;
+
+/// Capacity of the module parameter string, including its NUL.
+pub const PARAMS_CAP: usize = 4096;
+/// Largest path the kernel reconstructs for a finit_module fd.
+pub const PATH_CAP: usize = 4096;
+/// Slack after `PATH_CAP` so that the last component copy stays in bounds for the
+/// verifier (a component is at most `NAME_MAX` bytes).
+pub const NAME_MAX: usize = 256;
+pub const PATH_BUF: usize = PATH_CAP + NAME_MAX;
+/// Capacity of the delete_module name (the kernel's MODULE_NAME_LEN is 56).
+pub const MODULE_NAME_CAP: usize = 64;
+pub const COMM_LEN: usize = 16;
+/// Largest number of path components walked before the path is marked truncated.
+pub const PATH_MAX_COMPONENTS: u32 = 48;
+
+/// State of a bounded string copied from user or kernel memory.
+pub const STR_OK: u32 = 0;
+/// The source was longer than the capacity; `bytes` holds its first part.
+pub const STR_TRUNCATED: u32 = 1;
+/// The source pointer could not be read (fault or unmapped).
+pub const STR_UNREADABLE: u32 = 2;
+/// The source pointer was NULL.
+pub const STR_NULL: u32 = 3;
+/// Nothing was captured (for example the fd did not name an open file).
+pub const STR_ABSENT: u32 = 4;
+
+/// A string with its length and how it was captured. `len` excludes any NUL.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BoundedStr<const N: usize> {
+    pub len: u32,
+    pub state: u32,
+    pub bytes: [u8; N],
+}
+
+/// Bits of `TaskInfo::missing`: fields the kernel could not provide. Userspace
+/// renders them as null instead of inventing a value.
+pub const MISSING_EUID: u32 = 1 << 0;
+pub const MISSING_AUID: u32 = 1 << 1;
+pub const MISSING_SESSION: u32 = 1 << 2;
+pub const MISSING_PARENT: u32 = 1 << 3;
+
+/// The calling task, captured in the kernel at syscall entry so that the record
+/// stands even if the process is gone when userspace reads it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TaskInfo {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub auid: u32,
+    pub session: u32,
+    pub cgroup_id: u64,
+    pub missing: u32,
+    pub _reserved: u32,
+    pub comm: [u8; COMM_LEN],
+    pub parent_comm: [u8; COMM_LEN],
+}
+
+/// Common start of every record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EventHeader {
+    pub kind: u16,
+    pub abi_version: u16,
+    /// Size of the whole record in bytes, for a length check before decoding.
+    pub size: u32,
+    /// CLOCK_BOOTTIME at syscall entry and exit; `exit_ns == 0` means the call
+    /// never reached the exit probe (its task died inside the syscall).
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+    /// The syscall's return value (valid when `exit_ns != 0`).
+    pub ret: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InitModuleEvent {
+    pub header: EventHeader,
+    pub task: TaskInfo,
+    pub image_addr: u64,
+    pub image_len: u64,
+    pub params: BoundedStr<PARAMS_CAP>,
+}
+
+/// Bits of `FinitModuleEvent::file_flags`.
+pub const FILE_RESOLVED: u32 = 1 << 0;
+/// The fd was negative, out of range or not open.
+pub const FILE_BAD_FD: u32 = 1 << 1;
+/// The inode had no links left (memfd, or a file deleted after open).
+pub const FILE_UNLINKED: u32 = 1 << 2;
+/// The walk reached a mount whose parent is itself without reaching the
+/// namespace root: an internal mount such as memfd's or an anonymous one.
+pub const FILE_INTERNAL_MOUNT: u32 = 1 << 3;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FinitModuleEvent {
+    pub header: EventHeader,
+    pub task: TaskInfo,
+    pub fd: i32,
+    pub flags: u32,
+    pub ino: u64,
+    pub file_flags: u32,
+    pub _reserved: u32,
+    pub params: BoundedStr<PARAMS_CAP>,
+    /// Path components from the leaf up to the root, each followed by `/`
+    /// (`ko.sctp/kernel/.../` ), reversed by userspace. Writing leaf-first keeps
+    /// every copy at a bounded, increasing offset, which the verifier accepts.
+    pub path: BoundedStr<PATH_BUF>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DeleteModuleEvent {
+    pub header: EventHeader,
+    pub task: TaskInfo,
+    pub flags: u32,
+    pub _reserved: u32,
+    pub name: BoundedStr<MODULE_NAME_CAP>,
+}
+
+/// Indexes of the per-CPU loss counters. Every event the kernel side could not
+/// deliver is counted under exactly one of them.
+pub const LOSS_RINGBUF_FULL: u32 = 0;
+/// An exit arrived whose entry record was gone (evicted from the bounded
+/// pending map, or the call began before the probes were attached).
+pub const LOSS_ENTRY_MISSING: u32 = 1;
+/// The entry record could not be stored in the pending map.
+pub const LOSS_PENDING_FULL: u32 = 2;
+pub const LOSS_REASONS: u32 = 3;
+
+/// Number of in-flight calls tracked at once (per syscall kind).
+pub const PENDING_CAPACITY: u32 = 4096;
+
+/// Field offsets read from the running kernel's BTF at start and passed to the
+/// programs as a global. `OFFSET_NONE` marks a field this kernel lacks.
+pub const OFFSET_NONE: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_cred: u32,
+    pub task_loginuid: u32,
+    pub task_sessionid: u32,
+    pub task_files: u32,
+    pub cred_euid: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_nlink: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub vfsmount_mnt_root: u32,
+    pub pt_regs_di: u32,
+    pub pt_regs_si: u32,
+    pub pt_regs_dx: u32,
+    pub pt_regs_orig_ax: u32,
+    pub _reserved: u32,
+}
+
+impl KernelOffsets {
+    /// Every field marked absent: the programs then capture only what BPF helpers
+    /// give without BTF (pid, uid, gid, comm, cgroup id, arguments).
+    pub const NONE: Self = Self {
+        task_real_parent: OFFSET_NONE,
+        task_tgid: OFFSET_NONE,
+        task_comm: OFFSET_NONE,
+        task_cred: OFFSET_NONE,
+        task_loginuid: OFFSET_NONE,
+        task_sessionid: OFFSET_NONE,
+        task_files: OFFSET_NONE,
+        cred_euid: OFFSET_NONE,
+        files_fdt: OFFSET_NONE,
+        fdtable_max_fds: OFFSET_NONE,
+        fdtable_fd: OFFSET_NONE,
+        file_f_path: OFFSET_NONE,
+        file_f_inode: OFFSET_NONE,
+        path_mnt: OFFSET_NONE,
+        path_dentry: OFFSET_NONE,
+        dentry_d_parent: OFFSET_NONE,
+        dentry_d_name: OFFSET_NONE,
+        qstr_len: OFFSET_NONE,
+        qstr_name: OFFSET_NONE,
+        inode_i_ino: OFFSET_NONE,
+        inode_i_nlink: OFFSET_NONE,
+        mount_mnt: OFFSET_NONE,
+        mount_mnt_parent: OFFSET_NONE,
+        mount_mnt_mountpoint: OFFSET_NONE,
+        vfsmount_mnt_root: OFFSET_NONE,
+        pt_regs_di: OFFSET_NONE,
+        pt_regs_si: OFFSET_NONE,
+        pt_regs_dx: OFFSET_NONE,
+        pt_regs_orig_ax: OFFSET_NONE,
+        _reserved: 0,
+    };
+}
+
+/// Settings the loader writes into the programs' read-only globals.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub offsets: KernelOffsets,
+    /// Syscall numbers on this architecture, used by the raw_syscalls strategy.
+    pub nr_init_module: u32,
+    pub nr_finit_module: u32,
+    pub nr_delete_module: u32,
+    /// Offsets in the `syscalls:sys_enter_*` record of the first argument and in
+    /// `sys_exit_*` of `ret`, read from the tracepoints' format files.
+    pub tp_enter_args: u32,
+    pub tp_exit_ret: u32,
+}
+
+impl ProbeConfig {
+    pub const DEFAULT: Self = Self {
+        offsets: KernelOffsets::NONE,
+        nr_init_module: u32::MAX,
+        nr_finit_module: u32::MAX,
+        nr_delete_module: u32::MAX,
+        tp_enter_args: OFFSET_NONE,
+        tp_exit_ret: OFFSET_NONE,
+    };
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data: repr(C), only u32 fields, so no padding.
+unsafe impl aya::Pod for ProbeConfig {}
+
+// Layout pins, checked on both the BPF and the host build.
+const _: () = {
+    assert!(size_of::<EventHeader>() == 32);
+    assert!(offset_of!(EventHeader, enter_ns) == 8);
+    assert!(offset_of!(EventHeader, ret) == 24);
+    assert!(size_of::<TaskInfo>() == 80);
+    assert!(offset_of!(TaskInfo, cgroup_id) == 32);
+    assert!(offset_of!(TaskInfo, comm) == 48);
+    assert!(offset_of!(TaskInfo, parent_comm) == 64);
+    assert!(size_of::<BoundedStr<PARAMS_CAP>>() == 8 + PARAMS_CAP);
+    assert!(size_of::<InitModuleEvent>() == 32 + 80 + 16 + 8 + PARAMS_CAP);
+    assert!(offset_of!(InitModuleEvent, params) == 128);
+    assert!(offset_of!(FinitModuleEvent, fd) == 112);
+    assert!(offset_of!(FinitModuleEvent, ino) == 120);
+    assert!(offset_of!(FinitModuleEvent, params) == 136);
+    assert!(offset_of!(FinitModuleEvent, path) == 136 + 8 + PARAMS_CAP);
+    assert!(size_of::<FinitModuleEvent>() == 136 + 8 + PARAMS_CAP + 8 + PATH_BUF);
+    assert!(offset_of!(DeleteModuleEvent, flags) == 112);
+    assert!(offset_of!(DeleteModuleEvent, name) == 120);
+    assert!(size_of::<DeleteModuleEvent>() == 120 + 8 + MODULE_NAME_CAP);
+    assert!(size_of::<KernelOffsets>() == 30 * 4);
+    assert!(size_of::<ProbeConfig>() == 30 * 4 + 20);
+    assert!(PARAMS_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
+};

@@ -1,0 +1,171 @@
+//! Entry and exit of the three module syscalls, joined in the kernel.
+//!
+//! At entry the record is built in a per-CPU scratch slot (records are far
+//! larger than the 512-byte stack) and stored in a bounded per-thread pending
+//! map; at exit the return value is added and the record goes to the ring
+//! buffer. Every record that cannot be delivered is counted in `LOSSES`.
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_boot_ns,
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use modtrace_common::{
+    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, ABI_VERSION,
+    KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE, LOSS_ENTRY_MISSING,
+    LOSS_PENDING_FULL, LOSS_REASONS, LOSS_RINGBUF_FULL, PENDING_CAPACITY,
+};
+
+use crate::capture;
+
+#[derive(Clone, Copy)]
+pub enum Syscall {
+    InitModule,
+    FinitModule,
+    DeleteModule,
+}
+
+impl Syscall {
+    /// Maps a syscall number to ours, using the numbers the loader wrote for
+    /// the running architecture.
+    #[inline(always)]
+    pub fn from_nr(nr: i64) -> Option<Self> {
+        let nr = u32::try_from(nr).ok()?;
+        if nr == config!(nr_finit_module) {
+            Some(Self::FinitModule)
+        } else if nr == config!(nr_init_module) {
+            Some(Self::InitModule)
+        } else if nr == config!(nr_delete_module) {
+            Some(Self::DeleteModule)
+        } else {
+            None
+        }
+    }
+}
+
+/// Sized by the loader (`set_max_entries`) from the command line.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+#[map]
+static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_REASONS, 0);
+
+// Plain hash maps, not LRU: an LRU map would evict in-flight calls silently,
+// while a full plain map refuses the insert, which is counted. Entries of
+// tasks that died inside a syscall are reaped by userspace.
+#[map]
+static PENDING_INIT: HashMap<u32, InitModuleEvent> = HashMap::with_max_entries(PENDING_CAPACITY, 0);
+#[map]
+static PENDING_FINIT: HashMap<u32, FinitModuleEvent> = HashMap::with_max_entries(PENDING_CAPACITY, 0);
+#[map]
+static PENDING_DELETE: HashMap<u32, DeleteModuleEvent> = HashMap::with_max_entries(PENDING_CAPACITY, 0);
+
+#[map]
+static SCRATCH_INIT: PerCpuArray<InitModuleEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCRATCH_FINIT: PerCpuArray<FinitModuleEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCRATCH_DELETE: PerCpuArray<DeleteModuleEvent> = PerCpuArray::with_max_entries(1, 0);
+
+fn count_loss(reason: u32) {
+    if let Some(counter) = LOSSES.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, not shared with another CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+fn header(kind: u16, size: usize) -> EventHeader {
+    EventHeader {
+        kind,
+        abi_version: ABI_VERSION,
+        size: size as u32,
+        // SAFETY: helper call without arguments.
+        enter_ns: unsafe { bpf_ktime_get_boot_ns() },
+        exit_ns: 0,
+        ret: 0,
+    }
+}
+
+#[inline(always)]
+fn current_tid() -> u32 {
+    aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32
+}
+
+pub fn on_enter(call: Syscall, args: [u64; 3]) {
+    match call {
+        Syscall::InitModule => enter_init(args),
+        Syscall::FinitModule => enter_finit(args),
+        Syscall::DeleteModule => enter_delete(args),
+    }
+}
+
+pub fn on_exit(call: Syscall, ret: i64) {
+    match call {
+        Syscall::InitModule => complete(&PENDING_INIT, ret, |e| &mut e.header),
+        Syscall::FinitModule => complete(&PENDING_FINIT, ret, |e| &mut e.header),
+        Syscall::DeleteModule => complete(&PENDING_DELETE, ret, |e| &mut e.header),
+    }
+}
+
+/// Stores the scratch record of the current thread as pending.
+fn stash<T>(pending: &HashMap<u32, T>, record: &T) {
+    if pending.insert(current_tid(), record, 0).is_err() {
+        count_loss(LOSS_PENDING_FULL);
+    }
+}
+
+fn enter_init([image_addr, image_len, params]: [u64; 3]) {
+    let Some(event) = SCRATCH_INIT.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU scratch slot, used by one program at a time.
+    let event = unsafe { &mut *event };
+    event.header = header(KIND_INIT_MODULE, core::mem::size_of::<InitModuleEvent>());
+    capture::fill_task(&mut event.task);
+    event.image_addr = image_addr;
+    event.image_len = image_len;
+    capture::user_str(params, &mut event.params);
+    stash(&PENDING_INIT, event);
+}
+
+fn enter_finit([fd, params, flags]: [u64; 3]) {
+    let Some(event) = SCRATCH_FINIT.get_ptr_mut(0) else { return };
+    // SAFETY: as above.
+    let event = unsafe { &mut *event };
+    event.header = header(KIND_FINIT_MODULE, core::mem::size_of::<FinitModuleEvent>());
+    capture::fill_task(&mut event.task);
+    event.fd = fd as i32;
+    event.flags = flags as u32;
+    capture::user_str(params, &mut event.params);
+    let file = capture::resolve_fd(event.fd, &mut event.path);
+    event.file_flags = file.flags;
+    event.ino = file.ino;
+    stash(&PENDING_FINIT, event);
+}
+
+fn enter_delete([name, flags, _]: [u64; 3]) {
+    let Some(event) = SCRATCH_DELETE.get_ptr_mut(0) else { return };
+    // SAFETY: as above.
+    let event = unsafe { &mut *event };
+    event.header = header(KIND_DELETE_MODULE, core::mem::size_of::<DeleteModuleEvent>());
+    capture::fill_task(&mut event.task);
+    event.flags = flags as u32;
+    capture::user_str(name, &mut event.name);
+    stash(&PENDING_DELETE, event);
+}
+
+/// Adds the return value to the current thread's pending record and delivers it.
+fn complete<T>(pending: &HashMap<u32, T>, ret: i64, header: impl Fn(&mut T) -> &mut EventHeader) {
+    let tid = current_tid();
+    let Some(record) = pending.get_ptr_mut(tid) else {
+        count_loss(LOSS_ENTRY_MISSING);
+        return;
+    };
+    // SAFETY: the entry belongs to this thread, which is in this syscall.
+    let record = unsafe { &mut *record };
+    let head = header(record);
+    // SAFETY: helper call without arguments.
+    head.exit_ns = unsafe { bpf_ktime_get_boot_ns() };
+    head.ret = ret;
+    if EVENTS.output::<T>(&*record, 0).is_err() {
+        count_loss(LOSS_RINGBUF_FULL);
+    }
+    let _ = pending.remove(tid);
+}

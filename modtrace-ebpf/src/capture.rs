@@ -1,0 +1,237 @@
+//! Reading the calling task and the syscall's arguments. Every kernel structure
+//! is read at an offset taken from the running kernel's BTF (`config!`); a field
+//! whose offset is `OFFSET_NONE` is reported missing, never guessed.
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str},
+    },
+};
+use modtrace_common::{
+    BoundedStr, TaskInfo, COMM_LEN, FILE_BAD_FD, FILE_INTERNAL_MOUNT, FILE_RESOLVED,
+    FILE_UNLINKED, MISSING_AUID, MISSING_EUID, MISSING_PARENT, MISSING_SESSION, NAME_MAX,
+    OFFSET_NONE, PATH_CAP, PATH_MAX_COMPONENTS, STR_NULL, STR_OK, STR_TRUNCATED,
+    STR_UNREADABLE,
+};
+
+/// Reads a `T` at `base + offset` from kernel memory; `None` when the offset is
+/// unknown on this kernel, the base is NULL or the read faults.
+#[inline(always)]
+pub fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
+    if base.is_null() || offset == OFFSET_NONE {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates any address and reports faults.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }.ok()
+}
+
+#[inline(always)]
+fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
+    read_at::<u64>(base, offset).map(|p| p as *const u8).filter(|p| !p.is_null())
+}
+
+pub fn fill_task(task_info: &mut TaskInfo) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    task_info.pid = (pid_tgid >> 32) as u32;
+    task_info.tid = pid_tgid as u32;
+    task_info.uid = uid_gid as u32;
+    task_info.gid = (uid_gid >> 32) as u32;
+    // SAFETY: helper calls without pointer arguments.
+    task_info.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    task_info.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    task_info.missing = 0;
+
+    // SAFETY: as above.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let cred = read_ptr(task, config!(offsets.task_cred));
+    match cred.and_then(|cred| read_at::<u32>(cred, config!(offsets.cred_euid))) {
+        Some(euid) => task_info.euid = euid,
+        None => task_info.missing |= MISSING_EUID,
+    }
+    match read_at::<u32>(task, config!(offsets.task_loginuid)) {
+        Some(auid) => task_info.auid = auid,
+        None => task_info.missing |= MISSING_AUID,
+    }
+    match read_at::<u32>(task, config!(offsets.task_sessionid)) {
+        Some(session) => task_info.session = session,
+        None => task_info.missing |= MISSING_SESSION,
+    }
+    let parent = read_ptr(task, config!(offsets.task_real_parent));
+    let ppid = parent.and_then(|p| read_at::<u32>(p, config!(offsets.task_tgid)));
+    let parent_comm = parent.and_then(|p| read_at::<[u8; COMM_LEN]>(p, config!(offsets.task_comm)));
+    match (ppid, parent_comm) {
+        (Some(ppid), Some(comm)) => {
+            task_info.ppid = ppid;
+            task_info.parent_comm = comm;
+        }
+        _ => task_info.missing |= MISSING_PARENT,
+    }
+}
+
+/// Copies a NUL-terminated user string into `out`, recording whether it was
+/// cut: the kernel itself accepts longer parameter strings than we keep.
+pub fn user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
+    out.len = 0;
+    if src == 0 {
+        out.state = STR_NULL;
+        return;
+    }
+    // SAFETY: the helper bounds the copy to N bytes and reports faults.
+    let copied = unsafe {
+        bpf_probe_read_user_str(out.bytes.as_mut_ptr() as *mut c_void, N as u32, src as *const c_void)
+    };
+    if copied <= 0 {
+        out.state = STR_UNREADABLE;
+        return;
+    }
+    // `copied` counts the NUL the helper always writes.
+    out.len = (copied - 1) as u32;
+    out.state = if copied as usize == N && user_byte_follows(src + N as u64 - 1) {
+        STR_TRUNCATED
+    } else {
+        STR_OK
+    };
+}
+
+/// Whether the user byte at `addr` is readable and not NUL, i.e. the string we
+/// just copied went on past our capacity.
+fn user_byte_follows(addr: u64) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: one byte into a stack variable; faults are reported.
+    let rc = unsafe { bpf_probe_read_user(&mut byte as *mut u8 as *mut c_void, 1, addr as *const c_void) };
+    rc == 0 && byte != 0
+}
+
+/// What `resolve_fd` found.
+pub struct FileInfo {
+    pub flags: u32,
+    pub ino: u64,
+}
+
+/// Resolves `fd` of the current task to its path, written into `path` leaf
+/// first (`name/parent/.../`), which userspace reverses. Crosses mount points
+/// the way d_path does, up to `PATH_MAX_COMPONENTS` components.
+pub fn resolve_fd<const N: usize>(fd: i32, path: &mut BoundedStr<N>) -> FileInfo {
+    path.len = 0;
+    path.state = modtrace_common::STR_ABSENT;
+    let Some(file) = fd_file(fd) else {
+        return FileInfo { flags: FILE_BAD_FD, ino: 0 };
+    };
+    let mut info = FileInfo { flags: FILE_RESOLVED, ino: 0 };
+    if let Some(inode) = read_ptr(file, config!(offsets.file_f_inode)) {
+        info.ino = read_at::<u64>(inode, config!(offsets.inode_i_ino)).unwrap_or(0);
+        if read_at::<u32>(inode, config!(offsets.inode_i_nlink)) == Some(0) {
+            info.flags |= FILE_UNLINKED;
+        }
+    }
+    let f_path = config!(offsets.file_f_path);
+    let (Some(dentry), Some(vfsmount)) = (
+        read_ptr(file, f_path.wrapping_add(config!(offsets.path_dentry))),
+        read_ptr(file, f_path.wrapping_add(config!(offsets.path_mnt))),
+    ) else {
+        path.state = STR_UNREADABLE;
+        return info;
+    };
+    if walk_path(dentry, vfsmount, path) {
+        info.flags |= FILE_INTERNAL_MOUNT;
+    }
+    info
+}
+
+fn fd_file(fd: i32) -> Option<*const u8> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: helper call without arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files = read_ptr(task, config!(offsets.task_files))?;
+    let fdt = read_ptr(files, config!(offsets.files_fdt))?;
+    let max_fds = read_at::<u32>(fdt, config!(offsets.fdtable_max_fds))?;
+    if fd as u32 >= max_fds {
+        return None;
+    }
+    let fd_array = read_ptr(fdt, config!(offsets.fdtable_fd))?;
+    read_ptr(fd_array, (fd as u32).wrapping_mul(8))
+}
+
+/// Walks from `dentry` up to the root, crossing mounts. Returns true when the
+/// walk ended on a dentry that is its own parent without being a mount root: a
+/// pseudo file such as a memfd, whose name is then the whole path.
+fn walk_path<const N: usize>(mut dentry: *const u8, vfsmount: *const u8, path: &mut BoundedStr<N>) -> bool {
+    let mount_mnt = config!(offsets.mount_mnt);
+    if mount_mnt == OFFSET_NONE {
+        path.state = STR_UNREADABLE;
+        return false;
+    }
+    let mut mount = vfsmount.wrapping_sub(mount_mnt as usize);
+    let mut mnt_root = read_ptr(vfsmount, config!(offsets.vfsmount_mnt_root));
+    let mut pos: u32 = 0;
+    path.state = STR_OK;
+    for _ in 0..PATH_MAX_COMPONENTS {
+        if Some(dentry) == mnt_root {
+            let Some(parent_mount) = read_ptr(mount, config!(offsets.mount_mnt_parent)) else {
+                break;
+            };
+            if parent_mount == mount {
+                return false;
+            }
+            let Some(mountpoint) = read_ptr(mount, config!(offsets.mount_mnt_mountpoint)) else {
+                break;
+            };
+            dentry = mountpoint;
+            mount = parent_mount;
+            mnt_root = read_ptr(mount.wrapping_add(mount_mnt as usize), config!(offsets.vfsmount_mnt_root));
+            continue;
+        }
+        let parent = read_ptr(dentry, config!(offsets.dentry_d_parent));
+        if !append_component(dentry, &mut pos, path) {
+            return false;
+        }
+        match parent {
+            Some(parent) if parent != dentry => dentry = parent,
+            _ => return true,
+        }
+    }
+    // Components left over: the path is longer than we walk.
+    path.state = STR_TRUNCATED;
+    false
+}
+
+/// Appends `dentry`'s name and a `/`. Returns false (and marks the path
+/// truncated) when there is no room left.
+fn append_component<const N: usize>(dentry: *const u8, pos: &mut u32, path: &mut BoundedStr<N>) -> bool {
+    if *pos as usize >= PATH_CAP - NAME_MAX {
+        path.state = STR_TRUNCATED;
+        return false;
+    }
+    let d_name = config!(offsets.dentry_d_name);
+    let Some(name) = read_ptr(dentry, d_name.wrapping_add(config!(offsets.qstr_name))) else {
+        path.state = STR_UNREADABLE;
+        return false;
+    };
+    // Masks keep the destination provably inside `bytes` for the verifier:
+    // pos < PATH_CAP and a copy is at most NAME_MAX bytes, with N = PATH_CAP + NAME_MAX.
+    let start = (*pos as usize) & (PATH_CAP - 1);
+    // SAFETY: start + NAME_MAX <= N, see above; the helper bounds the copy.
+    let copied = unsafe {
+        bpf_probe_read_kernel_str(
+            path.bytes.as_mut_ptr().wrapping_add(start) as *mut c_void,
+            NAME_MAX as u32,
+            name as *const c_void,
+        )
+    };
+    if copied <= 0 {
+        path.state = STR_UNREADABLE;
+        return false;
+    }
+    let terminator = start + ((copied as usize - 1) & (NAME_MAX - 1));
+    if let Some(byte) = path.bytes.get_mut(terminator) {
+        *byte = b'/';
+    }
+    *pos += copied as u32;
+    path.len = *pos;
+    true
+}

@@ -1,0 +1,108 @@
+//! modtrace's kernel side: one pair of programs per attach strategy, each a thin
+//! adapter that extracts (syscall, arguments) at entry and the return value at
+//! exit and hands them to `calls`, which owns the records and their delivery.
+#![no_std]
+#![no_main]
+
+#[macro_use]
+mod config;
+mod calls;
+mod capture;
+
+use aya_ebpf::{
+    macros::{fentry, fexit, raw_tracepoint, tracepoint},
+    programs::{FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
+};
+use calls::Syscall;
+
+/// Arguments of a `__x64_sys_*` function or a raw `sys_enter`: both give the
+/// caller's saved registers.
+fn args_from_regs(regs: *const u8) -> [u64; 3] {
+    [
+        capture::read_at::<u64>(regs, config!(offsets.pt_regs_di)).unwrap_or(0),
+        capture::read_at::<u64>(regs, config!(offsets.pt_regs_si)).unwrap_or(0),
+        capture::read_at::<u64>(regs, config!(offsets.pt_regs_dx)).unwrap_or(0),
+    ]
+}
+
+macro_rules! fentry_pair {
+    ($enter:ident, $exit:ident, $func:literal, $call:expr) => {
+        #[fentry(function = $func)]
+        pub fn $enter(ctx: FEntryContext) -> i32 {
+            let regs: *const u8 = ctx.arg(0);
+            calls::on_enter($call, args_from_regs(regs));
+            0
+        }
+
+        #[fexit(function = $func)]
+        pub fn $exit(ctx: FExitContext) -> i32 {
+            // The traced function takes one argument (the registers), so its
+            // return value is the second slot of the context.
+            let ret: i64 = ctx.arg(1);
+            calls::on_exit($call, ret);
+            0
+        }
+    };
+}
+
+fentry_pair!(fentry_init_module, fexit_init_module, "__x64_sys_init_module", Syscall::InitModule);
+fentry_pair!(fentry_finit_module, fexit_finit_module, "__x64_sys_finit_module", Syscall::FinitModule);
+fentry_pair!(fentry_delete_module, fexit_delete_module, "__x64_sys_delete_module", Syscall::DeleteModule);
+
+macro_rules! tracepoint_pair {
+    ($enter:ident, $exit:ident, $call:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            let base = config!(tp_enter_args) as usize;
+            // SAFETY: offsets come from the tracepoint's format file; a failed
+            // read yields 0, which the capture code treats as a NULL argument.
+            let arg = |n: usize| unsafe { ctx.read_at::<u64>(base + 8 * n) }.unwrap_or(0);
+            calls::on_enter($call, [arg(0), arg(1), arg(2)]);
+            0
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            // SAFETY: as above. The kernel's own record is always readable; if
+            // it were not, the call stays pending and is later reported as one
+            // whose exit was not observed, rather than with an invented ret.
+            if let Ok(ret) = unsafe { ctx.read_at::<i64>(config!(tp_exit_ret) as usize) } {
+                calls::on_exit($call, ret);
+            }
+            0
+        }
+    };
+}
+
+tracepoint_pair!(tp_enter_init_module, tp_exit_init_module, Syscall::InitModule);
+tracepoint_pair!(tp_enter_finit_module, tp_exit_finit_module, Syscall::FinitModule);
+tracepoint_pair!(tp_enter_delete_module, tp_exit_delete_module, Syscall::DeleteModule);
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let id: i64 = ctx.arg(1);
+    if let Some(call) = Syscall::from_nr(id) {
+        let regs: *const u8 = ctx.arg(0);
+        calls::on_enter(call, args_from_regs(regs));
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    let id = capture::read_at::<i64>(regs, config!(offsets.pt_regs_orig_ax)).unwrap_or(-1);
+    if let Some(call) = Syscall::from_nr(id) {
+        let ret: i64 = ctx.arg(1);
+        calls::on_exit(call, ret);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: nothing in these programs can panic; the verifier would reject a
+    // program whose panic path were reachable and looped.
+    unsafe { core::hint::unreachable_unchecked() }
+}

@@ -1,0 +1,72 @@
+//! Project tasks cargo cannot do alone: set-up of a fresh machine, the whole test
+//! suite, running the collector, and the VM matrix.
+mod setup;
+mod vm;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "modtrace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (idempotent; seconds when done).
+    Setup,
+    /// Set up, then run every test: unit, host integration, VM matrix.
+    Test,
+    /// Set up, build, then run `modtrace watch` with the given arguments.
+    Watch {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Boot Debian kernels in QEMU and run the real-module scenarios.
+    VmTest(vm::VmTestArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test => {
+            setup::run()?;
+            run_cargo(&["test", "--workspace", "--release"])?;
+            vm::run(&vm::VmTestArgs::default())
+        }
+        Task::Watch { args } => {
+            setup::run()?;
+            run_cargo(&["build", "--release", "--package", "modtrace"])?;
+            let status = Command::new("target/release/modtrace")
+                .arg("watch")
+                .args(&args)
+                .status()
+                .context("running target/release/modtrace")?;
+            if !status.success() {
+                bail!("modtrace watch exited with {status}");
+            }
+            Ok(())
+        }
+        Task::VmTest(args) => {
+            setup::run()?;
+            vm::run(&args)
+        }
+    }
+}
+
+/// Runs cargo with the toolchain that invoked xtask, failing on a non-zero exit.
+pub fn run_cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("{cargo} {} failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
