@@ -1,0 +1,754 @@
+//! mtcall: makes raw kernel module syscalls for modtrace's tests and prints, for
+//! every call, one JSON line with exactly what it passed and what came back, so a
+//! test can match each call against the tracer's record of it.
+//!
+//! Exit status: 0 when every requested call was made (whatever it returned),
+//! 1 when mtcall could not set a call up (unreadable file, failed privilege drop),
+//! 2 on a usage error.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use serde_json::{json, Map, Value};
+
+const USAGE: &str = "\
+usage: mtcall [--uid N] [--gid N] [--repeat K] <op> [op options]
+
+ops:
+  init-module (--image FILE | --image-len N) [--params S | --params-file F | --params-ptr bad]
+      init_module(buf, len, params): the image is FILE's bytes, or N zero bytes
+  finit-module (--file FILE | --memfd FILE | --fd N) [--params S | --params-file F | --params-ptr bad] [--flags N]
+      finit_module(fd, params, flags): FILE opened read-only, a memfd named
+      \"mtcall\" holding FILE's bytes, or the raw fd number N (e.g. -1)
+  delete-module NAME [--flags N]
+      delete_module(NAME, flags); O_NONBLOCK=2048, O_TRUNC=512
+  socket-sctp
+      socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP), which makes the kernel
+      request the sctp module
+  flood --procs P --calls N [--name NAME]
+      P child processes each make N delete_module(NAME, O_NONBLOCK) calls;
+      prints one summary line
+
+--uid/--gid drop privileges (setgroups, setgid, then setuid) before the op.
+--repeat K (before or after the op) makes the call K times (default 1).
+Numbers may be decimal or 0x-prefixed hex.
+Each call prints one JSON object on stdout.";
+
+/// What went wrong, and whose fault: a usage error (exit 2) or a failure to set
+/// the call up (exit 1).
+enum Failure {
+    Usage(String),
+    Setup(String),
+}
+
+type Res<T> = Result<T, Failure>;
+
+fn usage<T>(msg: impl Into<String>) -> Res<T> {
+    Err(Failure::Usage(msg.into()))
+}
+
+fn setup_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Failure {
+    move |e| Failure::Setup(format!("{what}: {e}"))
+}
+
+enum Params {
+    None,
+    Str(CString),
+    /// A pointer to a page that was unmapped, so the kernel's copy faults.
+    BadPtr,
+}
+
+enum Image {
+    File(PathBuf),
+    Zeros(usize),
+}
+
+enum FdSource {
+    File(PathBuf),
+    Memfd(PathBuf),
+    Raw(RawFd),
+}
+
+enum Op {
+    Init {
+        image: Image,
+        params: Params,
+    },
+    Finit {
+        source: FdSource,
+        params: Params,
+        flags: u32,
+    },
+    Delete {
+        name: CString,
+        flags: u32,
+    },
+    SocketSctp,
+    Flood {
+        procs: u32,
+        calls: u64,
+        name: CString,
+    },
+}
+
+struct Cli {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    repeat: u32,
+    op: Op,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match parse(args).and_then(run) {
+        Ok(()) => 0,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("mtcall: {msg}\n\n{USAGE}");
+            2
+        }
+        Err(Failure::Setup(msg)) => {
+            eprintln!("mtcall: {msg}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn parse_num<T: TryFrom<i128>>(opt: &str, s: &str) -> Res<T> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let parsed = match digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        Some(hex) => i128::from_str_radix(hex, 16),
+        None => digits.parse::<i128>(),
+    };
+    let value = match parsed {
+        Ok(v) if neg => -v,
+        Ok(v) => v,
+        Err(_) => return usage(format!("{opt}: `{s}` is not a number")),
+    };
+    T::try_from(value).or_else(|_| usage(format!("{opt}: {s} is out of range")))
+}
+
+fn cstring(what: &str, bytes: Vec<u8>) -> Res<CString> {
+    CString::new(bytes).or_else(|_| usage(format!("{what} contains a NUL byte")))
+}
+
+/// Pops the value of option `opt`, or fails naming the option.
+fn value(opt: &str, args: &mut std::vec::IntoIter<String>) -> Res<String> {
+    match args.next() {
+        Some(v) => Ok(v),
+        None => usage(format!("{opt} needs a value")),
+    }
+}
+
+fn parse(args: Vec<String>) -> Res<Cli> {
+    let mut args = args.into_iter();
+    let mut uid = None;
+    let mut gid = None;
+    let mut repeat = None;
+    let op_name = loop {
+        let Some(arg) = args.next() else {
+            return usage("no op given");
+        };
+        match arg.as_str() {
+            "--uid" => uid = Some(parse_num("--uid", &value("--uid", &mut args)?)?),
+            "--gid" => gid = Some(parse_num("--gid", &value("--gid", &mut args)?)?),
+            "--repeat" => repeat = Some(parse_num("--repeat", &value("--repeat", &mut args)?)?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            s if s.starts_with('-') => return usage(format!("unknown option {s}")),
+            _ => break arg,
+        }
+    };
+
+    // Options shared by the ops that take them; each op checks which it allows.
+    let mut positional = Vec::new();
+    let mut image = None;
+    let mut image_len = None;
+    let mut params = Params::None;
+    let mut params_set = false;
+    let mut source = None;
+    let mut flags = 0u32;
+    let mut procs = None;
+    let mut calls = None;
+    let mut name = None;
+    let mut seen = Vec::new();
+    while let Some(arg) = args.next() {
+        if !arg.starts_with('-') {
+            positional.push(arg);
+            continue;
+        }
+        if seen.contains(&arg) {
+            return usage(format!("{arg} given twice"));
+        }
+        seen.push(arg.clone());
+        let mut set_params = |p: Params| -> Res<()> {
+            if params_set {
+                return usage("give only one of --params, --params-file, --params-ptr");
+            }
+            params_set = true;
+            params = p;
+            Ok(())
+        };
+        let mut set_source = |s: FdSource| -> Res<()> {
+            if source.is_some() {
+                return usage("give only one of --file, --memfd, --fd");
+            }
+            source = Some(s);
+            Ok(())
+        };
+        match arg.as_str() {
+            "--repeat" => repeat = Some(parse_num("--repeat", &value(&arg, &mut args)?)?),
+            "--image" => image = Some(PathBuf::from(value(&arg, &mut args)?)),
+            "--image-len" => image_len = Some(parse_num("--image-len", &value(&arg, &mut args)?)?),
+            "--params" => set_params(Params::Str(cstring(
+                "--params",
+                value(&arg, &mut args)?.into_bytes(),
+            )?))?,
+            "--params-file" => {
+                let path = value(&arg, &mut args)?;
+                let bytes = std::fs::read(&path)
+                    .map_err(setup_err(format!("reading --params-file {path}")))?;
+                set_params(Params::Str(cstring(
+                    &format!("--params-file {path}"),
+                    bytes,
+                )?))?
+            }
+            "--params-ptr" => match value(&arg, &mut args)?.as_str() {
+                "bad" => set_params(Params::BadPtr)?,
+                other => return usage(format!("--params-ptr takes `bad`, not `{other}`")),
+            },
+            "--file" => set_source(FdSource::File(value(&arg, &mut args)?.into()))?,
+            "--memfd" => set_source(FdSource::Memfd(value(&arg, &mut args)?.into()))?,
+            "--fd" => set_source(FdSource::Raw(parse_num("--fd", &value(&arg, &mut args)?)?))?,
+            "--flags" => flags = parse_num("--flags", &value(&arg, &mut args)?)?,
+            "--procs" => procs = Some(parse_num("--procs", &value(&arg, &mut args)?)?),
+            "--calls" => calls = Some(parse_num("--calls", &value(&arg, &mut args)?)?),
+            "--name" => name = Some(cstring("--name", value(&arg, &mut args)?.into_bytes())?),
+            other => return usage(format!("unknown option {other}")),
+        }
+    }
+
+    let allowed: &[&str] = match op_name.as_str() {
+        "init-module" => &[
+            "--repeat",
+            "--image",
+            "--image-len",
+            "--params",
+            "--params-file",
+            "--params-ptr",
+        ],
+        "finit-module" => &[
+            "--repeat",
+            "--file",
+            "--memfd",
+            "--fd",
+            "--params",
+            "--params-file",
+            "--params-ptr",
+            "--flags",
+        ],
+        "delete-module" => &["--repeat", "--flags"],
+        "socket-sctp" => &["--repeat"],
+        "flood" => &["--repeat", "--procs", "--calls", "--name"],
+        other => return usage(format!("unknown op `{other}`")),
+    };
+    if let Some(bad) = seen.iter().find(|s| !allowed.contains(&s.as_str())) {
+        return usage(format!("{op_name} does not take {bad}"));
+    }
+    let want_positional = usize::from(op_name == "delete-module");
+    if positional.len() != want_positional {
+        return usage(match want_positional {
+            0 => format!(
+                "{op_name} takes no argument, got `{}`",
+                positional.join(" ")
+            ),
+            _ => format!("{op_name} takes exactly one NAME, got {}", positional.len()),
+        });
+    }
+
+    let op = match op_name.as_str() {
+        "init-module" => Op::Init {
+            image: match (image, image_len) {
+                (Some(path), None) => Image::File(path),
+                (None, Some(len)) => Image::Zeros(len),
+                _ => return usage("init-module needs exactly one of --image, --image-len"),
+            },
+            params,
+        },
+        "finit-module" => Op::Finit {
+            source: match source {
+                Some(s) => s,
+                None => return usage("finit-module needs one of --file, --memfd, --fd"),
+            },
+            params,
+            flags,
+        },
+        "delete-module" => Op::Delete {
+            name: cstring("module name", positional.remove(0).into_bytes())?,
+            flags,
+        },
+        "socket-sctp" => Op::SocketSctp,
+        "flood" => Op::Flood {
+            procs: procs.map_or_else(|| usage("flood needs --procs"), Ok)?,
+            calls: calls.map_or_else(|| usage("flood needs --calls"), Ok)?,
+            name: name.unwrap_or_else(|| c"mtcall_flood_nonexistent".to_owned()),
+        },
+        _ => unreachable!("op names were checked above"),
+    };
+    let repeat = repeat.unwrap_or(1);
+    if repeat == 0 {
+        return usage("--repeat must be at least 1");
+    }
+    Ok(Cli {
+        uid,
+        gid,
+        repeat,
+        op,
+    })
+}
+
+fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> Res<()> {
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
+    }
+    // Root's supplementary groups (group 0 among them) would survive setgid and
+    // setuid; clear them so the op really runs unprivileged. Only root may.
+    // SAFETY: plain syscalls with no pointers to Rust data (setgroups gets NULL, 0).
+    unsafe {
+        if libc::geteuid() == 0 && libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(Failure::Setup(format!(
+                "setgroups([]) failed: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        if let Some(gid) = gid {
+            if libc::setgid(gid) != 0 {
+                return Err(Failure::Setup(format!(
+                    "setgid({gid}) failed: {}",
+                    io::Error::last_os_error()
+                )));
+            }
+        }
+        if let Some(uid) = uid {
+            if libc::setuid(uid) != 0 {
+                return Err(Failure::Setup(format!(
+                    "setuid({uid}) failed: {}",
+                    io::Error::last_os_error()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Res<()> {
+    drop_privileges(cli.uid, cli.gid)?;
+    for call in 0..cli.repeat {
+        let mut out = match &cli.op {
+            Op::Init { image, params } => init_module(image, params)?,
+            Op::Finit {
+                source,
+                params,
+                flags,
+            } => finit_module(source, params, *flags)?,
+            Op::Delete { name, flags } => delete_module(name, *flags),
+            Op::SocketSctp => socket_sctp(),
+            Op::Flood { procs, calls, name } => flood(*procs, *calls, name)?,
+        };
+        out.insert("call".into(), json!(call));
+        emit(out)?;
+    }
+    Ok(())
+}
+
+fn emit(mut fields: Map<String, Value>) -> Res<()> {
+    let mut line = identity();
+    line.append(&mut fields);
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{}", Value::Object(line))
+        .and_then(|()| stdout.flush())
+        .map_err(setup_err("writing to stdout"))
+}
+
+/// Who made the call, as the kernel sees the calling thread.
+fn identity() -> Map<String, Value> {
+    let mut comm = [0u8; 17];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes plus NUL into the buffer; the
+    // other calls take no arguments and cannot fail.
+    let (pid, tid, ppid, uid, gid, euid, egid) = unsafe {
+        libc::prctl(libc::PR_GET_NAME, comm.as_mut_ptr());
+        (
+            libc::getpid(),
+            libc::gettid(),
+            libc::getppid(),
+            libc::getuid(),
+            libc::getgid(),
+            libc::geteuid(),
+            libc::getegid(),
+        )
+    };
+    let comm = CStr::from_bytes_until_nul(&comm)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut m = Map::new();
+    m.insert("pid".into(), json!(pid));
+    m.insert("tid".into(), json!(tid));
+    m.insert("ppid".into(), json!(ppid));
+    m.insert("uid".into(), json!(uid));
+    m.insert("gid".into(), json!(gid));
+    m.insert("euid".into(), json!(euid));
+    m.insert("egid".into(), json!(egid));
+    m.insert("comm".into(), json!(comm));
+    m
+}
+
+/// CLOCK_BOOTTIME in ns, the clock the tracer stamps records with, so a test can
+/// check a record's time lies within the call's window.
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Runs one raw syscall and records its timing, return value and errno.
+fn outcome(m: &mut Map<String, Value>, call: impl FnOnce() -> libc::c_long) {
+    let enter = boottime_ns();
+    // errno is only meaningful when the call fails, so read it right away.
+    let ret = call();
+    let err = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let exit = boottime_ns();
+    m.insert("enter_ns".into(), json!(enter));
+    m.insert("exit_ns".into(), json!(exit));
+    m.insert("ret".into(), json!(ret));
+    if ret < 0 {
+        m.insert("errno".into(), json!(errno_name(err)));
+        m.insert("errno_num".into(), json!(err));
+    } else {
+        m.insert("errno".into(), Value::Null);
+        m.insert("errno_num".into(), Value::Null);
+    }
+}
+
+fn errno_name(e: i32) -> String {
+    let name = match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::E2BIG => "E2BIG",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN", // == EWOULDBLOCK on Linux
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::ENODEV => "ENODEV",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::ERANGE => "ERANGE",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOPKG => "ENOPKG",
+        libc::ENODATA => "ENODATA",
+        libc::EBADMSG => "EBADMSG",
+        libc::EOVERFLOW => "EOVERFLOW",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        libc::ESOCKTNOSUPPORT => "ESOCKTNOSUPPORT",
+        libc::EOPNOTSUPP => "EOPNOTSUPP", // == ENOTSUP on Linux
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::ENOKEY => "ENOKEY",
+        libc::EKEYEXPIRED => "EKEYEXPIRED",
+        libc::EKEYREVOKED => "EKEYREVOKED",
+        libc::EKEYREJECTED => "EKEYREJECTED",
+        _ => return format!("E#{e}"),
+    };
+    name.to_owned()
+}
+
+/// The params pointer handed to the kernel (borrowed from `params`, which
+/// outlives the call), recording what was passed in `m`.
+fn params_arg(params: &Params, m: &mut Map<String, Value>) -> Res<*const libc::c_char> {
+    Ok(match params {
+        Params::None | Params::Str(_) => {
+            let s = match params {
+                Params::Str(s) => s.as_c_str(),
+                _ => c"",
+            };
+            m.insert("params_len".into(), json!(s.to_bytes().len()));
+            m.insert("params".into(), json!(s.to_string_lossy()));
+            s.as_ptr()
+        }
+        Params::BadPtr => {
+            let p = unmapped_page()?;
+            m.insert("params_len".into(), Value::Null);
+            m.insert("params_ptr".into(), json!(format!("bad:{:#x}", p as usize)));
+            p
+        }
+    })
+}
+
+/// An address that is certainly not mapped: a page that was mapped and then
+/// released, so reading it from the kernel faults (EFAULT) rather than reading
+/// some unrelated memory.
+fn unmapped_page() -> Res<*const libc::c_char> {
+    // SAFETY: anonymous private mapping of one page, unmapped right away; the
+    // address is only ever passed to the kernel, never dereferenced here.
+    unsafe {
+        let len = 4096;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(Failure::Setup(format!(
+                "mmap for --params-ptr bad: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        if libc::munmap(p, len) != 0 {
+            return Err(Failure::Setup(format!(
+                "munmap for --params-ptr bad: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        Ok(p as *const libc::c_char)
+    }
+}
+
+fn init_module(image: &Image, params: &Params) -> Res<Map<String, Value>> {
+    let mut m = Map::new();
+    m.insert("op".into(), json!("init_module"));
+    let buf = match image {
+        Image::File(path) => {
+            m.insert("image".into(), json!(path));
+            std::fs::read(path).map_err(setup_err(format!("reading --image {}", path.display())))?
+        }
+        Image::Zeros(len) => {
+            m.insert("image".into(), Value::Null);
+            vec![0u8; *len]
+        }
+    };
+    m.insert("image_len".into(), json!(buf.len()));
+    m.insert("image_addr".into(), json!(buf.as_ptr() as usize));
+    let p = params_arg(params, &mut m)?;
+    // SAFETY: buf and the params string outlive the call; a bad params pointer
+    // is only read by the kernel, which faults cleanly.
+    outcome(&mut m, || unsafe {
+        libc::syscall(libc::SYS_init_module, buf.as_ptr(), buf.len(), p)
+    });
+    Ok(m)
+}
+
+fn open_source(source: &FdSource, m: &mut Map<String, Value>) -> Res<(RawFd, Option<OwnedFd>)> {
+    match source {
+        FdSource::Raw(fd) => {
+            m.insert("fd_source".into(), json!("raw"));
+            Ok((*fd, None))
+        }
+        FdSource::File(path) => {
+            m.insert("fd_source".into(), json!("file"));
+            m.insert("file".into(), json!(path));
+            let f = File::open(path)
+                .map_err(setup_err(format!("opening --file {}", path.display())))?;
+            Ok((f.as_raw_fd(), Some(f.into())))
+        }
+        FdSource::Memfd(path) => {
+            m.insert("fd_source".into(), json!("memfd"));
+            m.insert("file".into(), json!(path));
+            m.insert("memfd_name".into(), json!("mtcall"));
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(setup_err(format!("reading --memfd {}", path.display())))?;
+            // SAFETY: memfd_create with a valid C string; the fd is owned below.
+            let fd = unsafe { libc::memfd_create(c"mtcall".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(Failure::Setup(format!(
+                    "memfd_create: {}",
+                    io::Error::last_os_error()
+                )));
+            }
+            // SAFETY: fd was just created and is owned by nobody else.
+            let mut f = unsafe { File::from_raw_fd(fd) };
+            f.write_all(&bytes)
+                .map_err(setup_err("copying into the memfd"))?;
+            Ok((fd, Some(f.into())))
+        }
+    }
+}
+
+fn finit_module(source: &FdSource, params: &Params, flags: u32) -> Res<Map<String, Value>> {
+    let mut m = Map::new();
+    m.insert("op".into(), json!("finit_module"));
+    // `_owned` keeps the file open across the call.
+    let (fd, _owned) = open_source(source, &mut m)?;
+    m.insert("fd".into(), json!(fd));
+    // What the fd really names, as the kernel shows it (e.g. "/memfd:mtcall
+    // (deleted)"), for comparison with the path the tracer reconstructs.
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+    m.insert("fd_link".into(), json!(link));
+    m.insert("flags".into(), json!(flags));
+    let p = params_arg(params, &mut m)?;
+    // SAFETY: the params string outlives the call; fd may be any number, which
+    // the kernel validates.
+    outcome(&mut m, || unsafe {
+        libc::syscall(libc::SYS_finit_module, fd, p, flags as libc::c_int)
+    });
+    Ok(m)
+}
+
+fn delete_module(name: &CStr, flags: u32) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("op".into(), json!("delete_module"));
+    m.insert("name".into(), json!(name.to_string_lossy()));
+    m.insert("flags".into(), json!(flags));
+    // SAFETY: name is a valid C string that outlives the call.
+    outcome(&mut m, || unsafe {
+        libc::syscall(libc::SYS_delete_module, name.as_ptr(), flags)
+    });
+    m
+}
+
+fn socket_sctp() -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("op".into(), json!("socket_sctp"));
+    m.insert("domain".into(), json!(libc::AF_INET));
+    m.insert("type".into(), json!(libc::SOCK_STREAM));
+    m.insert("protocol".into(), json!(libc::IPPROTO_SCTP));
+    // SAFETY: plain socket call; a returned fd is closed right after.
+    outcome(&mut m, || unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+        libc::c_long::from(fd)
+    });
+    m
+}
+
+fn flood(procs: u32, calls: u64, name: &CStr) -> Res<Map<String, Value>> {
+    // Flush before forking so that children do not inherit buffered output.
+    io::stdout().flush().map_err(setup_err("flushing stdout"))?;
+    let mut children = Vec::new();
+    for _ in 0..procs {
+        let mut pipe = [0; 2];
+        // SAFETY: pipe writes two fds into the array.
+        if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+            return Err(Failure::Setup(format!(
+                "pipe: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: the child only makes syscalls and _exit()s; it never returns
+        // into Rust code that could touch state shared with the parent.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(Failure::Setup(format!(
+                "fork: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        if pid == 0 {
+            // Child: make the calls, report (calls made, calls failed with
+            // ENOSYS/ENOENT/EPERM/other) through the pipe.
+            let mut counts = [0u64; 5];
+            for _ in 0..calls {
+                // SAFETY: name is a valid C string.
+                let ret = unsafe {
+                    libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK)
+                };
+                let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                counts[0] += 1;
+                counts[match (ret, e) {
+                    (r, _) if r >= 0 => 4,
+                    (_, libc::ENOSYS) => 1,
+                    (_, libc::ENOENT) => 2,
+                    (_, libc::EPERM) => 3,
+                    _ => 4,
+                }] += 1;
+            }
+            let mut bytes = [0u8; 40];
+            for (chunk, c) in bytes.chunks_mut(8).zip(counts) {
+                chunk.copy_from_slice(&c.to_ne_bytes());
+            }
+            // SAFETY: writes from a local buffer, then leaves without unwinding
+            // or running the parent's atexit handlers.
+            unsafe {
+                libc::write(pipe[1], bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: the parent owns its copies of both pipe ends. Closing the write
+        // end now lets read_to_end see EOF when the child exits, and keeps later
+        // children from inheriting it.
+        let read_end = unsafe {
+            drop(OwnedFd::from_raw_fd(pipe[1]));
+            File::from_raw_fd(pipe[0])
+        };
+        children.push((pid, read_end));
+    }
+    let mut report = Vec::new();
+    let mut total = 0u64;
+    let mut all_ok = true;
+    for (pid, mut read_end) in children {
+        let mut bytes = Vec::new();
+        read_end
+            .read_to_end(&mut bytes)
+            .map_err(setup_err(format!("reading child {pid}'s counts")))?;
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        let counts: Option<Vec<u64>> = (bytes.len() == 40).then(|| {
+            bytes
+                .chunks(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().expect("8-byte chunk")))
+                .collect()
+        });
+        all_ok &= exited_ok && counts.is_some();
+        let calls_made = counts.as_ref().map_or(0, |c| c[0]);
+        total += calls_made;
+        report.push(json!({
+            "pid": pid,
+            "exit_status": if libc::WIFEXITED(status) { json!(libc::WEXITSTATUS(status)) } else { Value::Null },
+            "calls": counts.as_ref().map(|c| c[0]),
+            "errno_counts": counts.as_ref().map(|c| json!({
+                "ENOSYS": c[1], "ENOENT": c[2], "EPERM": c[3], "other": c[4],
+            })),
+        }));
+    }
+    let mut m = Map::new();
+    m.insert("op".into(), json!("flood"));
+    m.insert("name".into(), json!(name.to_string_lossy()));
+    m.insert("flags".into(), json!(libc::O_NONBLOCK));
+    m.insert("procs".into(), json!(procs));
+    m.insert("calls_per_proc".into(), json!(calls));
+    m.insert("children".into(), Value::Array(report));
+    m.insert("total_calls".into(), json!(total));
+    m.insert("all_children_ok".into(), json!(all_ok));
+    Ok(m)
+}
