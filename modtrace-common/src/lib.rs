@@ -256,9 +256,16 @@ impl ProbeConfig {
     };
 }
 
+// SAFETY (all four): repr(C) plain old data whose every bit pattern is valid and
+// which has no implicit padding (see the layout pins below).
 #[cfg(feature = "user")]
-// SAFETY: plain old data: repr(C), only u32 fields, so no padding.
 unsafe impl aya::Pod for ProbeConfig {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for InitModuleEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FinitModuleEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for DeleteModuleEvent {}
 
 // Layout pins, checked on both the BPF and the host build.
 const _: () = {

@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use modtrace_common::{
     DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, ABI_VERSION,
-    KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE, LOSS_ENTRY_MISSING,
-    LOSS_PENDING_FULL, LOSS_REASONS, LOSS_RINGBUF_FULL, PENDING_CAPACITY,
+    KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE, LOSS_ENTRY_MISSING, LOSS_PENDING_FULL,
+    LOSS_REASONS, LOSS_RINGBUF_FULL, PENDING_CAPACITY,
 };
 
 use crate::capture;
@@ -55,9 +55,11 @@ static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_REASONS, 0)
 #[map]
 static PENDING_INIT: HashMap<u32, InitModuleEvent> = HashMap::with_max_entries(PENDING_CAPACITY, 0);
 #[map]
-static PENDING_FINIT: HashMap<u32, FinitModuleEvent> = HashMap::with_max_entries(PENDING_CAPACITY, 0);
+static PENDING_FINIT: HashMap<u32, FinitModuleEvent> =
+    HashMap::with_max_entries(PENDING_CAPACITY, 0);
 #[map]
-static PENDING_DELETE: HashMap<u32, DeleteModuleEvent> = HashMap::with_max_entries(PENDING_CAPACITY, 0);
+static PENDING_DELETE: HashMap<u32, DeleteModuleEvent> =
+    HashMap::with_max_entries(PENDING_CAPACITY, 0);
 
 #[map]
 static SCRATCH_INIT: PerCpuArray<InitModuleEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -66,6 +68,7 @@ static SCRATCH_FINIT: PerCpuArray<FinitModuleEvent> = PerCpuArray::with_max_entr
 #[map]
 static SCRATCH_DELETE: PerCpuArray<DeleteModuleEvent> = PerCpuArray::with_max_entries(1, 0);
 
+#[inline(always)]
 fn count_loss(reason: u32) {
     if let Some(counter) = LOSSES.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot, not shared with another CPU.
@@ -73,6 +76,7 @@ fn count_loss(reason: u32) {
     }
 }
 
+#[inline(always)]
 fn header(kind: u16, size: usize) -> EventHeader {
     EventHeader {
         kind,
@@ -90,6 +94,7 @@ fn current_tid() -> u32 {
     aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32
 }
 
+#[inline(always)]
 pub fn on_enter(call: Syscall, args: [u64; 3]) {
     match call {
         Syscall::InitModule => enter_init(args),
@@ -98,6 +103,7 @@ pub fn on_enter(call: Syscall, args: [u64; 3]) {
     }
 }
 
+#[inline(always)]
 pub fn on_exit(call: Syscall, ret: i64) {
     match call {
         Syscall::InitModule => complete(&PENDING_INIT, ret, |e| &mut e.header),
@@ -107,14 +113,18 @@ pub fn on_exit(call: Syscall, ret: i64) {
 }
 
 /// Stores the scratch record of the current thread as pending.
+#[inline(always)]
 fn stash<T>(pending: &HashMap<u32, T>, record: &T) {
     if pending.insert(current_tid(), record, 0).is_err() {
         count_loss(LOSS_PENDING_FULL);
     }
 }
 
+#[inline(always)]
 fn enter_init([image_addr, image_len, params]: [u64; 3]) {
-    let Some(event) = SCRATCH_INIT.get_ptr_mut(0) else { return };
+    let Some(event) = SCRATCH_INIT.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU scratch slot, used by one program at a time.
     let event = unsafe { &mut *event };
     event.header = header(KIND_INIT_MODULE, core::mem::size_of::<InitModuleEvent>());
@@ -125,8 +135,11 @@ fn enter_init([image_addr, image_len, params]: [u64; 3]) {
     stash(&PENDING_INIT, event);
 }
 
+#[inline(always)]
 fn enter_finit([fd, params, flags]: [u64; 3]) {
-    let Some(event) = SCRATCH_FINIT.get_ptr_mut(0) else { return };
+    let Some(event) = SCRATCH_FINIT.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: as above.
     let event = unsafe { &mut *event };
     event.header = header(KIND_FINIT_MODULE, core::mem::size_of::<FinitModuleEvent>());
@@ -140,11 +153,17 @@ fn enter_finit([fd, params, flags]: [u64; 3]) {
     stash(&PENDING_FINIT, event);
 }
 
+#[inline(always)]
 fn enter_delete([name, flags, _]: [u64; 3]) {
-    let Some(event) = SCRATCH_DELETE.get_ptr_mut(0) else { return };
+    let Some(event) = SCRATCH_DELETE.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: as above.
     let event = unsafe { &mut *event };
-    event.header = header(KIND_DELETE_MODULE, core::mem::size_of::<DeleteModuleEvent>());
+    event.header = header(
+        KIND_DELETE_MODULE,
+        core::mem::size_of::<DeleteModuleEvent>(),
+    );
     capture::fill_task(&mut event.task);
     event.flags = flags as u32;
     capture::user_str(name, &mut event.name);
@@ -152,6 +171,7 @@ fn enter_delete([name, flags, _]: [u64; 3]) {
 }
 
 /// Adds the return value to the current thread's pending record and delivers it.
+#[inline(always)]
 fn complete<T>(pending: &HashMap<u32, T>, ret: i64, header: impl Fn(&mut T) -> &mut EventHeader) {
     let tid = current_tid();
     let Some(record) = pending.get_ptr_mut(tid) else {

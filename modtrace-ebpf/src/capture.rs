@@ -10,10 +10,9 @@ use aya_ebpf::{
     },
 };
 use modtrace_common::{
-    BoundedStr, TaskInfo, COMM_LEN, FILE_BAD_FD, FILE_INTERNAL_MOUNT, FILE_RESOLVED,
-    FILE_UNLINKED, MISSING_AUID, MISSING_EUID, MISSING_PARENT, MISSING_SESSION, NAME_MAX,
-    OFFSET_NONE, PATH_CAP, PATH_MAX_COMPONENTS, STR_NULL, STR_OK, STR_TRUNCATED,
-    STR_UNREADABLE,
+    BoundedStr, TaskInfo, COMM_LEN, FILE_BAD_FD, FILE_INTERNAL_MOUNT, FILE_RESOLVED, FILE_UNLINKED,
+    MISSING_AUID, MISSING_EUID, MISSING_PARENT, MISSING_SESSION, NAME_MAX, OFFSET_NONE, PATH_CAP,
+    PATH_MAX_COMPONENTS, STR_NULL, STR_OK, STR_TRUNCATED, STR_UNREADABLE,
 };
 
 /// Reads a `T` at `base + offset` from kernel memory; `None` when the offset is
@@ -29,9 +28,12 @@ pub fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
 
 #[inline(always)]
 fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
-    read_at::<u64>(base, offset).map(|p| p as *const u8).filter(|p| !p.is_null())
+    read_at::<u64>(base, offset)
+        .map(|p| p as *const u8)
+        .filter(|p| !p.is_null())
 }
 
+#[inline(always)]
 pub fn fill_task(task_info: &mut TaskInfo) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
@@ -73,6 +75,7 @@ pub fn fill_task(task_info: &mut TaskInfo) {
 
 /// Copies a NUL-terminated user string into `out`, recording whether it was
 /// cut: the kernel itself accepts longer parameter strings than we keep.
+#[inline(always)]
 pub fn user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
     out.len = 0;
     if src == 0 {
@@ -81,7 +84,11 @@ pub fn user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
     }
     // SAFETY: the helper bounds the copy to N bytes and reports faults.
     let copied = unsafe {
-        bpf_probe_read_user_str(out.bytes.as_mut_ptr() as *mut c_void, N as u32, src as *const c_void)
+        bpf_probe_read_user_str(
+            out.bytes.as_mut_ptr() as *mut c_void,
+            N as u32,
+            src as *const c_void,
+        )
     };
     if copied <= 0 {
         out.state = STR_UNREADABLE;
@@ -98,10 +105,17 @@ pub fn user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
 
 /// Whether the user byte at `addr` is readable and not NUL, i.e. the string we
 /// just copied went on past our capacity.
+#[inline(always)]
 fn user_byte_follows(addr: u64) -> bool {
     let mut byte = 0u8;
     // SAFETY: one byte into a stack variable; faults are reported.
-    let rc = unsafe { bpf_probe_read_user(&mut byte as *mut u8 as *mut c_void, 1, addr as *const c_void) };
+    let rc = unsafe {
+        bpf_probe_read_user(
+            &mut byte as *mut u8 as *mut c_void,
+            1,
+            addr as *const c_void,
+        )
+    };
     rc == 0 && byte != 0
 }
 
@@ -114,13 +128,20 @@ pub struct FileInfo {
 /// Resolves `fd` of the current task to its path, written into `path` leaf
 /// first (`name/parent/.../`), which userspace reverses. Crosses mount points
 /// the way d_path does, up to `PATH_MAX_COMPONENTS` components.
+#[inline(always)]
 pub fn resolve_fd<const N: usize>(fd: i32, path: &mut BoundedStr<N>) -> FileInfo {
     path.len = 0;
     path.state = modtrace_common::STR_ABSENT;
     let Some(file) = fd_file(fd) else {
-        return FileInfo { flags: FILE_BAD_FD, ino: 0 };
+        return FileInfo {
+            flags: FILE_BAD_FD,
+            ino: 0,
+        };
     };
-    let mut info = FileInfo { flags: FILE_RESOLVED, ino: 0 };
+    let mut info = FileInfo {
+        flags: FILE_RESOLVED,
+        ino: 0,
+    };
     if let Some(inode) = read_ptr(file, config!(offsets.file_f_inode)) {
         info.ino = read_at::<u64>(inode, config!(offsets.inode_i_ino)).unwrap_or(0);
         if read_at::<u32>(inode, config!(offsets.inode_i_nlink)) == Some(0) {
@@ -141,6 +162,7 @@ pub fn resolve_fd<const N: usize>(fd: i32, path: &mut BoundedStr<N>) -> FileInfo
     info
 }
 
+#[inline(always)]
 fn fd_file(fd: i32) -> Option<*const u8> {
     if fd < 0 {
         return None;
@@ -160,7 +182,12 @@ fn fd_file(fd: i32) -> Option<*const u8> {
 /// Walks from `dentry` up to the root, crossing mounts. Returns true when the
 /// walk ended on a dentry that is its own parent without being a mount root: a
 /// pseudo file such as a memfd, whose name is then the whole path.
-fn walk_path<const N: usize>(mut dentry: *const u8, vfsmount: *const u8, path: &mut BoundedStr<N>) -> bool {
+#[inline(always)]
+fn walk_path<const N: usize>(
+    mut dentry: *const u8,
+    vfsmount: *const u8,
+    path: &mut BoundedStr<N>,
+) -> bool {
     let mount_mnt = config!(offsets.mount_mnt);
     if mount_mnt == OFFSET_NONE {
         path.state = STR_UNREADABLE;
@@ -168,7 +195,6 @@ fn walk_path<const N: usize>(mut dentry: *const u8, vfsmount: *const u8, path: &
     }
     let mut mount = vfsmount.wrapping_sub(mount_mnt as usize);
     let mut mnt_root = read_ptr(vfsmount, config!(offsets.vfsmount_mnt_root));
-    let mut pos: u32 = 0;
     path.state = STR_OK;
     for _ in 0..PATH_MAX_COMPONENTS {
         if Some(dentry) == mnt_root {
@@ -183,11 +209,14 @@ fn walk_path<const N: usize>(mut dentry: *const u8, vfsmount: *const u8, path: &
             };
             dentry = mountpoint;
             mount = parent_mount;
-            mnt_root = read_ptr(mount.wrapping_add(mount_mnt as usize), config!(offsets.vfsmount_mnt_root));
+            mnt_root = read_ptr(
+                mount.wrapping_add(mount_mnt as usize),
+                config!(offsets.vfsmount_mnt_root),
+            );
             continue;
         }
         let parent = read_ptr(dentry, config!(offsets.dentry_d_parent));
-        if !append_component(dentry, &mut pos, path) {
+        if !append_component(dentry, path) {
             return false;
         }
         match parent {
@@ -200,10 +229,17 @@ fn walk_path<const N: usize>(mut dentry: *const u8, vfsmount: *const u8, path: &
     false
 }
 
-/// Appends `dentry`'s name and a `/`. Returns false (and marks the path
-/// truncated) when there is no room left.
-fn append_component<const N: usize>(dentry: *const u8, pos: &mut u32, path: &mut BoundedStr<N>) -> bool {
-    if *pos as usize >= PATH_CAP - NAME_MAX {
+/// Appends `dentry`'s name and a `/` at `path.len`. Returns false (and marks
+/// the path truncated or unreadable) when it cannot.
+#[inline(always)]
+fn append_component<const N: usize>(dentry: *const u8, path: &mut BoundedStr<N>) -> bool {
+    // The write position lives in map memory and is read back volatile, so
+    // LLVM cannot prove a range for it and keep the mask out: the verifier
+    // needs the mask to see that the copy stays inside `bytes`
+    // (start < PATH_CAP - NAME_MAX and a copy is at most NAME_MAX bytes).
+    // SAFETY: `path.len` is a valid, aligned field.
+    let start = (unsafe { core::ptr::read_volatile(&path.len) } as usize) & (PATH_CAP - 1);
+    if start >= PATH_CAP - NAME_MAX {
         path.state = STR_TRUNCATED;
         return false;
     }
@@ -212,10 +248,8 @@ fn append_component<const N: usize>(dentry: *const u8, pos: &mut u32, path: &mut
         path.state = STR_UNREADABLE;
         return false;
     };
-    // Masks keep the destination provably inside `bytes` for the verifier:
-    // pos < PATH_CAP and a copy is at most NAME_MAX bytes, with N = PATH_CAP + NAME_MAX.
-    let start = (*pos as usize) & (PATH_CAP - 1);
-    // SAFETY: start + NAME_MAX <= N, see above; the helper bounds the copy.
+    // SAFETY: start + NAME_MAX <= PATH_CAP <= N, see above; the helper bounds
+    // the copy to NAME_MAX bytes.
     let copied = unsafe {
         bpf_probe_read_kernel_str(
             path.bytes.as_mut_ptr().wrapping_add(start) as *mut c_void,
@@ -227,11 +261,11 @@ fn append_component<const N: usize>(dentry: *const u8, pos: &mut u32, path: &mut
         path.state = STR_UNREADABLE;
         return false;
     }
-    let terminator = start + ((copied as usize - 1) & (NAME_MAX - 1));
-    if let Some(byte) = path.bytes.get_mut(terminator) {
+    let copied = (copied as usize) & (NAME_MAX - 1 | NAME_MAX);
+    // Replace the helper's NUL by the separator.
+    if let Some(byte) = path.bytes.get_mut(start + copied.saturating_sub(1)) {
         *byte = b'/';
     }
-    *pos += copied as u32;
-    path.len = *pos;
+    path.len = (start + copied) as u32;
     true
 }

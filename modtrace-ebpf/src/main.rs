@@ -17,6 +17,7 @@ use calls::Syscall;
 
 /// Arguments of a `__x64_sys_*` function or a raw `sys_enter`: both give the
 /// caller's saved registers.
+#[inline(always)]
 fn args_from_regs(regs: *const u8) -> [u64; 3] {
     [
         capture::read_at::<u64>(regs, config!(offsets.pt_regs_di)).unwrap_or(0),
@@ -45,9 +46,24 @@ macro_rules! fentry_pair {
     };
 }
 
-fentry_pair!(fentry_init_module, fexit_init_module, "__x64_sys_init_module", Syscall::InitModule);
-fentry_pair!(fentry_finit_module, fexit_finit_module, "__x64_sys_finit_module", Syscall::FinitModule);
-fentry_pair!(fentry_delete_module, fexit_delete_module, "__x64_sys_delete_module", Syscall::DeleteModule);
+fentry_pair!(
+    fentry_init_module,
+    fexit_init_module,
+    "__x64_sys_init_module",
+    Syscall::InitModule
+);
+fentry_pair!(
+    fentry_finit_module,
+    fexit_finit_module,
+    "__x64_sys_finit_module",
+    Syscall::FinitModule
+);
+fentry_pair!(
+    fentry_delete_module,
+    fexit_delete_module,
+    "__x64_sys_delete_module",
+    Syscall::DeleteModule
+);
 
 macro_rules! tracepoint_pair {
     ($enter:ident, $exit:ident, $call:expr) => {
@@ -66,7 +82,8 @@ macro_rules! tracepoint_pair {
             // SAFETY: as above. The kernel's own record is always readable; if
             // it were not, the call stays pending and is later reported as one
             // whose exit was not observed, rather than with an invented ret.
-            if let Ok(ret) = unsafe { ctx.read_at::<i64>(config!(tp_exit_ret) as usize) } {
+            let offset = config!(tp_exit_ret) as usize;
+            if let Ok(ret) = unsafe { ctx.read_at::<i64>(offset) } {
                 calls::on_exit($call, ret);
             }
             0
@@ -74,9 +91,21 @@ macro_rules! tracepoint_pair {
     };
 }
 
-tracepoint_pair!(tp_enter_init_module, tp_exit_init_module, Syscall::InitModule);
-tracepoint_pair!(tp_enter_finit_module, tp_exit_finit_module, Syscall::FinitModule);
-tracepoint_pair!(tp_enter_delete_module, tp_exit_delete_module, Syscall::DeleteModule);
+tracepoint_pair!(
+    tp_enter_init_module,
+    tp_exit_init_module,
+    Syscall::InitModule
+);
+tracepoint_pair!(
+    tp_enter_finit_module,
+    tp_exit_finit_module,
+    Syscall::FinitModule
+);
+tracepoint_pair!(
+    tp_enter_delete_module,
+    tp_exit_delete_module,
+    Syscall::DeleteModule
+);
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {

@@ -1,0 +1,51 @@
+//! Kernel timestamps (CLOCK_BOOTTIME) to wall-clock RFC 3339.
+use chrono::{DateTime, SecondsFormat, Utc};
+use nix::time::{clock_gettime, ClockId};
+
+pub struct Clock;
+
+fn ns(clock: ClockId) -> u64 {
+    clock_gettime(clock)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+impl Clock {
+    pub fn boot_ns() -> u64 {
+        ns(ClockId::CLOCK_BOOTTIME)
+    }
+
+    /// The wall-clock time of `boot_ns`, or of now. The offset between the two
+    /// clocks is taken afresh each time, so wall-clock steps are followed.
+    pub fn rfc3339(&self, boot_ns: Option<u64>) -> String {
+        let real = ns(ClockId::CLOCK_REALTIME);
+        let boot = Self::boot_ns();
+        let wall = match boot_ns {
+            Some(at) => real.saturating_sub(boot.saturating_sub(at)),
+            None => real,
+        };
+        DateTime::<Utc>::from_timestamp_nanos(wall as i64)
+            .to_rfc3339_opts(SecondsFormat::Nanos, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_boot_time_to_wall_clock() {
+        let clock = Clock;
+        let now = Clock::boot_ns();
+        let a = DateTime::parse_from_rfc3339(&clock.rfc3339(Some(now))).unwrap();
+        let b = DateTime::parse_from_rfc3339(&clock.rfc3339(Some(now - 2_000_000_000))).unwrap();
+        let diff = (a - b).num_milliseconds();
+        assert!((1990..=2010).contains(&diff), "{diff}");
+        assert!(clock.rfc3339(None).ends_with('Z'));
+        assert_eq!(
+            clock.rfc3339(None).split('.').nth(1).unwrap().len(),
+            10,
+            "nanoseconds + Z"
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! What /proc adds to a kernel record: executable, command line, cgroup path.
+//! Read at the time the record arrives; if the process is gone or the pid now
+//! belongs to a process that started after the call, the fields stay empty.
+use std::{fs, path::PathBuf};
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub exe: Option<String>,
+    pub cmdline: Option<Vec<String>>,
+    pub cgroup: Option<String>,
+}
+
+/// Reads `pid`'s details if that pid still names the process that was running
+/// at `event_boot_ns` (CLOCK_BOOTTIME).
+pub fn process(pid: u32, event_boot_ns: u64) -> ProcInfo {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    if !started_by(pid, event_boot_ns) {
+        return ProcInfo::default();
+    }
+    let info = ProcInfo {
+        exe: fs::read_link(dir.join("exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
+        cmdline: fs::read(dir.join("cmdline"))
+            .ok()
+            .and_then(|raw| parse_cmdline(&raw)),
+        cgroup: fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|s| parse_cgroup(&s)),
+    };
+    // The pid could have been reused while we read; re-check so that a late
+    // reuse cannot lend another process's details to this record.
+    if started_by(pid, event_boot_ns) {
+        info
+    } else {
+        ProcInfo::default()
+    }
+}
+
+/// Whether `pid` exists and its start time is not later than the event.
+fn started_by(pid: u32, event_boot_ns: u64) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| start_time_ticks(&stat))
+        .is_some_and(|ticks| ticks_to_ns(ticks) <= event_boot_ns)
+}
+
+pub fn ticks_to_ns(ticks: u64) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks.saturating_mul(1_000_000_000 / per_sec)
+}
+
+/// Field 22 of /proc/PID/stat. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted after its last `)`.
+pub fn start_time_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub fn parse_cmdline(raw: &[u8]) -> Option<Vec<String>> {
+    if raw.is_empty() {
+        // Kernel threads and zombies have no command line.
+        return None;
+    }
+    let trimmed = raw.strip_suffix(b"\0").unwrap_or(raw);
+    Some(
+        trimmed
+            .split(|&b| b == 0)
+            .map(crate::fields::escape_bytes)
+            .collect(),
+    )
+}
+
+/// The cgroup v2 path (`0::/path`), or the first v1 hierarchy's if v2 is absent.
+pub fn parse_cgroup(content: &str) -> Option<String> {
+    let path_of = |line: &str| line.splitn(3, ':').nth(2).map(str::to_owned);
+    content
+        .lines()
+        .find(|l| l.starts_with("0::"))
+        .or_else(|| content.lines().next())
+        .and_then(path_of)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_skips_a_command_name_with_spaces_and_parens() {
+        let stat =
+            "812 (we (ird) name) S 1 812 812 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 4242 1000 10";
+        assert_eq!(start_time_ticks(stat), Some(4242));
+        assert_eq!(start_time_ticks("garbage"), None);
+        assert_eq!(start_time_ticks("1 (x) S"), None);
+    }
+
+    #[test]
+    fn parses_cmdline_and_cgroup() {
+        assert_eq!(
+            parse_cmdline(b"modprobe\0-v\0sctp\0"),
+            Some(vec!["modprobe".into(), "-v".into(), "sctp".into()])
+        );
+        assert_eq!(parse_cmdline(b""), None);
+        assert_eq!(
+            parse_cgroup("0::/user.slice/session-3.scope\n").as_deref(),
+            Some("/user.slice/session-3.scope")
+        );
+        assert_eq!(
+            parse_cgroup("12:cpu,cpuacct:/a\n1:name=systemd:/b\n").as_deref(),
+            Some("/a")
+        );
+        assert_eq!(parse_cgroup(""), None);
+    }
+
+    #[test]
+    fn reads_a_live_process_and_refuses_one_that_started_later() {
+        let me = std::process::id();
+        let now = boot_ns();
+        let info = process(me, now);
+        assert_eq!(
+            info.exe,
+            Some(
+                std::env::current_exe()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            )
+        );
+        assert!(info.cmdline.unwrap()[0].contains("modtrace"));
+        assert!(info.cgroup.unwrap().starts_with('/'));
+        // An event from before this process existed must not get its details.
+        assert_eq!(process(me, 0), ProcInfo::default());
+        assert_eq!(process(u32::MAX - 1, now), ProcInfo::default());
+    }
+
+    fn boot_ns() -> u64 {
+        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    }
+}

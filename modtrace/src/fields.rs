@@ -1,0 +1,270 @@
+//! Kernel values made readable: flag bits to names, errno numbers to names,
+//! captured strings and paths to JSON-ready values. Nothing here invents data:
+//! what was not captured says so.
+use modtrace_common::{BoundedStr, STR_ABSENT, STR_NULL, STR_OK, STR_TRUNCATED, STR_UNREADABLE};
+use serde::Serialize;
+
+/// Flag bits with their names, as the kernel's uapi headers define them.
+type FlagTable = &'static [(u32, &'static str)];
+
+/// `include/uapi/linux/module.h`
+pub const FINIT_FLAGS: FlagTable = &[
+    (1, "MODULE_INIT_IGNORE_MODVERSIONS"),
+    (2, "MODULE_INIT_IGNORE_VERMAGIC"),
+    (4, "MODULE_INIT_COMPRESSED_FILE"),
+];
+
+/// delete_module honours these two open(2) flags.
+pub const DELETE_FLAGS: FlagTable = &[
+    (libc::O_NONBLOCK as u32, "O_NONBLOCK"),
+    (libc::O_TRUNC as u32, "O_TRUNC"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Flags {
+    pub raw: u32,
+    pub names: Vec<&'static str>,
+    /// Bits no name is known for, kept so that nothing is hidden.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<u32>,
+}
+
+pub fn decode_flags(raw: u32, table: FlagTable) -> Flags {
+    let names = table
+        .iter()
+        .filter(|(bit, _)| raw & bit != 0)
+        .map(|&(_, name)| name)
+        .collect();
+    let known = table.iter().fold(0, |acc, (bit, _)| acc | bit);
+    let unknown = raw & !known;
+    Flags {
+        raw,
+        names,
+        unknown: (unknown != 0).then_some(unknown),
+    }
+}
+
+/// The symbolic name of an errno value, e.g. 2 → "ENOENT".
+pub fn errno_name(errno: i32) -> String {
+    let name = format!("{:?}", nix::errno::Errno::from_raw(errno));
+    if name == "UnknownErrno" {
+        format!("E{errno}")
+    } else {
+        name
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallResult {
+    pub ret: i64,
+    pub errno: Option<String>,
+    pub ok: bool,
+}
+
+/// Syscalls return -errno in the kernel; 4095 is the kernel's MAX_ERRNO.
+pub fn call_result(ret: i64) -> CallResult {
+    if (-4095..0).contains(&ret) {
+        CallResult {
+            ret,
+            errno: Some(errno_name((-ret) as i32)),
+            ok: false,
+        }
+    } else {
+        CallResult {
+            ret,
+            errno: None,
+            ok: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Captured {
+    pub value: Option<String>,
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+}
+
+/// Bytes as text: valid UTF-8 as is, every other byte as `\xNN`, so that a
+/// crafted parameter string can neither break the JSON nor hide bytes.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+fn captured_bytes<const N: usize>(s: &BoundedStr<N>) -> &[u8] {
+    &s.bytes[..(s.len as usize).min(N)]
+}
+
+fn capture_error(state: u32) -> Option<&'static str> {
+    match state {
+        STR_OK | STR_TRUNCATED => None,
+        STR_UNREADABLE => Some("unreadable"),
+        STR_NULL => Some("null pointer"),
+        STR_ABSENT => Some("absent"),
+        _ => Some("unknown capture state"),
+    }
+}
+
+pub fn captured<const N: usize>(s: &BoundedStr<N>) -> Captured {
+    match capture_error(s.state) {
+        None => Captured {
+            value: Some(escape_bytes(captured_bytes(s))),
+            truncated: s.state == STR_TRUNCATED,
+            error: None,
+        },
+        Some(error) => Captured {
+            value: None,
+            truncated: false,
+            error: Some(error),
+        },
+    }
+}
+
+/// A fixed-size, NUL-padded kernel name such as `comm`.
+pub fn c_name(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    escape_bytes(&bytes[..end])
+}
+
+/// Rebuilds a path the kernel wrote leaf first (`sctp.ko/sctp/net/`). A cut
+/// path lacks its root side and so does not start with `/`.
+pub fn path_from_leaf_first(bytes: &[u8], truncated: bool) -> String {
+    let components: Vec<&[u8]> = bytes
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let mut path = String::new();
+    for component in components.iter().rev() {
+        if !(truncated && path.is_empty()) {
+            path.push('/');
+        }
+        path.push_str(&escape_bytes(component));
+    }
+    if path.is_empty() && !truncated {
+        path.push('/');
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_finit_flags_and_keeps_unknown_bits() {
+        assert_eq!(decode_flags(0, FINIT_FLAGS).names, Vec::<&str>::new());
+        let f = decode_flags(4 | 1, FINIT_FLAGS);
+        assert_eq!(
+            f.names,
+            [
+                "MODULE_INIT_IGNORE_MODVERSIONS",
+                "MODULE_INIT_COMPRESSED_FILE"
+            ]
+        );
+        assert_eq!(f.unknown, None);
+        let f = decode_flags(2 | 0x40, FINIT_FLAGS);
+        assert_eq!(f.names, ["MODULE_INIT_IGNORE_VERMAGIC"]);
+        assert_eq!(f.unknown, Some(0x40));
+        assert_eq!(serde_json::to_value(&f).unwrap()["unknown"], 0x40);
+    }
+
+    #[test]
+    fn decodes_delete_flags() {
+        assert_eq!(decode_flags(2048, DELETE_FLAGS).names, ["O_NONBLOCK"]);
+        assert_eq!(
+            decode_flags(2048 | 512, DELETE_FLAGS).names,
+            ["O_NONBLOCK", "O_TRUNC"]
+        );
+        assert_eq!(decode_flags(1, DELETE_FLAGS).unknown, Some(1));
+    }
+
+    #[test]
+    fn names_errnos_and_results() {
+        assert_eq!(errno_name(2), "ENOENT");
+        assert_eq!(errno_name(38), "ENOSYS");
+        assert_eq!(errno_name(17), "EEXIST");
+        assert_eq!(errno_name(16), "EBUSY");
+        assert_eq!(errno_name(11), "EAGAIN");
+        assert_eq!(errno_name(4000), "E4000");
+        assert_eq!(
+            call_result(-38),
+            CallResult {
+                ret: -38,
+                errno: Some("ENOSYS".into()),
+                ok: false
+            }
+        );
+        assert_eq!(
+            call_result(0),
+            CallResult {
+                ret: 0,
+                errno: None,
+                ok: true
+            }
+        );
+    }
+
+    fn bounded<const N: usize>(text: &[u8], state: u32) -> BoundedStr<N> {
+        let mut bytes = [0u8; N];
+        bytes[..text.len()].copy_from_slice(text);
+        BoundedStr {
+            len: text.len() as u32,
+            state,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn marks_truncated_and_unreadable_strings() {
+        let ok = captured(&bounded::<16>(b"debug=1", STR_OK));
+        assert_eq!(
+            (ok.value.as_deref(), ok.truncated, ok.error),
+            (Some("debug=1"), false, None)
+        );
+        let cut = captured(&bounded::<8>(b"abcdefg", STR_TRUNCATED));
+        assert_eq!(
+            (cut.value.as_deref(), cut.truncated),
+            (Some("abcdefg"), true)
+        );
+        let bad = captured(&bounded::<8>(b"", STR_UNREADABLE));
+        assert_eq!((bad.value, bad.error), (None, Some("unreadable")));
+        let json = serde_json::to_string(&captured(&bounded::<8>(b"", STR_NULL))).unwrap();
+        assert_eq!(
+            json,
+            r#"{"value":null,"truncated":false,"error":"null pointer"}"#
+        );
+        // A corrupt length never reads past the buffer.
+        let mut wild = bounded::<4>(b"abcd", STR_OK);
+        wild.len = 9999;
+        assert_eq!(captured(&wild).value.as_deref(), Some("abcd"));
+    }
+
+    #[test]
+    fn escapes_bytes_that_are_not_utf8() {
+        assert_eq!(escape_bytes(b"a\xffb\xc3\xa9"), "a\\xffbé");
+        assert_eq!(c_name(b"modprobe\0\0\0\0\0\0\0\0"), "modprobe");
+        assert_eq!(c_name(b"0123456789abcdef"), "0123456789abcdef");
+    }
+
+    #[test]
+    fn rebuilds_paths_written_leaf_first() {
+        assert_eq!(
+            path_from_leaf_first(b"sctp.ko/sctp/net/", false),
+            "/net/sctp/sctp.ko"
+        );
+        assert_eq!(
+            path_from_leaf_first(b"memfd:mtcall/", false),
+            "/memfd:mtcall"
+        );
+        assert_eq!(path_from_leaf_first(b"", false), "/");
+        assert_eq!(path_from_leaf_first(b"c.ko/b/a/", true), "a/b/c.ko");
+    }
+}

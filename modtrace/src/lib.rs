@@ -1,0 +1,17 @@
+//! modtrace: an eBPF tracer of Linux kernel module loading.
+//!
+//! The data path, one module per stage: [`probes`] (attach the kernel programs)
+//! → ring buffer → [`decode`] → [`enrich`] → [`record`] → [`sink`], driven by
+//! [`watch`].
+pub mod btf;
+pub mod clock;
+pub mod decode;
+pub mod enrich;
+pub mod fields;
+pub mod probes;
+pub mod record;
+pub mod sink;
+pub mod watch;
+
+/// The eBPF object built from `modtrace-ebpf` by build.rs for this very build.
+pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modtrace"));

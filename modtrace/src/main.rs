@@ -1,0 +1,96 @@
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use modtrace::{probes::Strategy, sink::Format, watch};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Trace Linux kernel module loads, unloads and their causes with eBPF"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream every init_module, finit_module and delete_module call.
+    Watch(WatchArgs),
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// Output on stdout [default: json when stdout is not a terminal, else text]
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Also append NDJSON to this file (created with mode 0600).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Force one attach strategy for all syscalls instead of the best available.
+    #[arg(long, value_enum, env = "MODTRACE_STRATEGY")]
+    strategy: Option<Strategy>,
+    /// Kernel BTF to read structure offsets from.
+    #[arg(long, default_value = modtrace::btf::VMLINUX_BTF, value_name = "FILE")]
+    btf: PathBuf,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    #[arg(long, default_value_t = 8 << 20, value_parser = parse_ring_size)]
+    ring_buffer_size: u32,
+    /// Lock file that keeps a second instance from starting.
+    #[arg(long, default_value = "/run/modtrace.lock", value_name = "FILE")]
+    lock_file: PathBuf,
+}
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size: u32 = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a size in bytes: {e}"))?;
+    if size < 4096 || !size.is_power_of_two() {
+        return Err(format!("{size} must be a power of two of at least 4096"));
+    }
+    Ok(size)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MODTRACE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("modtrace: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Watch(args) => {
+            let terminal = std::io::stdout().is_terminal();
+            let options = watch::WatchOptions {
+                format: args
+                    .format
+                    .unwrap_or(if terminal { Format::Text } else { Format::Json }),
+                colour: terminal,
+                output: args.output,
+                strategy: args.strategy,
+                btf: args.btf,
+                ring_buffer_bytes: args.ring_buffer_size,
+                lock_file: args.lock_file,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime
+                .block_on(watch::run(options))
+                .context("modtrace watch")
+        }
+    }
+}

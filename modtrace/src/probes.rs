@@ -1,0 +1,557 @@
+//! Loading the eBPF object and attaching it, choosing per syscall the cheapest
+//! attach strategy the running kernel offers:
+//!
+//! 1. `fentry`: fentry/fexit on `__x64_sys_*`; costs nothing to other syscalls.
+//! 2. `syscall-tracepoints`: `syscalls:sys_enter_*`/`sys_exit_*`.
+//! 3. `raw-syscalls`: raw `sys_enter`/`sys_exit` filtered in the kernel by number.
+//!
+//! Any syscall tracepoint puts every syscall of the host on the slow path,
+//! which is why fentry comes first.
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{FEntry, FExit, RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use modtrace_common::{ProbeConfig, OFFSET_NONE};
+use tracing::{info, warn};
+
+use crate::btf::{KernelBtf, ResolvedOffsets};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Strategy {
+    Fentry,
+    SyscallTracepoints,
+    RawSyscalls,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 3] = [Self::Fentry, Self::SyscallTracepoints, Self::RawSyscalls];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry",
+            Self::SyscallTracepoints => "syscall-tracepoints",
+            Self::RawSyscalls => "raw-syscalls",
+        }
+    }
+}
+
+/// One traced syscall: its names in the kernel and in our object.
+struct Syscall {
+    name: &'static str,
+    nr: u32,
+}
+
+impl Syscall {
+    fn kernel_function(&self) -> String {
+        format!("__x64_sys_{}", self.name)
+    }
+    fn program(&self, prefix: &str) -> String {
+        format!("{prefix}_{}", self.name)
+    }
+    fn tracepoint(&self, phase: &str) -> String {
+        format!("sys_{phase}_{}", self.name)
+    }
+}
+
+// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+#[cfg(target_arch = "x86_64")]
+const SYSCALLS: [Syscall; 3] = [
+    Syscall {
+        name: "init_module",
+        nr: 175,
+    },
+    Syscall {
+        name: "finit_module",
+        nr: 313,
+    },
+    Syscall {
+        name: "delete_module",
+        nr: 176,
+    },
+];
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!(
+    "modtrace supports x86_64 only: the syscall numbers and __x64_sys_ names are per architecture"
+);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("modtrace needs root, or the capabilities CAP_BPF and CAP_PERFMON (and CAP_SYS_RESOURCE on kernels before 5.11): run it with sudo")]
+    NotPrivileged,
+    #[error("reading the kernel's BTF: {0}")]
+    Btf(#[from] crate::btf::BtfError),
+    #[error("no attach strategy works for {syscall} on this kernel: {reasons}")]
+    NoStrategy {
+        syscall: &'static str,
+        reasons: String,
+    },
+    #[error("loading the eBPF programs failed: {0}; if BPF is disabled or locked down on this kernel (CONFIG_BPF_SYSCALL, lockdown=confidentiality), modtrace cannot run")]
+    Load(#[from] aya::EbpfError),
+    #[error("attaching {strategy} for {syscall} failed: {detail}")]
+    Attach {
+        syscall: &'static str,
+        strategy: &'static str,
+        detail: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    pub forced: Option<Strategy>,
+    pub btf_path: PathBuf,
+    pub ring_buffer_bytes: u32,
+}
+
+/// The loaded object with its programs attached; dropping it detaches them.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub strategies: BTreeMap<&'static str, &'static str>,
+    pub btf_available: bool,
+    pub unavailable_fields: Vec<&'static str>,
+}
+
+/// What this kernel offers, found before anything is loaded.
+struct KernelSupport {
+    btf: Option<KernelBtf>,
+    offsets: Option<ResolvedOffsets>,
+    tracefs: Option<PathBuf>,
+    tp_offsets: Option<(u32, u32)>,
+}
+
+fn has_capability(cap_eff: u64, bit: u32) -> bool {
+    cap_eff & (1u64 << bit) != 0
+}
+
+/// CapEff from /proc/self/status; BPF tracing needs CAP_BPF + CAP_PERFMON, or
+/// CAP_SYS_ADMIN which implies both.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let ok = has_capability(cap_eff, CAP_SYS_ADMIN)
+        || (has_capability(cap_eff, CAP_BPF) && has_capability(cap_eff, CAP_PERFMON));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProbeError::NotPrivileged)
+    }
+}
+
+/// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted.
+fn tracefs() -> Option<PathBuf> {
+    let candidates = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+    if let Some(found) = candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("events").is_dir())
+    {
+        return Some(found);
+    }
+    let target = PathBuf::from(candidates[0]);
+    let mounted = nix::mount::mount(
+        Some("tracefs"),
+        &target,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
+    match mounted {
+        Ok(()) => {
+            info!("mounted tracefs at {}", target.display());
+            Some(target)
+        }
+        Err(err) => {
+            warn!("tracefs is not mounted and mounting it at {} failed ({err}); the syscall-tracepoints strategy is unavailable (mount it with `mount -t tracefs tracefs {}`)", target.display(), target.display());
+            None
+        }
+    }
+}
+
+/// Offset of the field named `field` in a tracepoint format file.
+pub fn format_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let decl = parts.next()?.strip_prefix("field:")?;
+        if decl
+            .rsplit(|c: char| c.is_whitespace() || c == '*')
+            .next()?
+            != field
+        {
+            return None;
+        }
+        parts.find_map(|p| p.strip_prefix("offset:"))?.parse().ok()
+    })
+}
+
+/// Offsets of the first argument in `sys_enter_*` and of `ret` in `sys_exit_*`.
+/// Every syscall tracepoint shares one layout; finit_module's names it.
+fn tracepoint_offsets(tracefs: &Path) -> Option<(u32, u32)> {
+    let events = tracefs.join("events/syscalls");
+    let enter = fs::read_to_string(events.join("sys_enter_finit_module/format")).ok()?;
+    let exit = fs::read_to_string(events.join("sys_exit_finit_module/format")).ok()?;
+    Some((
+        format_field_offset(&enter, "fd")?,
+        format_field_offset(&exit, "ret")?,
+    ))
+}
+
+impl KernelSupport {
+    fn probe(btf_path: &Path) -> Self {
+        let btf = match KernelBtf::open(btf_path) {
+            Ok(btf) => Some(btf),
+            Err(err) => {
+                warn!("{err}; without BTF modtrace cannot use fentry or raw-syscalls, nor capture euid, auid, session, the parent and the file path of finit_module");
+                None
+            }
+        };
+        let offsets = btf.as_ref().and_then(|b| match b.offsets() {
+            Ok(o) => Some(o),
+            Err(err) => {
+                warn!("{err}; kernel structure fields will be reported as null");
+                None
+            }
+        });
+        let tracefs = tracefs();
+        let tp_offsets = tracefs.as_deref().and_then(tracepoint_offsets);
+        Self {
+            btf,
+            offsets,
+            tracefs,
+            tp_offsets,
+        }
+    }
+
+    /// Why `strategy` cannot serve `syscall` here, or None when it can.
+    fn unavailable(&self, strategy: Strategy, syscall: &Syscall) -> Option<String> {
+        match strategy {
+            Strategy::Fentry => match &self.btf {
+                None => Some("no kernel BTF".into()),
+                Some(btf) if !btf.has_function(&syscall.kernel_function()) => Some(format!(
+                    "the kernel has no function {}",
+                    syscall.kernel_function()
+                )),
+                Some(_) => self.regs_missing(),
+            },
+            Strategy::SyscallTracepoints => match &self.tracefs {
+                None => Some("tracefs is not available".into()),
+                Some(t)
+                    if !t
+                        .join("events/syscalls")
+                        .join(syscall.tracepoint("enter"))
+                        .is_dir() =>
+                {
+                    Some(format!(
+                        "no tracepoint syscalls:{}",
+                        syscall.tracepoint("enter")
+                    ))
+                }
+                Some(_) if self.tp_offsets.is_none() => {
+                    Some("the syscall tracepoints' format could not be read".into())
+                }
+                Some(_) => None,
+            },
+            Strategy::RawSyscalls => self.regs_missing(),
+        }
+    }
+
+    fn regs_missing(&self) -> Option<String> {
+        let o = self.offsets.as_ref().map(|r| r.offsets);
+        let known = o.is_some_and(|o| {
+            [o.pt_regs_di, o.pt_regs_si, o.pt_regs_dx, o.pt_regs_orig_ax]
+                .iter()
+                .all(|&v| v != OFFSET_NONE)
+        });
+        (!known).then(|| "the pt_regs layout is unknown (no BTF)".into())
+    }
+
+    fn config(&self, plan: &[Strategy; 3]) -> ProbeConfig {
+        let mut config = ProbeConfig::DEFAULT;
+        if let Some(resolved) = &self.offsets {
+            config.offsets = resolved.offsets;
+        }
+        if let Some((args, ret)) = self.tp_offsets {
+            config.tp_enter_args = args;
+            config.tp_exit_ret = ret;
+        }
+        // The raw programs see every syscall; only the numbers of syscalls
+        // planned for them are enabled, so no call is reported twice.
+        let nr = |i: usize| {
+            if plan[i] == Strategy::RawSyscalls {
+                SYSCALLS[i].nr
+            } else {
+                u32::MAX
+            }
+        };
+        config.nr_init_module = nr(0);
+        config.nr_finit_module = nr(1);
+        config.nr_delete_module = nr(2);
+        config
+    }
+}
+
+fn raise_memlock_limit() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; loading may fail on kernels before 5.11");
+    }
+}
+
+pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
+    check_privileges()?;
+    raise_memlock_limit();
+    let support = KernelSupport::probe(&options.btf_path);
+    let mut refused: Vec<(usize, Strategy, String)> = Vec::new();
+    loop {
+        let plan = plan(&support, options.forced, &refused)?;
+        match load_and_attach(&support, &plan, options) {
+            Ok(ebpf) => {
+                let strategies = SYSCALLS
+                    .iter()
+                    .zip(plan)
+                    .map(|(s, p)| (s.name, p.as_str()))
+                    .collect();
+                let mut unavailable_fields = support
+                    .offsets
+                    .as_ref()
+                    .map(|r| r.missing.clone())
+                    .unwrap_or_default();
+                if support.offsets.is_none() {
+                    unavailable_fields.extend([
+                        "euid",
+                        "auid",
+                        "session",
+                        "ppid",
+                        "parent.comm",
+                        "finit_module.file",
+                    ]);
+                }
+                return Ok(Probes {
+                    ebpf,
+                    strategies,
+                    btf_available: support.btf.is_some(),
+                    unavailable_fields,
+                });
+            }
+            Err(AttachFailure {
+                index,
+                strategy,
+                detail,
+            }) if options.forced.is_none() => {
+                warn!(
+                    "{} for {} failed ({detail}); falling back",
+                    strategy.as_str(),
+                    SYSCALLS[index].name
+                );
+                refused.push((index, strategy, detail));
+            }
+            Err(AttachFailure {
+                index,
+                strategy,
+                detail,
+            }) => {
+                return Err(ProbeError::Attach {
+                    syscall: SYSCALLS[index].name,
+                    strategy: strategy.as_str(),
+                    detail,
+                });
+            }
+        }
+    }
+}
+
+fn plan(
+    support: &KernelSupport,
+    forced: Option<Strategy>,
+    refused: &[(usize, Strategy, String)],
+) -> Result<[Strategy; 3], ProbeError> {
+    let mut plan = [Strategy::RawSyscalls; 3];
+    for (index, syscall) in SYSCALLS.iter().enumerate() {
+        let candidates = forced.map_or(Strategy::ALL.to_vec(), |s| vec![s]);
+        let mut reasons = Vec::new();
+        let chosen = candidates.into_iter().find(|&strategy| {
+            let why = refused
+                .iter()
+                .find(|(i, s, _)| *i == index && *s == strategy)
+                .map(|(_, _, d)| d.clone())
+                .or_else(|| support.unavailable(strategy, syscall));
+            if let Some(why) = &why {
+                reasons.push(format!("{}: {why}", strategy.as_str()));
+            }
+            why.is_none()
+        });
+        plan[index] = chosen.ok_or_else(|| ProbeError::NoStrategy {
+            syscall: syscall.name,
+            reasons: reasons.join("; "),
+        })?;
+    }
+    Ok(plan)
+}
+
+struct AttachFailure {
+    index: usize,
+    strategy: Strategy,
+    detail: String,
+}
+
+fn load_and_attach(
+    support: &KernelSupport,
+    plan: &[Strategy; 3],
+    options: &ProbeOptions,
+) -> Result<Ebpf, AttachFailure> {
+    let config = support.config(plan);
+    let aya_btf = Btf::from_sys_fs().ok();
+    let mut loader = EbpfLoader::new();
+    loader
+        .btf(aya_btf.as_ref())
+        .override_global("MODTRACE_CONFIG", &config, true)
+        .map_max_entries("EVENTS", options.ring_buffer_bytes);
+    // A load failure is not specific to one syscall; report it against the
+    // first and let the caller fall back only when attaching differs.
+    let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(|e| AttachFailure {
+        index: 0,
+        strategy: plan[0],
+        detail: format!("loading: {}", brief(e)),
+    })?;
+    let mut raw_attached = false;
+    for (index, (syscall, strategy)) in SYSCALLS.iter().zip(plan).enumerate() {
+        let fail = |detail: String| AttachFailure {
+            index,
+            strategy: *strategy,
+            detail,
+        };
+        match strategy {
+            Strategy::Fentry => {
+                let btf = aya_btf
+                    .as_ref()
+                    .ok_or_else(|| fail("aya could not read the kernel BTF".into()))?;
+                attach_fentry(&mut ebpf, syscall, btf).map_err(fail)?;
+            }
+            Strategy::SyscallTracepoints => attach_tracepoints(&mut ebpf, syscall).map_err(fail)?,
+            Strategy::RawSyscalls if !raw_attached => {
+                attach_raw(&mut ebpf).map_err(fail)?;
+                raw_attached = true;
+            }
+            Strategy::RawSyscalls => {}
+        }
+    }
+    Ok(ebpf)
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| format!("program {name}: {e}"))
+}
+
+/// An aya error with the verifier's log cut to its verdict (its last lines);
+/// the whole log goes to the debug level, where a developer can ask for it.
+fn brief(err: impl std::fmt::Display) -> String {
+    let text = err.to_string();
+    let Some((head, log)) = text.split_once("Verifier output:") else {
+        return text;
+    };
+    tracing::debug!("verifier log: {log}");
+    // The verdict is the lines just before the statistics that end the log.
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let end = lines
+        .iter()
+        .position(|l| l.starts_with("verification time"))
+        .unwrap_or(lines.len());
+    let verdict = lines[end.saturating_sub(2)..end].join(" | ");
+    format!("{} verifier: {verdict}", head.trim())
+}
+
+fn attach_fentry(ebpf: &mut Ebpf, syscall: &Syscall, btf: &Btf) -> Result<(), String> {
+    let function = syscall.kernel_function();
+    let enter: &mut FEntry = program_mut(ebpf, &syscall.program("fentry"))?;
+    enter
+        .load(&function, btf)
+        .map_err(|e| format!("loading fentry: {}", brief(e)))?;
+    enter
+        .attach()
+        .map_err(|e| format!("attaching fentry to {function}: {e}"))?;
+    let exit: &mut FExit = program_mut(ebpf, &syscall.program("fexit"))?;
+    exit.load(&function, btf)
+        .map_err(|e| format!("loading fexit: {}", brief(e)))?;
+    exit.attach()
+        .map_err(|e| format!("attaching fexit to {function}: {e}"))?;
+    Ok(())
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf, syscall: &Syscall) -> Result<(), String> {
+    for (prefix, phase) in [("tp_enter", "enter"), ("tp_exit", "exit")] {
+        let program: &mut TracePoint = program_mut(ebpf, &syscall.program(prefix))?;
+        let tracepoint = syscall.tracepoint(phase);
+        program
+            .load()
+            .map_err(|e| format!("loading {tracepoint}: {}", brief(e)))?;
+        program
+            .attach("syscalls", &tracepoint)
+            .map_err(|e| format!("attaching syscalls:{tracepoint}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf) -> Result<(), String> {
+    for (program, tracepoint) in [("raw_sys_enter", "sys_enter"), ("raw_sys_exit", "sys_exit")] {
+        let prog: &mut RawTracePoint = program_mut(ebpf, program)?;
+        prog.load()
+            .map_err(|e| format!("loading {program}: {}", brief(e)))?;
+        prog.attach(tracepoint)
+            .map_err(|e| format!("attaching raw tracepoint {tracepoint}: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENTER_FORMAT: &str = "name: sys_enter_finit_module\nID: 700\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:const char * uargs;\toffset:24;\tsize:8;\tsigned:0;\n";
+
+    #[test]
+    fn reads_field_offsets_from_a_tracepoint_format() {
+        assert_eq!(format_field_offset(ENTER_FORMAT, "fd"), Some(16));
+        assert_eq!(format_field_offset(ENTER_FORMAT, "uargs"), Some(24));
+        assert_eq!(format_field_offset(ENTER_FORMAT, "__syscall_nr"), Some(8));
+        assert_eq!(format_field_offset(ENTER_FORMAT, "ret"), None);
+        assert_eq!(
+            format_field_offset("field:long ret;\toffset:abc;", "ret"),
+            None
+        );
+    }
+
+    #[test]
+    fn reads_real_raw_syscalls_formats_on_this_kernel() {
+        let tracefs = tracefs().expect("tracefs must be mountable where the tests run (root)");
+        let format =
+            fs::read_to_string(tracefs.join("events/raw_syscalls/sys_exit/format")).unwrap();
+        assert_eq!(format_field_offset(&format, "ret"), Some(16));
+        assert_eq!(format_field_offset(&format, "id"), Some(8));
+    }
+}

@@ -1,0 +1,249 @@
+//! The output schema (docs/output.md): what one line of NDJSON holds.
+use std::collections::BTreeMap;
+
+use modtrace_common::{
+    FinitModuleEvent, TaskInfo, FILE_BAD_FD, FILE_INTERNAL_MOUNT, FILE_RESOLVED, FILE_UNLINKED,
+    MISSING_AUID, MISSING_EUID, MISSING_PARENT, MISSING_SESSION, STR_TRUNCATED,
+};
+use serde::Serialize;
+
+use crate::{
+    decode::KernelEvent,
+    enrich::ProcInfo,
+    fields::{self, call_result, captured, CallResult, Captured, Flags},
+};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    pub kind: &'a str,
+    pub schema: u32,
+    pub ts: String,
+    pub seq: u64,
+    pub host: &'a str,
+    #[serde(flatten)]
+    pub body: &'a Body,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Body {
+    Start(Start),
+    Call(Box<Call>),
+    Loss(Loss),
+    Stop(Stop),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Start {
+    pub modtrace_version: &'static str,
+    pub kernel: String,
+    pub boot_id: Option<String>,
+    pub btf: bool,
+    pub strategies: BTreeMap<&'static str, &'static str>,
+    /// Fields this kernel cannot provide, rendered as null in every record.
+    pub unavailable_fields: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Call {
+    pub duration_ns: Option<u64>,
+    /// False when the task died inside the syscall: no result exists.
+    pub exited: bool,
+    pub process: Process,
+    pub parent: Parent,
+    pub args: Args,
+    pub result: Option<CallResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: Option<u32>,
+    /// 4294967295 is the kernel's "unset" (no login session).
+    pub auid: Option<u32>,
+    pub session: Option<u32>,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Option<Vec<String>>,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Parent {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    pub cmdline: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Args {
+    Init {
+        image_addr: String,
+        image_len: u64,
+        params: Captured,
+    },
+    Finit {
+        fd: i32,
+        file: FileArg,
+        params: Captured,
+        flags: Flags,
+    },
+    Delete {
+        name: Captured,
+        flags: Flags,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileArg {
+    pub path: Option<String>,
+    pub truncated: bool,
+    pub ino: Option<u64>,
+    pub unlinked: bool,
+    pub memfd: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LossCounts {
+    pub ringbuf_full: u64,
+    pub entry_missing: u64,
+    pub pending_full: u64,
+}
+
+impl LossCounts {
+    pub fn total(&self) -> u64 {
+        self.ringbuf_full + self.entry_missing + self.pending_full
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Loss {
+    pub lost: LossCounts,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventCounts {
+    pub init_module: u64,
+    pub finit_module: u64,
+    pub delete_module: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LostTotals {
+    #[serde(flatten)]
+    pub counts: LossCounts,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stop {
+    pub events: EventCounts,
+    pub lost: LostTotals,
+}
+
+pub fn file_arg(event: &FinitModuleEvent) -> FileArg {
+    if event.file_flags & FILE_BAD_FD != 0 || event.file_flags & FILE_RESOLVED == 0 {
+        let error = if event.file_flags & FILE_BAD_FD != 0 {
+            "bad fd"
+        } else {
+            "unresolved"
+        };
+        return FileArg {
+            path: None,
+            truncated: false,
+            ino: None,
+            unlinked: false,
+            memfd: false,
+            error: Some(error),
+        };
+    }
+    let unlinked = event.file_flags & FILE_UNLINKED != 0;
+    let path = captured(&event.path);
+    let truncated = event.path.state == STR_TRUNCATED;
+    let rebuilt = path.value.is_some().then(|| {
+        let len = (event.path.len as usize).min(event.path.bytes.len());
+        fields::path_from_leaf_first(&event.path.bytes[..len], truncated)
+    });
+    let memfd = event.file_flags & FILE_INTERNAL_MOUNT != 0
+        && rebuilt.as_deref().is_some_and(|p| p.starts_with("/memfd:"));
+    FileArg {
+        path: rebuilt,
+        truncated,
+        ino: Some(event.ino),
+        unlinked,
+        memfd,
+        error: path.error,
+    }
+}
+
+fn args(event: &KernelEvent) -> Args {
+    match event {
+        KernelEvent::InitModule(e) => Args::Init {
+            image_addr: format!("{:#x}", e.image_addr),
+            image_len: e.image_len,
+            params: captured(&e.params),
+        },
+        KernelEvent::FinitModule(e) => Args::Finit {
+            fd: e.fd,
+            file: file_arg(e),
+            params: captured(&e.params),
+            flags: fields::decode_flags(e.flags, fields::FINIT_FLAGS),
+        },
+        KernelEvent::DeleteModule(e) => Args::Delete {
+            name: captured(&e.name),
+            flags: fields::decode_flags(e.flags, fields::DELETE_FLAGS),
+        },
+    }
+}
+
+fn present(task: &TaskInfo, bit: u32, value: u32) -> Option<u32> {
+    (task.missing & bit == 0).then_some(value)
+}
+
+/// Builds the syscall record from the kernel's capture and what /proc gave.
+pub fn call(event: &KernelEvent, own: ProcInfo, parent: ProcInfo) -> Call {
+    let header = event.header();
+    let task = event.task();
+    let exited = header.exit_ns != 0;
+    let has_parent = task.missing & MISSING_PARENT == 0;
+    Call {
+        duration_ns: exited.then(|| header.exit_ns.saturating_sub(header.enter_ns)),
+        exited,
+        process: Process {
+            pid: task.pid,
+            tid: task.tid,
+            ppid: present(task, MISSING_PARENT, task.ppid),
+            uid: task.uid,
+            gid: task.gid,
+            euid: present(task, MISSING_EUID, task.euid),
+            auid: present(task, MISSING_AUID, task.auid),
+            session: present(task, MISSING_SESSION, task.session),
+            comm: fields::c_name(&task.comm),
+            exe: own.exe,
+            cmdline: own.cmdline,
+            cgroup_id: task.cgroup_id,
+            cgroup: own.cgroup,
+        },
+        parent: Parent {
+            pid: has_parent.then_some(task.ppid),
+            comm: has_parent.then(|| fields::c_name(&task.parent_comm)),
+            exe: parent.exe,
+            cmdline: parent.cmdline,
+        },
+        args: args(event),
+        result: exited.then(|| call_result(header.ret)),
+    }
+}

@@ -1,0 +1,363 @@
+//! `modtrace watch`: probes → ring buffer → decoder → enrichment → sinks.
+//!
+//! The ring buffer is read on epoll wake-ups (tokio `AsyncFd`). A short timer
+//! reports kernel-side losses as soon as they appear and reaps calls whose task
+//! died inside the syscall, so that no observed call goes unreported.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use modtrace_common::{
+    DeleteModuleEvent, FinitModuleEvent, InitModuleEvent, LOSS_ENTRY_MISSING, LOSS_PENDING_FULL,
+    LOSS_REASONS, LOSS_RINGBUF_FULL,
+};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
+use tracing::warn;
+
+use crate::{
+    clock::Clock,
+    decode::{self, KernelEvent},
+    enrich,
+    probes::{self, ProbeOptions, Strategy},
+    record::{self, Body, EventCounts, Loss, LossCounts, LostTotals, Start, Stop},
+    sink::{self, Emitter, Format, SinkError},
+};
+
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub format: Format,
+    pub colour: bool,
+    pub output: Option<PathBuf>,
+    pub strategy: Option<Strategy>,
+    pub btf: PathBuf,
+    pub ring_buffer_bytes: u32,
+    pub lock_file: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Probe(#[from] probes::ProbeError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("another modtrace is already running (it holds {path}); stop it first, or give this one another --lock-file if you really want two")]
+    AlreadyRunning { path: PathBuf },
+    #[error("cannot create lock file {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the eBPF object lacks map {0}: it and the collector come from different builds")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Held for the life of the process; the kernel drops the lock when we exit.
+fn acquire_lock(path: &Path) -> Result<nix::fcntl::Flock<File>, WatchError> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| WatchError::Lock {
+            path: path.into(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| WatchError::AlreadyRunning { path: path.into() })
+}
+
+/// The maps userspace reads, taken out of the object so that they outlive the
+/// programs: after detaching, the ring buffer is still drained.
+struct Maps {
+    losses: PerCpuArray<MapData, u64>,
+    pending_init: HashMap<MapData, u32, InitModuleEvent>,
+    pending_finit: HashMap<MapData, u32, FinitModuleEvent>,
+    pending_delete: HashMap<MapData, u32, DeleteModuleEvent>,
+}
+
+fn take_map<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, WatchError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(WatchError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| WatchError::Map { name, source })
+}
+
+impl Maps {
+    fn take(ebpf: &mut aya::Ebpf) -> Result<Self, WatchError> {
+        Ok(Self {
+            losses: take_map(ebpf, "LOSSES")?,
+            pending_init: take_map(ebpf, "PENDING_INIT")?,
+            pending_finit: take_map(ebpf, "PENDING_FINIT")?,
+            pending_delete: take_map(ebpf, "PENDING_DELETE")?,
+        })
+    }
+}
+
+/// Per-reason totals of the kernel's loss counters, summed over CPUs.
+fn read_losses(losses: &PerCpuArray<MapData, u64>) -> Result<LossCounts, WatchError> {
+    let mut totals = [0u64; LOSS_REASONS as usize];
+    for (reason, total) in totals.iter_mut().enumerate() {
+        let per_cpu = losses
+            .get(&(reason as u32), 0)
+            .map_err(|source| WatchError::Map {
+                name: "LOSSES",
+                source,
+            })?;
+        *total = per_cpu.iter().sum();
+    }
+    Ok(LossCounts {
+        ringbuf_full: totals[LOSS_RINGBUF_FULL as usize],
+        entry_missing: totals[LOSS_ENTRY_MISSING as usize],
+        pending_full: totals[LOSS_PENDING_FULL as usize],
+    })
+}
+
+struct Collector {
+    emitter: Emitter,
+    clock: Clock,
+    counts: EventCounts,
+    reported_losses: LossCounts,
+}
+
+impl Collector {
+    fn emit(&mut self, kind: &str, boot_ns: Option<u64>, body: &Body) -> Result<(), WatchError> {
+        let ts = self.clock.rfc3339(boot_ns);
+        Ok(self.emitter.emit(kind, ts, body)?)
+    }
+
+    fn on_event(&mut self, event: &KernelEvent) -> Result<(), WatchError> {
+        let header = event.header();
+        let task = event.task();
+        let own = enrich::process(task.pid, header.enter_ns);
+        let parent = enrich::process(task.ppid, header.enter_ns);
+        let call = record::call(event, own, parent);
+        match event {
+            KernelEvent::InitModule(_) => self.counts.init_module += 1,
+            KernelEvent::FinitModule(_) => self.counts.finit_module += 1,
+            KernelEvent::DeleteModule(_) => self.counts.delete_module += 1,
+        }
+        self.counts.total += 1;
+        self.emit(
+            event.kind(),
+            Some(header.enter_ns),
+            &Body::Call(Box::new(call)),
+        )
+    }
+
+    fn drain(&mut self, events: &mut RingBuf<MapData>) -> Result<(), WatchError> {
+        while let Some(item) = events.next() {
+            let decoded = decode::decode(&item);
+            drop(item);
+            match decoded {
+                Ok(event) => self.on_event(&event)?,
+                // A record we cannot read is still a lost event: say so.
+                Err(err) => warn!("dropping an unreadable kernel record: {err}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn report_losses(&mut self, maps: &Maps) -> Result<(), WatchError> {
+        let now = read_losses(&maps.losses)?;
+        let delta = LossCounts {
+            ringbuf_full: now.ringbuf_full - self.reported_losses.ringbuf_full,
+            entry_missing: now.entry_missing - self.reported_losses.entry_missing,
+            pending_full: now.pending_full - self.reported_losses.pending_full,
+        };
+        if delta.total() > 0 {
+            let total = delta.total();
+            self.reported_losses = now;
+            self.emit("loss", None, &Body::Loss(Loss { lost: delta, total }))?;
+        }
+        Ok(())
+    }
+
+    /// Reports and forgets pending calls selected by `finished`: tasks that
+    /// died inside the syscall, or, at shutdown, every call still in flight.
+    fn reap(
+        &mut self,
+        maps: &mut Maps,
+        finished: impl Fn(&KernelEvent) -> bool,
+    ) -> Result<(), WatchError> {
+        let mut stale = Vec::new();
+        collect_pending(
+            &maps.pending_init,
+            |e| KernelEvent::InitModule(Box::new(e)),
+            &finished,
+            &mut stale,
+        );
+        collect_pending(
+            &maps.pending_finit,
+            |e| KernelEvent::FinitModule(Box::new(e)),
+            &finished,
+            &mut stale,
+        );
+        collect_pending(
+            &maps.pending_delete,
+            |e| KernelEvent::DeleteModule(Box::new(e)),
+            &finished,
+            &mut stale,
+        );
+        for (tid, event) in stale {
+            // Removing first means a record is reported once even if the exit
+            // probe raced us (it then finds no entry and counts a loss).
+            let removed = match event {
+                KernelEvent::InitModule(_) => maps.pending_init.remove(&tid),
+                KernelEvent::FinitModule(_) => maps.pending_finit.remove(&tid),
+                KernelEvent::DeleteModule(_) => maps.pending_delete.remove(&tid),
+            };
+            if removed.is_ok() {
+                self.on_event(&event)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn collect_pending<V: aya::Pod>(
+    map: &HashMap<MapData, u32, V>,
+    wrap: impl Fn(V) -> KernelEvent,
+    finished: &impl Fn(&KernelEvent) -> bool,
+    out: &mut Vec<(u32, KernelEvent)>,
+) {
+    for (tid, value) in map.iter().filter_map(Result::ok) {
+        let event = wrap(value);
+        if finished(&event) {
+            out.push((tid, event));
+        }
+    }
+}
+
+/// A pending call whose thread no longer exists (or whose tid now belongs to
+/// a thread started after the call) will never reach the exit probe.
+fn task_died(event: &KernelEvent, now_boot_ns: u64) -> bool {
+    const GRACE_NS: u64 = 1_000_000_000;
+    let header = event.header();
+    let task = event.task();
+    if now_boot_ns.saturating_sub(header.enter_ns) < GRACE_NS {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{}/task/{}/stat", task.pid, task.tid));
+    match stat.ok().and_then(|s| enrich::start_time_ticks(&s)) {
+        None => true,
+        Some(ticks) => enrich::ticks_to_ns(ticks) > header.enter_ns,
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn start_body(probes: &probes::Probes) -> Start {
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Start {
+        modtrace_version: env!("CARGO_PKG_VERSION"),
+        kernel,
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_owned()),
+        btf: probes.btf_available,
+        strategies: probes.strategies.clone(),
+        unavailable_fields: probes.unavailable_fields.clone(),
+    }
+}
+
+pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
+    let _lock = acquire_lock(&options.lock_file)?;
+    let file = match &options.output {
+        Some(path) => Some((path.clone(), sink::open_output_file(path)?)),
+        None => None,
+    };
+    let mut probes = probes::attach(&ProbeOptions {
+        forced: options.strategy,
+        btf_path: options.btf.clone(),
+        ring_buffer_bytes: options.ring_buffer_bytes,
+    })?;
+    let ring: RingBuf<MapData> = take_map(&mut probes.ebpf, "EVENTS")?;
+    let mut maps = Maps::take(&mut probes.ebpf)?;
+    let mut collector = Collector {
+        emitter: Emitter::new(hostname(), options.format, options.colour, file),
+        clock: Clock,
+        counts: EventCounts::default(),
+        reported_losses: LossCounts::default(),
+    };
+    collector.emit("start", None, &Body::Start(start_body(&probes)))?;
+
+    let io = |what| move |source| WatchError::Io { what, source };
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(io("installing the SIGTERM handler"))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?;
+    // SAFETY: the AsyncFd owns the ring buffer, whose fd stays open and the
+    // same for as long as the AsyncFd lives.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .map_err(io("registering the ring buffer with epoll"))?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(io("waiting on the ring buffer"))?;
+                collector.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                collector.drain(ring.get_mut())?;
+                collector.report_losses(&maps)?;
+                ticks += 1;
+                if ticks % 10 == 0 {
+                    let now = Clock::boot_ns();
+                    collector.reap(&mut maps, |e| task_died(e, now))?;
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    shutdown(probes, ring.into_inner(), maps, collector)
+}
+
+/// Detaches the programs, then delivers everything already captured: the ring
+/// buffer's remainder, the calls still in flight, the final loss counts.
+fn shutdown(
+    probes: probes::Probes,
+    mut ring: RingBuf<MapData>,
+    mut maps: Maps,
+    mut collector: Collector,
+) -> Result<(), WatchError> {
+    drop(probes);
+    collector.drain(&mut ring)?;
+    collector.reap(&mut maps, |_| true)?;
+    collector.report_losses(&maps)?;
+    let counts = collector.reported_losses.clone();
+    let stop = Stop {
+        events: collector.counts.clone(),
+        lost: LostTotals {
+            total: counts.total(),
+            counts,
+        },
+    };
+    collector.emit("stop", None, &Body::Stop(stop))
+}
