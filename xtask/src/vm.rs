@@ -1,9 +1,212 @@
-//! The VM matrix (to be written).
-use anyhow::Result;
+//! The VM matrix: `cargo xtask vm-test` boots real Debian kernels in QEMU, runs each
+//! scenario of `tests/vm/scenarios/` with the real kmod tools in its own fresh guest,
+//! brings the results back, and asserts them on the host (see `vm/checks.rs`).
+mod checks;
+mod image;
+mod kernels;
+mod qemu;
+mod results;
+mod sh;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use self::kernels::{Kernel, KERNELS};
+
+/// Hard limit per guest: boot, scenario, results, poweroff.
+const VM_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[derive(clap::Args, Default)]
-pub struct VmTestArgs {}
+pub struct VmTestArgs {
+    /// Run only this kernel (names: the KERNELS table in xtask/src/vm/kernels.rs).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Run only this scenario (a file name under tests/vm/scenarios/, without .sh).
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// Keep each guest's initramfs tree and raw serial output under target/vm/work.
+    #[arg(long)]
+    pub keep: bool,
+}
 
-pub fn run(_args: &VmTestArgs) -> Result<()> {
+/// A scenario script and what it needs from a kernel.
+struct Scenario {
+    name: String,
+    needs_modules: bool,
+}
+
+pub fn run(args: &VmTestArgs) -> Result<()> {
+    let workspace = workspace_root();
+    let vm_dir = workspace.join("target/vm");
+    let kernels = selected_kernels(args)?;
+    let scenarios = selected_scenarios(&workspace.join("tests/vm/scenarios"), args)?;
+    let binaries = build_guest_binaries(&workspace);
+    let mut outcomes = Vec::new();
+    for kernel in kernels {
+        outcomes.extend(run_kernel(
+            kernel, &scenarios, &binaries, &workspace, &vm_dir, args,
+        )?);
+    }
+    report(&outcomes)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+fn selected_kernels(args: &VmTestArgs) -> Result<Vec<&'static Kernel>> {
+    let kernels: Vec<_> = KERNELS
+        .iter()
+        .filter(|k| args.kernel.as_deref().is_none_or(|want| want == k.name))
+        .collect();
+    if kernels.is_empty() {
+        let names: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+        bail!(
+            "no kernel named {:?}; known: {}",
+            args.kernel.as_deref().unwrap_or(""),
+            names.join(", ")
+        );
+    }
+    Ok(kernels)
+}
+
+fn selected_scenarios(dir: &Path, args: &VmTestArgs) -> Result<Vec<Scenario>> {
+    let mut scenarios = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".sh"))
+        else {
+            continue;
+        };
+        if name == "lib" || args.scenario.as_deref().is_some_and(|want| want != name) {
+            continue;
+        }
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let needs_modules = text.lines().any(|l| l.trim() == "# needs: modules");
+        scenarios.push(Scenario {
+            name: name.to_owned(),
+            needs_modules,
+        });
+    }
+    scenarios.sort_by(|a, b| a.name.cmp(&b.name));
+    if scenarios.is_empty() {
+        bail!(
+            "no scenario {:?} in {}",
+            args.scenario.as_deref().unwrap_or("*"),
+            dir.display()
+        );
+    }
+    Ok(scenarios)
+}
+
+/// Builds modtrace and mtcall; a failed build leaves the binary out of the guest, so
+/// the scenarios that need it fail and say why (a stale binary is never used).
+fn build_guest_binaries(workspace: &Path) -> image::GuestBinaries {
+    let build =
+        |package: &str| match crate::run_cargo(&["build", "--release", "--package", package]) {
+            Ok(()) => Some(workspace.join("target/release").join(package)),
+            Err(err) => {
+                eprintln!(
+                    "vm: WARNING: {package} did not build ({err:#}); guests will run without it"
+                );
+                None
+            }
+        };
+    image::GuestBinaries {
+        modtrace: build("modtrace"),
+        mtcall: build("mtcall"),
+    }
+}
+
+fn run_kernel(
+    kernel: &Kernel,
+    scenarios: &[Scenario],
+    binaries: &image::GuestBinaries,
+    workspace: &Path,
+    vm_dir: &Path,
+    args: &VmTestArgs,
+) -> Result<Vec<checks::Outcome>> {
+    let unpacked = kernels::fetch(kernel, vm_dir)?;
+    let work = vm_dir.join("work").join(kernel.name);
+    let initramfs = image::build(&unpacked, binaries, &workspace.join("tests/vm"), &work)
+        .with_context(|| format!("building the initramfs for {}", kernel.name))?;
+    eprintln!(
+        "vm: {} is {} ({})",
+        kernel.name, unpacked.release, unpacked.package
+    );
+    let mut outcomes = Vec::new();
+    for scenario in scenarios {
+        if scenario.needs_modules && !kernel.has_modules {
+            eprintln!(
+                "vm: {}/{}: not run, the kernel has no modules",
+                kernel.name, scenario.name
+            );
+            continue;
+        }
+        outcomes.push(run_scenario(
+            kernel, &unpacked, &initramfs, scenario, vm_dir, binaries,
+        ));
+    }
+    if !args.keep {
+        let _ = fs::remove_dir_all(&work);
+    }
+    Ok(outcomes)
+}
+
+fn run_scenario(
+    kernel: &Kernel,
+    unpacked: &kernels::UnpackedKernel,
+    initramfs: &Path,
+    scenario: &Scenario,
+    vm_dir: &Path,
+    binaries: &image::GuestBinaries,
+) -> checks::Outcome {
+    let label = format!("{}/{}", kernel.name, scenario.name);
+    let out_dir = vm_dir
+        .join("results")
+        .join(kernel.name)
+        .join(&scenario.name);
+    let boot = qemu::Boot {
+        vmlinuz: &unpacked.vmlinuz,
+        initramfs,
+        scenario: &scenario.name,
+        timeout: VM_TIMEOUT,
+        out_dir: &out_dir,
+    };
+    let booted = qemu::run(&boot).and_then(|(dir, elapsed)| {
+        eprintln!("vm: {label}: guest ran for {:.1} s", elapsed.as_secs_f64());
+        results::ScenarioResults::load(&dir)
+    });
+    match booted {
+        Ok(results) => checks::run(&label, &scenario.name, &results, binaries),
+        Err(err) => checks::Outcome::vm_failed(&label, &err),
+    }
+}
+
+fn report(outcomes: &[checks::Outcome]) -> Result<()> {
+    eprintln!("\nvm: summary");
+    for outcome in outcomes {
+        outcome.print();
+    }
+    let failed = outcomes.iter().filter(|o| !o.passed()).count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} VM scenario runs failed (details above)",
+            outcomes.len()
+        );
+    }
+    eprintln!("vm: all {} scenario runs passed", outcomes.len());
     Ok(())
 }

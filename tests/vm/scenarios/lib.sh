@@ -1,0 +1,82 @@
+# Helpers sourced by every scenario (run by /init from /tmp with results in $R).
+R=/results
+T=/sys/kernel/tracing
+KVER=$(uname -r)
+act_seq=0
+watch_pid=
+watch_label=
+
+# act LABEL CMD...: runs CMD in the background of this shell (so its pid and ppid are
+# known for matching modtrace's process fields) and records argv, pid, ppid, stdout,
+# stderr and the exit code under $R/actions/NNN-LABEL.
+act() {
+    label=$1
+    shift
+    act_seq=$((act_seq + 1))
+    d=$R/actions/$(printf %03d $act_seq)-$label
+    mkdir -p "$d"
+    printf '%s\n' "$@" > "$d/argv"
+    echo $$ > "$d/ppid"
+    "$@" > "$d/stdout" 2> "$d/stderr" &
+    echo $! > "$d/pid"
+    wait $!
+    echo $? > "$d/rc"
+}
+
+# Path of a module file as kmod resolves it (.ko or .ko.xz).
+modpath() { /sbin/modinfo -n "$1"; }
+
+# Writes the uncompressed image of module $1 to $2 (kernels ship .ko or .ko.xz).
+plain_module() {
+    case "$(modpath "$1")" in
+    *.xz) xzcat "$(modpath "$1")" > "$2" ;;
+    *) cp "$(modpath "$1")" "$2" ;;
+    esac
+}
+
+# watch_start LABEL [modtrace args]: starts `modtrace watch` and waits for its start
+# record. Writes the status ("started", "missing", or why it failed) for the host.
+watch_start() {
+    watch_label=$1
+    shift
+    w=$R/watch/$watch_label
+    mkdir -p "$w"
+    printf '%s\n' "$@" > "$w/argv"
+    watch_pid=
+    if [ ! -x /usr/bin/modtrace ]; then
+        echo "missing: /usr/bin/modtrace is not in the image (target/release/modtrace was not built)" > "$w/status"
+        return 0
+    fi
+    /usr/bin/modtrace watch --format json "$@" > "$w/out.ndjson" 2> "$w/stderr" &
+    watch_pid=$!
+    i=0
+    while ! head -n1 "$w/out.ndjson" | grep -q '"kind": *"start"'; do
+        if ! kill -0 $watch_pid 2> /dev/null; then
+            wait $watch_pid
+            echo "failed: modtrace exited with status $? before its start record" > "$w/status"
+            watch_pid=
+            return 0
+        fi
+        i=$((i + 1))
+        if [ $i -ge 600 ]; then
+            kill -9 $watch_pid
+            echo "failed: no start record after 60 s" > "$w/status"
+            watch_pid=
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo started > "$w/status"
+    echo "watch-begin $watch_label" > $T/trace_marker
+}
+
+# watch_stop: SIGTERM, wait, record the exit status.
+watch_stop() {
+    w=$R/watch/$watch_label
+    echo "watch-end $watch_label" > $T/trace_marker
+    [ -n "$watch_pid" ] || return 0
+    kill -TERM $watch_pid
+    wait $watch_pid
+    echo $? > "$w/exit_code"
+    watch_pid=
+}

@@ -1,0 +1,21 @@
+# needs: modules
+# The default strategies in the start record, then one run per forced strategy
+# (flag and environment variable), each seeing one load and one unload.
+DUMMY=$(modpath dummy)
+load_unload() {
+    act "$1_load" /sbin/insmod "$DUMMY"
+    act "$1_unload" /sbin/rmmod dummy
+}
+watch_start default
+load_unload default
+watch_stop
+for s in fentry syscall-tracepoints raw-syscalls; do
+    watch_start "$s" --strategy "$s"
+    load_unload "$s"
+    watch_stop
+done
+export MODTRACE_STRATEGY=syscall-tracepoints
+watch_start env
+load_unload env
+watch_stop
+unset MODTRACE_STRATEGY

@@ -1,0 +1,171 @@
+//! Host-side assertions over one scenario run: first the kernel's ground truth (exit
+//! codes, /proc/modules, ftrace's record of every module syscall, mtcall's reports),
+//! then modtrace's NDJSON against that truth and docs/output.md. modtrace checks never
+//! pass vacuously: a watch that did not start is a failure that says why.
+mod scenarios;
+mod watch;
+
+use std::fmt::Debug;
+
+use super::{image::GuestBinaries, results::ScenarioResults};
+
+/// The result of one (kernel, scenario) run.
+pub struct Outcome {
+    label: String,
+    ground: Vec<Finding>,
+    modtrace: Vec<Finding>,
+    vm_error: Option<String>,
+}
+
+struct Finding {
+    ok: bool,
+    what: String,
+}
+
+impl Outcome {
+    pub fn vm_failed(label: &str, err: &anyhow::Error) -> Self {
+        Self {
+            label: label.to_owned(),
+            ground: Vec::new(),
+            modtrace: Vec::new(),
+            vm_error: Some(format!("{err:#}")),
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.vm_error.is_none()
+            && !self.ground.is_empty()
+            && !self.modtrace.is_empty()
+            && self.ground.iter().chain(&self.modtrace).all(|f| f.ok)
+    }
+
+    pub fn print(&self) {
+        let verdict = if self.passed() { "PASS" } else { "FAIL" };
+        if let Some(err) = &self.vm_error {
+            eprintln!("{verdict} {}: the VM run failed: {err}", self.label);
+            return;
+        }
+        for (area, findings) in [("ground truth", &self.ground), ("modtrace", &self.modtrace)] {
+            let failed: Vec<_> = findings.iter().filter(|f| !f.ok).collect();
+            eprintln!(
+                "{verdict} {} {area}: {} checks, {} failed{}",
+                self.label,
+                findings.len(),
+                failed.len(),
+                if findings.is_empty() {
+                    " (no checks ran: that is a failure)"
+                } else {
+                    ""
+                }
+            );
+            for finding in failed {
+                eprintln!("    - {}", finding.what);
+            }
+        }
+    }
+}
+
+/// Collects findings for one area (ground truth or modtrace).
+#[derive(Default)]
+pub struct Checks {
+    findings: Vec<Finding>,
+}
+
+impl Checks {
+    pub fn check(&mut self, ok: bool, what: impl Into<String>) {
+        self.findings.push(Finding {
+            ok,
+            what: what.into(),
+        });
+    }
+
+    pub fn fail(&mut self, what: impl Into<String>) {
+        self.check(false, what);
+    }
+
+    pub fn eq<T: PartialEq + Debug>(&mut self, what: &str, actual: T, expected: T) {
+        let ok = actual == expected;
+        self.check(ok, format!("{what}: got {actual:?}, expected {expected:?}"));
+    }
+}
+
+/// Ground truth and modtrace checks of one scenario.
+pub struct Ctx<'a> {
+    pub results: &'a ScenarioResults,
+    pub ground: Checks,
+    pub modtrace: Checks,
+}
+
+pub fn run(
+    label: &str,
+    scenario: &str,
+    results: &ScenarioResults,
+    binaries: &GuestBinaries,
+) -> Outcome {
+    let mut ctx = Ctx {
+        results,
+        ground: Checks::default(),
+        modtrace: Checks::default(),
+    };
+    common_ground(&mut ctx, binaries);
+    match scenarios::find(scenario) {
+        Some(check) => check(&mut ctx),
+        None => ctx.ground.fail(format!(
+            "no assertions are written for scenario {scenario} (xtask/src/vm/checks/scenarios.rs)"
+        )),
+    }
+    Outcome {
+        label: label.to_owned(),
+        ground: ctx.ground.findings,
+        modtrace: ctx.modtrace.findings,
+        vm_error: None,
+    }
+}
+
+/// What every run must show regardless of scenario.
+fn common_ground(ctx: &mut Ctx, binaries: &GuestBinaries) {
+    let r = ctx.results;
+    let g = &mut ctx.ground;
+    g.check(
+        r.scenario_rc == Some(0),
+        format!(
+            "scenario script exits 0: got {:?}; {}/scenario.log ends: {}",
+            r.scenario_rc,
+            r.dir.display(),
+            r.scenario_log
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+    );
+    g.check(
+        r.trace_enable_failed.is_empty(),
+        format!(
+            "ftrace events that could not be enabled: {}",
+            r.trace_enable_failed.trim()
+        ),
+    );
+    g.eq("ftrace overruns (lost ground truth)", r.trace_overruns, 0);
+    g.check(
+        r.calls().all(|c| c.ret.is_some()),
+        "every traced module syscall has a traced exit",
+    );
+    if binaries.mtcall.is_none() {
+        g.fail("mtcall did not build: target/release/mtcall is not in the guest");
+    }
+    for action in &r.actions {
+        let uses_mtcall = action.argv.first().is_some_and(|a| a.ends_with("/mtcall"));
+        if uses_mtcall {
+            let report = action.json_lines();
+            g.check(
+                report.as_ref().is_ok_and(|lines| !lines.is_empty()),
+                format!(
+                    "mtcall in action {} printed its JSON report (stdout {:?}, stderr {:?})",
+                    action.label, action.stdout, action.stderr
+                ),
+            );
+        }
+    }
+}

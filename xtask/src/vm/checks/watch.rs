@@ -1,0 +1,328 @@
+//! Checks of one `modtrace watch` run shared by all scenarios: the envelope of
+//! docs/output.md, and a one-to-one match between modtrace's syscall records and the
+//! module syscalls the kernel's ftrace saw while the watch ran.
+use serde_json::{json, Value};
+
+use super::{Checks, Ctx};
+use crate::vm::results::{TraceItem, TracedCall, Watch};
+
+const SYSCALL_KINDS: &[&str] = &["init_module", "finit_module", "delete_module"];
+pub const STRATEGIES: &[&str] = &["fentry", "syscall-tracepoints", "raw-syscalls"];
+
+/// A watch whose output passed the envelope checks, with the ground-truth calls
+/// made while it ran.
+pub struct Watched<'a> {
+    pub records: Vec<&'a Value>,
+    pub calls: Vec<&'a TracedCall>,
+}
+
+impl<'a> Watched<'a> {
+    pub fn start(&self) -> Option<&'a Value> {
+        self.records
+            .first()
+            .copied()
+            .filter(|r| r["kind"] == "start")
+    }
+
+    /// Syscall records made by process `pid`, in output order.
+    pub fn by_pid(&self, pid: Option<u32>) -> Vec<&'a Value> {
+        self.records
+            .iter()
+            .copied()
+            .filter(|r| pid.is_some() && r.pointer("/process/pid") == Some(&json!(pid)))
+            .collect()
+    }
+}
+
+/// Runs the shared checks of watch `label` and returns its records for the scenario's
+/// own checks, or records why modtrace could not be checked (never a silent pass).
+pub fn watched<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watched<'a>> {
+    let r = ctx.results;
+    let m = &mut ctx.modtrace;
+    let Some(watch) = r.watches.get(label) else {
+        m.fail(format!("watch {label}: the scenario never started it"));
+        return None;
+    };
+    if watch.status != "started" {
+        m.fail(format!(
+            "watch {label}: modtrace binary missing/failed to start: {} (argv {:?}, stderr: {})",
+            watch.status,
+            watch.argv,
+            watch.stderr.trim()
+        ));
+        return None;
+    }
+    let records = envelope(m, watch, r.meta.get("kernel"))?;
+    let calls = r
+        .watch_window(label)
+        .into_iter()
+        .filter_map(|item| match item {
+            TraceItem::Call(call) if call.comm != "modtrace" => Some(call),
+            _ => None,
+        })
+        .collect();
+    let watched = Watched { records, calls };
+    match_calls(m, label, &watched);
+    Some(watched)
+}
+
+fn envelope<'a>(
+    m: &mut Checks,
+    watch: &'a Watch,
+    kernel: Option<&String>,
+) -> Option<Vec<&'a Value>> {
+    let label = &watch.label;
+    m.eq(
+        &format!("watch {label}: exit status after SIGTERM"),
+        watch.exit_code,
+        Some(0),
+    );
+    let mut records = Vec::new();
+    for line in &watch.lines {
+        match line {
+            Ok(record) => records.push(record),
+            Err(err) => m.fail(format!("watch {label}: output line is not JSON: {err}")),
+        }
+    }
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap_or("?"))
+        .collect();
+    m.check(
+        kinds.first() == Some(&"start") && kinds.last() == Some(&"stop"),
+        format!("watch {label}: first record start and last stop, got kinds {kinds:?}"),
+    );
+    for (seq, record) in records.iter().enumerate() {
+        let fields_ok = record["schema"] == 1
+            && record["seq"] == seq
+            && record["host"] == "modtrace-vm"
+            && record["ts"]
+                .as_str()
+                .is_some_and(|ts| ts.ends_with('Z') && ts.contains('T'));
+        m.check(fields_ok, format!("watch {label}: record {seq} has schema 1, seq {seq}, host modtrace-vm, RFC 3339 ts: {record}"));
+    }
+    let loss: Vec<_> = records.iter().filter(|r| r["kind"] == "loss").collect();
+    m.check(
+        loss.is_empty(),
+        format!("watch {label}: no loss records, got {loss:?}"),
+    );
+    let start = records.first().filter(|r| r["kind"] == "start")?;
+    m.eq(
+        &format!("watch {label}: start.kernel"),
+        start["kernel"].as_str(),
+        kernel.map(String::as_str),
+    );
+    let stop = records.last().filter(|r| r["kind"] == "stop")?;
+    for kind in SYSCALL_KINDS {
+        let count = kinds.iter().filter(|k| *k == kind).count();
+        m.eq(
+            &format!("watch {label}: stop.events.{kind}"),
+            stop["events"][kind].as_u64(),
+            Some(count as u64),
+        );
+    }
+    Some(records)
+}
+
+/// Every traced call has exactly one record (same syscall, tid, return value) and
+/// every syscall record has a traced call.
+fn match_calls(m: &mut Checks, label: &str, watched: &Watched) {
+    let mut unmatched: Vec<&Value> = watched
+        .records
+        .iter()
+        .copied()
+        .filter(|r| SYSCALL_KINDS.iter().any(|k| r["kind"] == *k))
+        .collect();
+    let mut missing = Vec::new();
+    for call in &watched.calls {
+        let found = unmatched.iter().position(|r| {
+            r["kind"] == call.syscall.as_str()
+                && r.pointer("/process/tid") == Some(&json!(call.tid))
+                && r.pointer("/result/ret") == Some(&json!(call.ret))
+        });
+        match found {
+            Some(index) => record_matches_call(m, label, unmatched.remove(index), call),
+            None => missing.push(call),
+        }
+    }
+    m.check(
+        missing.is_empty(),
+        format!(
+            "watch {label}: {} of {} traced syscalls have a record; missing: {missing:?}",
+            watched.calls.len() - missing.len(),
+            watched.calls.len()
+        ),
+    );
+    m.check(
+        unmatched.is_empty(),
+        format!("watch {label}: records the kernel never traced: {unmatched:?}"),
+    );
+}
+
+fn record_matches_call(m: &mut Checks, label: &str, record: &Value, call: &TracedCall) {
+    let what = |field: &str| {
+        format!(
+            "watch {label}: {} by tid {} ({}): {field}",
+            call.syscall, call.tid, call.comm
+        )
+    };
+    m.eq(
+        &what("process.pid"),
+        record.pointer("/process/pid").cloned(),
+        call.tgid.map(|p| json!(p)),
+    );
+    let ret = call.ret.unwrap_or(i64::MIN);
+    let errno = errno_name(ret);
+    m.check(
+        result_matches(&record["result"], ret, errno),
+        format!(
+            "{}: expected ret {ret} errno {errno:?} ok {}, got {}",
+            what("result"),
+            ret >= 0,
+            record["result"]
+        ),
+    );
+    let arg = |name: &str| call.args.get(name).copied();
+    match call.syscall.as_str() {
+        "finit_module" => {
+            // ftrace prints the int fd as an unsigned hex word.
+            let fd = arg("fd").map(|fd| json!(fd as u32 as i32));
+            m.eq(&what("args.fd"), record.pointer("/args/fd").cloned(), fd);
+            m.eq(
+                &what("args.flags.raw"),
+                record.pointer("/args/flags/raw").and_then(Value::as_u64),
+                arg("flags"),
+            );
+        }
+        "init_module" => {
+            m.eq(
+                &what("args.image_len"),
+                record.pointer("/args/image_len").and_then(Value::as_u64),
+                arg("len"),
+            );
+        }
+        _ => {
+            m.eq(
+                &what("args.flags.raw"),
+                record.pointer("/args/flags/raw").and_then(Value::as_u64),
+                arg("flags"),
+            );
+        }
+    }
+}
+
+fn result_matches(result: &Value, ret: i64, errno: Option<&str>) -> bool {
+    let ok = ret >= 0;
+    let errno_ok = match errno {
+        // Linux gives 11 two names; either is the truth.
+        Some("EAGAIN") => result["errno"] == "EAGAIN" || result["errno"] == "EWOULDBLOCK",
+        Some(name) => result["errno"] == name,
+        None => result["errno"].is_null(),
+    };
+    result["ret"] == ret && result["ok"] == ok && errno_ok
+}
+
+/// Names of the errnos these scenarios provoke; an unknown one fails the comparison.
+pub fn errno_name(ret: i64) -> Option<&'static str> {
+    Some(match -ret {
+        n if n <= 0 => return None,
+        1 => "EPERM",
+        2 => "ENOENT",
+        8 => "ENOEXEC",
+        9 => "EBADF",
+        11 => "EAGAIN",
+        14 => "EFAULT",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        22 => "EINVAL",
+        _ => "unknown errno",
+    })
+}
+
+/// The process block of a record: who made the call.
+pub struct Who<'a> {
+    pub pid: Option<u32>,
+    pub ppid: Option<u32>,
+    pub uid: u32,
+    pub comm: &'a str,
+    pub parent_comm: Option<&'a str>,
+    pub cmdline: Option<&'a [String]>,
+}
+
+pub fn check_process(m: &mut Checks, what: &str, record: &Value, who: &Who) {
+    let p = &record["process"];
+    m.eq(
+        &format!("{what}: process.pid"),
+        p["pid"].as_u64(),
+        who.pid.map(u64::from),
+    );
+    m.eq(
+        &format!("{what}: process.ppid"),
+        p["ppid"].as_u64(),
+        who.ppid.map(u64::from),
+    );
+    m.eq(
+        &format!("{what}: process.uid"),
+        p["uid"].as_u64(),
+        Some(u64::from(who.uid)),
+    );
+    m.eq(
+        &format!("{what}: process.comm"),
+        p["comm"].as_str(),
+        Some(who.comm),
+    );
+    if let Some(parent) = who.parent_comm {
+        m.eq(
+            &format!("{what}: parent.comm"),
+            record.pointer("/parent/comm").and_then(Value::as_str),
+            Some(parent),
+        );
+        m.eq(
+            &format!("{what}: parent.pid"),
+            record.pointer("/parent/pid").and_then(Value::as_u64),
+            who.ppid.map(u64::from),
+        );
+    }
+    if let Some(cmdline) = who.cmdline {
+        m.eq(
+            &format!("{what}: process.cmdline"),
+            &p["cmdline"],
+            &json!(cmdline),
+        );
+    }
+}
+
+/// A captured string: `{"value": …, "truncated": false}`.
+pub fn check_string(m: &mut Checks, what: &str, captured: &Value, expected: &str) {
+    m.eq(
+        what,
+        captured,
+        &json!({"value": expected, "truncated": false}),
+    );
+}
+
+pub fn check_flags(m: &mut Checks, what: &str, flags: &Value, raw: u64, names: &[&str]) {
+    m.eq(what, flags, &json!({"raw": raw, "names": names}));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_must_carry_the_kernels_errno() {
+        let eexist = json!({"ret": -17, "errno": "EEXIST", "ok": false});
+        assert!(result_matches(&eexist, -17, errno_name(-17)));
+        assert!(!result_matches(&eexist, -2, errno_name(-2)));
+        assert!(!result_matches(
+            &json!({"ret": 0, "errno": null, "ok": false}),
+            0,
+            None
+        ));
+        assert!(result_matches(
+            &json!({"ret": -11, "errno": "EWOULDBLOCK", "ok": false}),
+            -11,
+            errno_name(-11)
+        ));
+    }
+}

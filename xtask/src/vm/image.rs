@@ -1,0 +1,254 @@
+//! The guest initramfs: busybox, Debian's kmod, modtrace, mtcall, the selected modules
+//! with their dependencies, and the init and scenario scripts from `tests/vm/`.
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{
+    kernels::UnpackedKernel,
+    sh::{output, status},
+};
+
+/// Modules the scenarios use; their dependencies and soft dependencies come along.
+const MODULES: &[&str] = &["sctp", "dummy", "loop", "udf"];
+/// kmod's tools; in the guest they live in /sbin, busybox's applets in /bin.
+const KMOD_TOOLS: &[&str] = &["modprobe", "insmod", "rmmod", "lsmod", "modinfo", "depmod"];
+/// Kernel-provided module indexes depmod reads when it rebuilds the guest's indexes.
+const MODULE_INDEX_FILES: &[&str] = &[
+    "modules.builtin",
+    "modules.builtin.modinfo",
+    "modules.order",
+];
+
+/// Project binaries to put in the guest, when they were built.
+pub struct GuestBinaries {
+    pub modtrace: Option<PathBuf>,
+    pub mtcall: Option<PathBuf>,
+}
+
+/// Builds `<out_dir>/initramfs.cpio` for the kernel and returns its path.
+pub fn build(
+    kernel: &UnpackedKernel,
+    binaries: &GuestBinaries,
+    tests_vm: &Path,
+    out_dir: &Path,
+) -> Result<PathBuf> {
+    let root = out_dir.join("root");
+    let _ = fs::remove_dir_all(&root);
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "results",
+        "home/user",
+    ] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    install_busybox(&root)?;
+    install_kmod(&root)?;
+    if let Some(modtrace) = &binaries.modtrace {
+        install_elf(&root, modtrace, "usr/bin/modtrace")?;
+    }
+    if let Some(mtcall) = &binaries.mtcall {
+        install_elf(&root, mtcall, "usr/bin/mtcall")?;
+    }
+    install_modules(&root, kernel)
+        .with_context(|| format!("adding modules of {}", kernel.package))?;
+    install_scripts(&root, tests_vm)?;
+    install_users(&root)?;
+    let cpio = out_dir.join("initramfs.cpio");
+    write_cpio(&root, &cpio)?;
+    Ok(cpio)
+}
+
+fn install_busybox(root: &Path) -> Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        bail!("/bin/busybox is missing: install busybox-static (cargo xtask setup)");
+    }
+    copy_file(busybox, &root.join("bin/busybox"))?;
+    let applets = output(Command::new(busybox).arg("--list"))?;
+    for applet in applets
+        .lines()
+        .filter(|a| !KMOD_TOOLS.contains(a) && *a != "busybox")
+    {
+        symlink("busybox", root.join("bin").join(applet))?;
+    }
+    Ok(())
+}
+
+fn install_kmod(root: &Path) -> Result<()> {
+    let kmod = which("kmod")?;
+    install_elf(root, &kmod, "usr/bin/kmod")?;
+    for tool in KMOD_TOOLS {
+        symlink("/usr/bin/kmod", root.join("sbin").join(tool))?;
+    }
+    Ok(())
+}
+
+fn which(program: &str) -> Result<PathBuf> {
+    let path = output(Command::new("sh").args(["-c", &format!("command -v {program}")]))
+        .with_context(|| format!("{program} is not installed (cargo xtask setup)"))?;
+    Ok(PathBuf::from(path.trim()))
+}
+
+/// Copies an executable and every shared library `ldd` lists (the loader too) to
+/// the same absolute paths in the image.
+fn install_elf(root: &Path, binary: &Path, dest: &str) -> Result<()> {
+    copy_file(binary, &root.join(dest))?;
+    for lib in shared_libraries(binary)? {
+        let dest = root.join(lib.strip_prefix("/").unwrap_or(&lib));
+        if !dest.exists() {
+            copy_file(&lib, &dest)?;
+        }
+    }
+    Ok(())
+}
+
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .with_context(|| format!("running ldd {}", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // ldd fails on static executables, which need nothing.
+        return Ok(Vec::new());
+    }
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let path = line.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// Copies the requested modules with everything `modprobe --show-depends` pulls in,
+/// then rebuilds the indexes for just those.
+fn install_modules(root: &Path, kernel: &UnpackedKernel) -> Result<()> {
+    let src = kernel.modules_dir();
+    let dest = root.join("lib/modules").join(&kernel.release);
+    fs::create_dir_all(&dest)?;
+    for name in MODULES {
+        for file in module_closure(kernel, name)? {
+            let relative = file.strip_prefix(&src).with_context(|| {
+                format!(
+                    "modprobe resolved {name} to {} outside {}",
+                    file.display(),
+                    src.display()
+                )
+            })?;
+            copy_file(&file, &dest.join(relative))?;
+        }
+    }
+    for index in MODULE_INDEX_FILES {
+        copy_file(&src.join(index), &dest.join(index))?;
+    }
+    status(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(root)
+            .arg(&kernel.release),
+    )
+}
+
+fn module_closure(kernel: &UnpackedKernel, name: &str) -> Result<Vec<PathBuf>> {
+    let plan = output(
+        Command::new("/sbin/modprobe")
+            .arg("-d")
+            .arg(&kernel.root)
+            .args([
+                "-S",
+                &kernel.release,
+                "--ignore-install",
+                "--show-depends",
+                name,
+            ]),
+    )?;
+    let files: Vec<PathBuf> = plan
+        .lines()
+        .filter_map(|line| line.strip_prefix("insmod "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(PathBuf::from)
+        .collect();
+    if files.is_empty() {
+        bail!(
+            "{} has no module {name} (modprobe --show-depends: {plan:?})",
+            kernel.package
+        );
+    }
+    Ok(files)
+}
+
+fn install_scripts(root: &Path, tests_vm: &Path) -> Result<()> {
+    copy_file(&tests_vm.join("init"), &root.join("init"))?;
+    let scenarios = tests_vm.join("scenarios");
+    for entry in
+        fs::read_dir(&scenarios).with_context(|| format!("listing {}", scenarios.display()))?
+    {
+        let path = entry?.path();
+        copy_file(
+            &path,
+            &root
+                .join("scenarios")
+                .join(path.file_name().unwrap_or_default()),
+        )?;
+    }
+    Ok(())
+}
+
+/// The uid-1000 user for busybox su/setpriv and for readable names in the guest.
+fn install_users(root: &Path) -> Result<()> {
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+    )?;
+    fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n")?;
+    Ok(())
+}
+
+fn write_cpio(root: &Path, cpio: &Path) -> Result<()> {
+    let file = fs::File::create(cpio).with_context(|| format!("creating {}", cpio.display()))?;
+    let listing = output(Command::new("find").arg(".").current_dir(root))?;
+    let mut child = Command::new("cpio")
+        .args(["--quiet", "-o", "-H", "newc", "--owner", "0:0"])
+        .current_dir(root)
+        .stdin(std::process::Stdio::piped())
+        .stdout(file)
+        .spawn()
+        .context("running cpio")?;
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .context("cpio stdin")?
+        .write_all(listing.as_bytes())?;
+    let exit = child.wait()?;
+    if !exit.success() {
+        bail!("cpio failed with {exit} while writing {}", cpio.display());
+    }
+    Ok(())
+}
+
+/// Copies a file's contents (following symlinks), creating parent directories and
+/// keeping the permission bits.
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
