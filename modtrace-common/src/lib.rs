@@ -101,6 +101,10 @@ pub struct InitModuleEvent {
     pub task: TaskInfo,
     pub image_addr: u64,
     pub image_len: u64,
+    /// Kept so that a string unreadable at entry (its page not resident, which
+    /// a BPF program cannot fault in) is read again at exit, after the kernel's
+    /// own copy has brought it in.
+    pub params_addr: u64,
     pub params: BoundedStr<PARAMS_CAP>,
 }
 
@@ -124,10 +128,12 @@ pub struct FinitModuleEvent {
     pub ino: u64,
     pub file_flags: u32,
     pub _reserved: u32,
+    pub params_addr: u64,
     pub params: BoundedStr<PARAMS_CAP>,
-    /// Path components from the leaf up to the root, each followed by `/`
-    /// (`ko.sctp/kernel/.../` ), reversed by userspace. Writing leaf-first keeps
-    /// every copy at a bounded, increasing offset, which the verifier accepts.
+    /// Path components from the leaf up to the root, each ended by its NUL
+    /// (`sctp.ko\0sctp\0net\0…`), reversed by userspace. Leaf-first copies
+    /// at increasing offsets, and the helper's own NUL as separator, keep
+    /// every write bounded for the verifier.
     pub path: BoundedStr<PATH_BUF>,
 }
 
@@ -138,6 +144,7 @@ pub struct DeleteModuleEvent {
     pub task: TaskInfo,
     pub flags: u32,
     pub _reserved: u32,
+    pub name_addr: u64,
     pub name: BoundedStr<MODULE_NAME_CAP>,
 }
 
@@ -277,16 +284,18 @@ const _: () = {
     assert!(offset_of!(TaskInfo, comm) == 48);
     assert!(offset_of!(TaskInfo, parent_comm) == 64);
     assert!(size_of::<BoundedStr<PARAMS_CAP>>() == 8 + PARAMS_CAP);
-    assert!(size_of::<InitModuleEvent>() == 32 + 80 + 16 + 8 + PARAMS_CAP);
-    assert!(offset_of!(InitModuleEvent, params) == 128);
+    assert!(size_of::<InitModuleEvent>() == 32 + 80 + 24 + 8 + PARAMS_CAP);
+    assert!(offset_of!(InitModuleEvent, params) == 136);
     assert!(offset_of!(FinitModuleEvent, fd) == 112);
     assert!(offset_of!(FinitModuleEvent, ino) == 120);
-    assert!(offset_of!(FinitModuleEvent, params) == 136);
-    assert!(offset_of!(FinitModuleEvent, path) == 136 + 8 + PARAMS_CAP);
-    assert!(size_of::<FinitModuleEvent>() == 136 + 8 + PARAMS_CAP + 8 + PATH_BUF);
+    assert!(offset_of!(FinitModuleEvent, params_addr) == 136);
+    assert!(offset_of!(FinitModuleEvent, params) == 144);
+    assert!(offset_of!(FinitModuleEvent, path) == 144 + 8 + PARAMS_CAP);
+    assert!(size_of::<FinitModuleEvent>() == 144 + 8 + PARAMS_CAP + 8 + PATH_BUF);
     assert!(offset_of!(DeleteModuleEvent, flags) == 112);
-    assert!(offset_of!(DeleteModuleEvent, name) == 120);
-    assert!(size_of::<DeleteModuleEvent>() == 120 + 8 + MODULE_NAME_CAP);
+    assert!(offset_of!(DeleteModuleEvent, name_addr) == 120);
+    assert!(offset_of!(DeleteModuleEvent, name) == 128);
+    assert!(size_of::<DeleteModuleEvent>() == 128 + 8 + MODULE_NAME_CAP);
     assert!(size_of::<KernelOffsets>() == 30 * 4);
     assert!(size_of::<ProbeConfig>() == 30 * 4 + 20);
     assert!(PARAMS_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());

@@ -106,9 +106,18 @@ pub fn on_enter(call: Syscall, args: [u64; 3]) {
 #[inline(always)]
 pub fn on_exit(call: Syscall, ret: i64) {
     match call {
-        Syscall::InitModule => complete(&PENDING_INIT, ret, |e| &mut e.header),
-        Syscall::FinitModule => complete(&PENDING_FINIT, ret, |e| &mut e.header),
-        Syscall::DeleteModule => complete(&PENDING_DELETE, ret, |e| &mut e.header),
+        Syscall::InitModule => complete(&PENDING_INIT, ret, |e| {
+            capture::retry_user_str(e.params_addr, &mut e.params);
+            &mut e.header
+        }),
+        Syscall::FinitModule => complete(&PENDING_FINIT, ret, |e| {
+            capture::retry_user_str(e.params_addr, &mut e.params);
+            &mut e.header
+        }),
+        Syscall::DeleteModule => complete(&PENDING_DELETE, ret, |e| {
+            capture::retry_user_str(e.name_addr, &mut e.name);
+            &mut e.header
+        }),
     }
 }
 
@@ -131,6 +140,7 @@ fn enter_init([image_addr, image_len, params]: [u64; 3]) {
     capture::fill_task(&mut event.task);
     event.image_addr = image_addr;
     event.image_len = image_len;
+    event.params_addr = params;
     capture::user_str(params, &mut event.params);
     stash(&PENDING_INIT, event);
 }
@@ -146,6 +156,7 @@ fn enter_finit([fd, params, flags]: [u64; 3]) {
     capture::fill_task(&mut event.task);
     event.fd = fd as i32;
     event.flags = flags as u32;
+    event.params_addr = params;
     capture::user_str(params, &mut event.params);
     let file = capture::resolve_fd(event.fd, &mut event.path);
     event.file_flags = file.flags;
@@ -166,13 +177,15 @@ fn enter_delete([name, flags, _]: [u64; 3]) {
     );
     capture::fill_task(&mut event.task);
     event.flags = flags as u32;
+    event.name_addr = name;
     capture::user_str(name, &mut event.name);
     stash(&PENDING_DELETE, event);
 }
 
-/// Adds the return value to the current thread's pending record and delivers it.
+/// Adds the return value to the current thread's pending record and delivers
+/// it. `finish` completes what entry could not capture and gives the header.
 #[inline(always)]
-fn complete<T>(pending: &HashMap<u32, T>, ret: i64, header: impl Fn(&mut T) -> &mut EventHeader) {
+fn complete<T>(pending: &HashMap<u32, T>, ret: i64, finish: impl Fn(&mut T) -> &mut EventHeader) {
     let tid = current_tid();
     let Some(record) = pending.get_ptr_mut(tid) else {
         count_loss(LOSS_ENTRY_MISSING);
@@ -180,7 +193,7 @@ fn complete<T>(pending: &HashMap<u32, T>, ret: i64, header: impl Fn(&mut T) -> &
     };
     // SAFETY: the entry belongs to this thread, which is in this syscall.
     let record = unsafe { &mut *record };
-    let head = header(record);
+    let head = finish(record);
     // SAFETY: helper call without arguments.
     head.exit_ns = unsafe { bpf_ktime_get_boot_ns() };
     head.ret = ret;

@@ -103,6 +103,15 @@ pub fn user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
     };
 }
 
+/// Reads a user string again if it was unreadable at entry: by the syscall's
+/// exit the kernel has copied it, so its page is resident.
+#[inline(always)]
+pub fn retry_user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
+    if out.state == STR_UNREADABLE {
+        user_str(src, out);
+    }
+}
+
 /// Whether the user byte at `addr` is readable and not NUL, i.e. the string we
 /// just copied went on past our capacity.
 #[inline(always)]
@@ -126,7 +135,7 @@ pub struct FileInfo {
 }
 
 /// Resolves `fd` of the current task to its path, written into `path` leaf
-/// first (`name/parent/.../`), which userspace reverses. Crosses mount points
+/// first (`name\0parent\0…`), which userspace reverses. Crosses mount points
 /// the way d_path does, up to `PATH_MAX_COMPONENTS` components.
 #[inline(always)]
 pub fn resolve_fd<const N: usize>(fd: i32, path: &mut BoundedStr<N>) -> FileInfo {
@@ -229,7 +238,7 @@ fn walk_path<const N: usize>(
     false
 }
 
-/// Appends `dentry`'s name and a `/` at `path.len`. Returns false (and marks
+/// Appends `dentry`'s name and its NUL at `path.len`. Returns false (and marks
 /// the path truncated or unreadable) when it cannot.
 #[inline(always)]
 fn append_component<const N: usize>(dentry: *const u8, path: &mut BoundedStr<N>) -> bool {
@@ -261,11 +270,9 @@ fn append_component<const N: usize>(dentry: *const u8, path: &mut BoundedStr<N>)
         path.state = STR_UNREADABLE;
         return false;
     }
-    let copied = (copied as usize) & (NAME_MAX - 1 | NAME_MAX);
-    // Replace the helper's NUL by the separator.
-    if let Some(byte) = path.bytes.get_mut(start + copied.saturating_sub(1)) {
-        *byte = b'/';
-    }
+    // The helper's NUL ends the component; no byte is written at a
+    // computed offset, which older verifiers (6.1) cannot bound.
+    let copied = (copied as usize) & (2 * NAME_MAX - 1);
     path.len = (start + copied) as u32;
     true
 }

@@ -112,7 +112,7 @@ mod tests {
         unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
     }
 
-    pub(crate) fn delete_event() -> DeleteModuleEvent {
+    fn delete_event() -> DeleteModuleEvent {
         DeleteModuleEvent {
             header: EventHeader {
                 kind: KIND_DELETE_MODULE,
@@ -139,6 +139,7 @@ mod tests {
             },
             flags: 2048,
             _reserved: 0,
+            name_addr: 0x7fff_0000,
             name: BoundedStr {
                 len: 5,
                 state: 0,

@@ -134,13 +134,11 @@ pub fn c_name(bytes: &[u8]) -> String {
     escape_bytes(&bytes[..end])
 }
 
-/// Rebuilds a path the kernel wrote leaf first (`sctp.ko/sctp/net/`). A cut
+/// Rebuilds a path the kernel wrote leaf first, each component ended by its
+/// NUL (`sctp.ko\0sctp\0net\0`). A cut
 /// path lacks its root side and so does not start with `/`.
 pub fn path_from_leaf_first(bytes: &[u8], truncated: bool) -> String {
-    let components: Vec<&[u8]> = bytes
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
+    let components: Vec<&[u8]> = bytes.split(|&b| b == 0).filter(|c| !c.is_empty()).collect();
     let mut path = String::new();
     for component in components.iter().rev() {
         if !(truncated && path.is_empty()) {
@@ -257,14 +255,14 @@ mod tests {
     #[test]
     fn rebuilds_paths_written_leaf_first() {
         assert_eq!(
-            path_from_leaf_first(b"sctp.ko/sctp/net/", false),
+            path_from_leaf_first(b"sctp.ko\0sctp\0net\0", false),
             "/net/sctp/sctp.ko"
         );
         assert_eq!(
-            path_from_leaf_first(b"memfd:mtcall/", false),
+            path_from_leaf_first(b"memfd:mtcall\0", false),
             "/memfd:mtcall"
         );
         assert_eq!(path_from_leaf_first(b"", false), "/");
-        assert_eq!(path_from_leaf_first(b"c.ko/b/a/", true), "a/b/c.ko");
+        assert_eq!(path_from_leaf_first(b"c.ko\0b\0a\0", true), "a/b/c.ko");
     }
 }

@@ -20,6 +20,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "cpio",
     "xz-utils",
     "zstd",
+    // pahole: the BTF offset tests check every offset against it.
+    "dwarves",
 ];
 
 pub fn run() -> Result<()> {
@@ -55,7 +57,10 @@ fn nightly_sysroot() -> Result<PathBuf> {
 }
 
 fn ensure_rust_src() -> Result<()> {
-    if nightly_sysroot()?.join("lib/rustlib/src/rust/library/core").is_dir() {
+    if nightly_sysroot()?
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
+    {
         return Ok(());
     }
     eprintln!("setup: adding rust-src to the nightly toolchain");
@@ -83,11 +88,19 @@ fn ensure_bpf_linker() -> Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&libllvm, &link)
         .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against {}", libllvm.display());
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {}",
+        libllvm.display()
+    );
     status(
         Command::new("cargo")
             .args(["install", "bpf-linker", "--locked", "--no-default-features"])
-            .args(["--features", BPF_LINKER_LLVM_FEATURE, "--version", BPF_LINKER_VERSION])
+            .args([
+                "--features",
+                BPF_LINKER_LLVM_FEATURE,
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .env("LLVM_PREFIX", &prefix)
             .env(
                 "RUSTFLAGS",
@@ -101,12 +114,18 @@ fn find_libllvm(libdir: &Path) -> Result<PathBuf> {
         std::fs::read_dir(libdir).with_context(|| format!("listing {}", libdir.display()))?;
     for entry in entries {
         let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.starts_with("libLLVM.so.") {
             return Ok(path);
         }
     }
-    bail!("no libLLVM.so.* in {}: the nightly toolchain is incomplete", libdir.display())
+    bail!(
+        "no libLLVM.so.* in {}: the nightly toolchain is incomplete",
+        libdir.display()
+    )
 }
 
 fn ensure_debian_packages() -> Result<()> {

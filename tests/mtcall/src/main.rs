@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde_json::{json, Map, Value};
 
 const USAGE: &str = "\
-usage: mtcall [--uid N] [--gid N] [--repeat K] <op> [op options]
+usage: mtcall [--uid N] [--gid N] [--repeat K] [--linger-ms MS] <op> [op options]
 
 ops:
   init-module (--image FILE | --image-len N) [--params S | --params-file F | --params-ptr bad]
@@ -34,6 +34,7 @@ ops:
 
 --uid/--gid drop privileges (setgroups, setgid, then setuid) before the op.
 --repeat K (before or after the op) makes the call K times (default 1).
+--linger-ms MS keeps the process alive MS milliseconds after its calls.
 Numbers may be decimal or 0x-prefixed hex.
 Each call prints one JSON object on stdout.";
 
@@ -98,6 +99,9 @@ struct Cli {
     uid: Option<u32>,
     gid: Option<u32>,
     repeat: u32,
+    /// Stay alive this long after the calls, so a tracer can still read
+    /// /proc/PID (exe, cmdline) for them.
+    linger_ms: u64,
     op: Op,
 }
 
@@ -154,6 +158,7 @@ fn parse(args: Vec<String>) -> Res<Cli> {
     let mut uid = None;
     let mut gid = None;
     let mut repeat = None;
+    let mut linger_ms = 0;
     let op_name = loop {
         let Some(arg) = args.next() else {
             return usage("no op given");
@@ -162,6 +167,9 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             "--uid" => uid = Some(parse_num("--uid", &value("--uid", &mut args)?)?),
             "--gid" => gid = Some(parse_num("--gid", &value("--gid", &mut args)?)?),
             "--repeat" => repeat = Some(parse_num("--repeat", &value("--repeat", &mut args)?)?),
+            "--linger-ms" => {
+                linger_ms = parse_num("--linger-ms", &value("--linger-ms", &mut args)?)?
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -314,6 +322,7 @@ fn parse(args: Vec<String>) -> Res<Cli> {
         uid,
         gid,
         repeat,
+        linger_ms,
         op,
     })
 }
@@ -369,6 +378,7 @@ fn run(cli: Cli) -> Res<()> {
         out.insert("call".into(), json!(call));
         emit(out)?;
     }
+    std::thread::sleep(std::time::Duration::from_millis(cli.linger_ms));
     Ok(())
 }
 

@@ -1,0 +1,419 @@
+//! `modtrace watch` on this machine's kernel: real probes, real syscalls made
+//! by `mtcall` through the raw syscall interface, every field of every record
+//! checked against what the test knows independently.
+mod harness;
+
+use std::{fs, os::unix::fs::MetadataExt, path::Path, time::Duration};
+
+use harness::{calls_of, mtcall, serial, Watch};
+use serde_json::{json, Value};
+
+fn read_trimmed(path: &str) -> String {
+    fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+/// What the kernel knows of this test process, which mtcall inherits.
+struct Inherited {
+    auid: u64,
+    session: u64,
+    cgroup: String,
+    cgroup_id: u64,
+    comm: String,
+}
+
+fn inherited() -> Inherited {
+    let cgroup = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let cgroup = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("cgroup v2")
+        .to_owned();
+    // On cgroup v2 a cgroup's id is the inode number of its directory.
+    let dir = format!("/sys/fs/cgroup{cgroup}");
+    let cgroup_id = fs::metadata(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e} (is cgroup2 mounted at /sys/fs/cgroup?)"))
+        .ino();
+    Inherited {
+        auid: read_trimmed("/proc/self/loginuid").parse().unwrap(),
+        session: read_trimmed("/proc/self/sessionid").parse().unwrap(),
+        cgroup,
+        cgroup_id,
+        // real_parent is the thread that forked, so its comm is the thread name.
+        comm: read_trimmed("/proc/thread-self/comm"),
+    }
+}
+
+/// Asserts the process and parent fields of `record` against mtcall's own
+/// report of the call and against this test process.
+fn assert_caller(record: &Value, call: &Value, args: &[&str]) {
+    let me = inherited();
+    let p = &record["process"];
+    for field in ["pid", "tid", "ppid", "uid", "gid", "euid"] {
+        assert_eq!(p[field], call[field], "process.{field}");
+    }
+    assert_eq!(p["ppid"], std::process::id());
+    assert_eq!(p["auid"], me.auid);
+    assert_eq!(p["session"], me.session);
+    assert_eq!(p["comm"], "mtcall");
+    assert_eq!(
+        p["exe"],
+        harness::mtcall_path()
+            .canonicalize()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    let mut cmdline = vec![harness::mtcall_path().to_str().unwrap().to_owned()];
+    cmdline.extend(args.iter().map(|a| a.to_string()));
+    assert_eq!(p["cmdline"], json!(cmdline));
+    assert_eq!(p["cgroup"], me.cgroup);
+    assert_eq!(p["cgroup_id"], me.cgroup_id);
+    let parent = &record["parent"];
+    assert_eq!(parent["pid"], std::process::id());
+    assert_eq!(parent["comm"], me.comm);
+    assert_eq!(
+        parent["exe"],
+        std::env::current_exe().unwrap().to_str().unwrap()
+    );
+    assert_eq!(parent["cmdline"][0], std::env::args().next().unwrap());
+    assert_eq!(record["exited"], true);
+    assert!(record["duration_ns"].as_u64().unwrap() > 0);
+    assert_eq!(
+        record["result"],
+        json!({"ret": -38, "errno": "ENOSYS", "ok": false})
+    );
+    assert_eq!(call["errno"], "ENOSYS", "this kernel has no module support");
+    chrono_like_rfc3339(record["ts"].as_str().unwrap());
+}
+
+fn chrono_like_rfc3339(ts: &str) {
+    // 2026-11-27T21:05:21.643265220Z: date, time, nine fraction digits, Z.
+    let (date, time) = ts.split_once('T').unwrap_or_else(|| panic!("ts {ts}"));
+    assert_eq!(date.len(), 10, "ts {ts}");
+    assert!(
+        time.ends_with('Z') && time.split_once('.').unwrap().1.len() == 10,
+        "ts {ts}"
+    );
+}
+
+/// Runs mtcall (lingering so /proc still shows it) and returns its one call
+/// report and the tracer's one record of it.
+fn traced_call(watch: &mut Watch, kind: &str, args: &[&str]) -> (Value, Value) {
+    let mut full = vec!["--linger-ms", "1500"];
+    full.extend_from_slice(args);
+    let calls = mtcall(&full);
+    assert_eq!(calls.len(), 1);
+    let call = calls[0].clone();
+    let record = watch.wait_for(
+        |r| r["process"]["pid"] == call["pid"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(record["kind"], kind);
+    assert_caller(&record, &call, &full);
+    (call, record)
+}
+
+#[test]
+fn init_module_records_image_and_parameters() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.ko");
+    fs::write(&image, vec![0x7fu8; 3000]).unwrap();
+    let long_params = dir.path().join("params");
+    let long: String = (0..5000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    fs::write(&long_params, &long).unwrap();
+    let image = image.to_str().unwrap();
+
+    let mut watch = Watch::start(&[]);
+    let (call, record) = traced_call(
+        &mut watch,
+        "init_module",
+        &[
+            "init-module",
+            "--image",
+            image,
+            "--params",
+            "debug=1 name=\"a b\"",
+        ],
+    );
+    assert_eq!(record["args"]["image_len"], 3000);
+    assert_eq!(
+        record["args"]["image_addr"],
+        format!("{:#x}", call["image_addr"].as_u64().unwrap())
+    );
+    assert_eq!(
+        record["args"]["params"],
+        json!({"value": "debug=1 name=\"a b\"", "truncated": false})
+    );
+
+    let (_, record) = traced_call(
+        &mut watch,
+        "init_module",
+        &[
+            "init-module",
+            "--image",
+            image,
+            "--params-file",
+            long_params.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        record["args"]["params"],
+        json!({"value": &long[..4095], "truncated": true})
+    );
+
+    let (_, record) = traced_call(
+        &mut watch,
+        "init_module",
+        &["init-module", "--image", image, "--params-ptr", "bad"],
+    );
+    assert_eq!(
+        record["args"]["params"],
+        json!({"value": null, "truncated": false, "error": "unreadable"})
+    );
+    let records = watch.stop();
+    let stop = records.last().unwrap();
+    assert_eq!(
+        stop["events"],
+        json!({"init_module": 3, "finit_module": 0, "delete_module": 0, "total": 3})
+    );
+    assert_eq!(stop["lost"]["total"], 0);
+}
+
+#[test]
+fn finit_module_resolves_files_memfds_and_bad_fds() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("fake.ko");
+    fs::write(&module, b"\x7fELF not really").unwrap();
+    let module_path = module.canonicalize().unwrap();
+    let module_arg = module.to_str().unwrap();
+
+    let mut watch = Watch::start(&[]);
+    let (call, record) = traced_call(
+        &mut watch,
+        "finit_module",
+        &[
+            "finit-module",
+            "--file",
+            module_arg,
+            "--params",
+            "x=1",
+            "--flags",
+            "7",
+        ],
+    );
+    let args = &record["args"];
+    assert_eq!(args["fd"], call["fd"]);
+    assert_eq!(
+        args["file"],
+        json!({
+            "path": module_path.to_str().unwrap(), "truncated": false,
+            "ino": fs::metadata(&module).unwrap().ino(), "unlinked": false, "memfd": false,
+        })
+    );
+    assert_eq!(args["params"], json!({"value": "x=1", "truncated": false}));
+    assert_eq!(
+        args["flags"],
+        json!({"raw": 7, "names": [
+        "MODULE_INIT_IGNORE_MODVERSIONS", "MODULE_INIT_IGNORE_VERMAGIC", "MODULE_INIT_COMPRESSED_FILE"]})
+    );
+
+    let (_, record) = traced_call(
+        &mut watch,
+        "finit_module",
+        &["finit-module", "--memfd", module_arg, "--flags", "0x10"],
+    );
+    let file = &record["args"]["file"];
+    assert_eq!(file["path"], "/memfd:mtcall");
+    assert_eq!(
+        (&file["memfd"], &file["unlinked"]),
+        (&json!(true), &json!(true))
+    );
+    assert_eq!(
+        record["args"]["flags"],
+        json!({"raw": 16, "names": [], "unknown": 16})
+    );
+
+    let (_, record) = traced_call(
+        &mut watch,
+        "finit-module".replace('-', "_").as_str(),
+        &["finit-module", "--fd", "-1"],
+    );
+    assert_eq!(record["args"]["fd"], -1);
+    assert_eq!(
+        record["args"]["file"],
+        json!({"path": null, "truncated": false, "ino": null, "unlinked": false, "memfd": false, "error": "bad fd"})
+    );
+
+    // A deleted file stays open; its path is what it was, marked unlinked.
+    let records = watch.stop();
+    assert_eq!(records.last().unwrap()["events"]["finit_module"], 3);
+    assert!(Path::new(&module).exists());
+}
+
+#[test]
+fn delete_module_as_an_unprivileged_user() {
+    let _serial = serial();
+    let mut watch = Watch::start(&[]);
+    let (call, record) = traced_call(
+        &mut watch,
+        "delete_module",
+        &[
+            "--uid",
+            "1000",
+            "--gid",
+            "1000",
+            "delete-module",
+            "dummy",
+            "--flags",
+            "2048",
+        ],
+    );
+    assert_eq!(
+        (&call["uid"], &call["euid"], &call["gid"]),
+        (&json!(1000), &json!(1000), &json!(1000))
+    );
+    assert_eq!(
+        record["args"],
+        json!({"name": {"value": "dummy", "truncated": false}, "flags": {"raw": 2048, "names": ["O_NONBLOCK"]}})
+    );
+    let (_, record) = traced_call(
+        &mut watch,
+        "delete_module",
+        &[
+            "delete-module",
+            "a_module_name_far_longer_than_the_kernel_accepts_0123456789abcdef",
+            "--flags",
+            "2560",
+        ],
+    );
+    assert_eq!(
+        record["args"]["flags"]["names"],
+        json!(["O_NONBLOCK", "O_TRUNC"])
+    );
+    // 63 bytes and the NUL fill the 64-byte capture (the kernel's own limit is 55).
+    assert_eq!(
+        record["args"]["name"],
+        json!({"value": "a_module_name_far_longer_than_the_kernel_accepts_0123456789abcd", "truncated": true})
+    );
+    let records = watch.stop();
+    let stop = records.last().unwrap();
+    assert_eq!(
+        stop["events"],
+        json!({"init_module": 0, "finit_module": 0, "delete_module": 2, "total": 2})
+    );
+    assert_eq!(calls_of(&records, &call["pid"]).len(), 1);
+}
+
+/// 100,000 failing calls from 4 processes: each is reported or counted lost.
+fn flood(ring_bytes: &str) -> (u64, u64) {
+    let name = "modtrace_flood_probe";
+    let mut watch = Watch::start(&["--ring-buffer-size", ring_bytes]);
+    let summary = &mtcall(&["flood", "--procs", "4", "--calls", "25000", "--name", name])[0];
+    assert_eq!(summary["total_calls"], 100_000);
+    let records = watch.stop();
+    let reported = records
+        .iter()
+        .filter(|r| r["kind"] == "delete_module" && r["args"]["name"]["value"] == name)
+        .count() as u64;
+    let stop = records.last().unwrap();
+    let lost = stop["lost"]["total"].as_u64().unwrap();
+    let loss_records: u64 = records
+        .iter()
+        .filter(|r| r["kind"] == "loss")
+        .map(|r| r["total"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        loss_records, lost,
+        "every loss is reported in-band before stop"
+    );
+    assert_eq!(stop["events"]["delete_module"].as_u64().unwrap(), reported);
+    assert_eq!(
+        reported + lost,
+        100_000,
+        "reported {reported} + lost {lost}"
+    );
+    (reported, lost)
+}
+
+#[test]
+fn flood_every_call_is_reported_or_counted() {
+    let _serial = serial();
+    flood("8388608");
+    // One page of ring buffer cannot keep up: losses must appear and add up.
+    let (_, lost) = flood("4096");
+    assert!(
+        lost > 0,
+        "a one-page ring buffer must overflow under 100,000 calls"
+    );
+}
+
+#[test]
+fn text_format_is_one_readable_line_per_record() {
+    let _serial = serial();
+    let mut child = harness::modtrace()
+        .args([
+            "watch",
+            "--format",
+            "text",
+            "--lock-file",
+            harness::LOCK_FILE,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let start = lines.next().unwrap().unwrap();
+    assert!(start.contains(" start modtrace "), "{start}");
+    let call = &mtcall(&["delete-module", "textmod", "--flags", "2048"])[0];
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.contains("delete_module ENOSYS"), "{line}");
+    assert!(
+        line.contains(&format!("pid={}", call["pid"])) && line.contains("name=textmod"),
+        "{line}"
+    );
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    let stop = lines.next().unwrap().unwrap();
+    assert!(stop.contains(" stop events 1 lost 0"), "{stop}");
+}
+
+#[test]
+fn output_file_gets_ndjson_with_mode_0600() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capture.ndjson");
+    let watch = Watch::start(&["--output", path.to_str().unwrap()]);
+    mtcall(&["delete-module", "filemod"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let stdout_records = watch.stop();
+    assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    let file_records: Vec<Value> = fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(file_records, stdout_records);
+    // Appends, never truncates, and refuses a file others can read.
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = harness::modtrace()
+        .args([
+            "watch",
+            "--output",
+            path.to_str().unwrap(),
+            "--lock-file",
+            harness::LOCK_FILE,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("readable by others"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
