@@ -8,6 +8,7 @@ pub mod clock;
 pub mod decode;
 pub mod enrich;
 pub mod fields;
+pub mod policy;
 pub mod probes;
 pub mod record;
 pub mod sink;

@@ -1,0 +1,475 @@
+//! The policy engine: rules over syscall records, verdicts and alerts.
+//!
+//! Rules are evaluated against the JSON form of a record (docs/output.md),
+//! the same value `watch` writes and `replay` reads, so that a policy judges a
+//! recorded capture exactly as it would have judged the live events.
+//! The file format is described in docs/policy.md.
+pub mod condition;
+pub mod defaults;
+pub mod event;
+pub mod modprobe_d;
+mod parse;
+pub mod secure_file;
+
+use std::{collections::HashMap, fmt, path::Path};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use self::parse::{line_column, Context, ParseError};
+use self::{
+    condition::{Condition, TextField},
+    event::{normalise_module_name, Event, Syscall},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const NAMES: &'static [&'static str] = &["info", "low", "medium", "high", "critical"];
+    const ALL: [Severity; 5] = [
+        Severity::Info,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// What to do when a rule matches; ordered so that the strongest wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Recorded in the event's `matches`, nothing more.
+    Ignore,
+    /// Recorded, and makes the verdict `log`.
+    Log,
+    /// Also raises an `alert` record.
+    Alert,
+}
+
+impl Action {
+    pub const NAMES: &'static [&'static str] = &["alert", "log", "ignore"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "alert" => Some(Action::Alert),
+            "log" => Some(Action::Log),
+            "ignore" => Some(Action::Ignore),
+            _ => None,
+        }
+    }
+}
+
+/// The highest action of the rules that matched; `none` when none did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    None,
+    Ignore,
+    Log,
+    Alert,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 4] = [Verdict::None, Verdict::Ignore, Verdict::Log, Verdict::Alert];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::None => "none",
+            Verdict::Ignore => "ignore",
+            Verdict::Log => "log",
+            Verdict::Alert => "alert",
+        }
+    }
+}
+
+impl From<Action> for Verdict {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Ignore => Verdict::Ignore,
+            Action::Log => Verdict::Log,
+            Action::Alert => Verdict::Alert,
+        }
+    }
+}
+
+/// How a match is put into words for the person reading the alert.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// The description, then what loaded what.
+    Default,
+    /// With `{module}`, `{syscall}`, `{exe}`, `{comm}`, `{pid}`, `{uid}`,
+    /// `{path}` and `{rule}` filled in from the event.
+    Template(String),
+    /// A modprobe.d directive that the event got around.
+    Bypass(modprobe_d::Directive),
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub description: String,
+    pub severity: Severity,
+    pub action: Action,
+    pub message: Message,
+    pub when: Condition,
+    /// The allow-list: the rule fires only for events this does not match.
+    pub allow: Option<Condition>,
+    pub enabled: bool,
+    /// Syscalls the rule can match at all, checked before anything else.
+    syscalls: u8,
+}
+
+impl Rule {
+    #[expect(clippy::too_many_arguments, reason = "one argument per rule field")]
+    pub fn new(
+        id: String,
+        description: String,
+        severity: Severity,
+        action: Action,
+        message: Message,
+        when: Condition,
+        allow: Option<Condition>,
+        enabled: bool,
+    ) -> Self {
+        let syscalls = syscall_mask(&when);
+        Self {
+            id,
+            description,
+            severity,
+            action,
+            message,
+            when,
+            allow,
+            enabled,
+            syscalls,
+        }
+    }
+
+    pub fn matches(&self, event: &Event) -> bool {
+        self.syscalls & event.syscall.bit() != 0
+            && self.when.eval(event)
+            && !self.allow.as_ref().is_some_and(|allow| allow.eval(event))
+    }
+
+    /// Module names that the rule requires, when its `when` names them as a
+    /// plain list: such a rule can only match events for those names.
+    fn required_modules(&self) -> Option<Vec<String>> {
+        let conjuncts = match &self.when {
+            Condition::All(all) => all.as_slice(),
+            single => std::slice::from_ref(single),
+        };
+        conjuncts.iter().find_map(|c| match c {
+            Condition::Text {
+                field: TextField::Module,
+                pattern,
+            } => pattern.literals(),
+            _ => None,
+        })
+    }
+
+    fn message_for(&self, event: &Event) -> String {
+        match &self.message {
+            Message::Default => format!(
+                "{}: {} {} by {} (pid {}, uid {})",
+                self.description,
+                event.syscall.name(),
+                event.module().unwrap_or(match event.syscall {
+                    Syscall::InitModule => "an image from memory",
+                    _ => "an unnamed module",
+                }),
+                display(event, &["process", "exe"]),
+                display(event, &["process", "pid"]),
+                display(event, &["process", "uid"]),
+            ),
+            Message::Template(template) => fill(template, &self.id, event),
+            Message::Bypass(directive) => directive.explain(event),
+        }
+    }
+}
+
+/// The syscalls a condition can hold for, as far as a top-level `syscall`
+/// or `load` condition says; everything otherwise.
+fn syscall_mask(when: &Condition) -> u8 {
+    let conjuncts = match when {
+        Condition::All(all) => all.as_slice(),
+        single => std::slice::from_ref(single),
+    };
+    conjuncts.iter().fold(Syscall::ANY, |mask, c| match c {
+        Condition::Syscall(bits) => mask & bits,
+        _ => mask,
+    })
+}
+
+fn display(event: &Event, path: &[&str]) -> String {
+    match event.at(path) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => "?".into(),
+    }
+}
+
+fn fill(template: &str, rule: &str, event: &Event) -> String {
+    const FIELDS: [(&str, &[&str]); 6] = [
+        ("{exe}", &["process", "exe"]),
+        ("{comm}", &["process", "comm"]),
+        ("{pid}", &["process", "pid"]),
+        ("{uid}", &["process", "uid"]),
+        ("{path}", &["args", "file", "path"]),
+        ("{parent_exe}", &["parent", "exe"]),
+    ];
+    let mut out = template
+        .replace("{rule}", rule)
+        .replace("{syscall}", event.syscall.name())
+        .replace("{module}", event.module().unwrap_or("?"));
+    for (placeholder, path) in FIELDS {
+        if out.contains(placeholder) {
+            out = out.replace(placeholder, &display(event, path));
+        }
+    }
+    out
+}
+
+/// One rule that matched one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Match {
+    pub rule: String,
+    pub severity: Severity,
+    pub action: Action,
+    pub message: String,
+}
+
+/// The `policy` object every syscall record carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    pub matches: Vec<Match>,
+}
+
+impl Evaluation {
+    /// The matches that raise alerts.
+    pub fn alerts(&self) -> impl Iterator<Item = &Match> {
+        self.matches.iter().filter(|m| m.action == Action::Alert)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(transparent)]
+    File(#[from] secure_file::SecureFileError),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ParseError>),
+}
+
+pub struct Policy {
+    rules: Vec<Rule>,
+    /// Rules that name their modules, by normalised name.
+    by_module: HashMap<String, Vec<usize>>,
+    /// Every other enabled rule, checked for each event.
+    scan: Vec<usize>,
+    /// Of the policy text, to tell which policy judged a capture.
+    pub sha256: String,
+    /// The file the policy came from, or "default".
+    pub source: String,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("source", &self.source)
+            .field("sha256", &self.sha256)
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+impl Policy {
+    /// The embedded default policy, for events from `context.kernel`.
+    pub fn default_policy(context: &Context) -> Self {
+        Self::from_text(defaults::DEFAULT_POLICY, "default", context)
+            .expect("the embedded default policy parses (checked by a test)")
+    }
+
+    /// Reads and parses a policy file; with `context.check_owner`, only a
+    /// root-owned file that no one else can write.
+    pub fn load(path: &Path, context: &Context) -> Result<Self, PolicyError> {
+        let text = secure_file::read(path, context.check_owner)?;
+        let mut policy = Self::from_text(&text, &path.display().to_string(), context)?;
+        policy.source = path.display().to_string();
+        Ok(policy)
+    }
+
+    pub fn from_text(text: &str, file: &str, context: &Context) -> Result<Self, PolicyError> {
+        let parsed = parse::parse(text, file, context).map_err(PolicyError::Invalid)?;
+        let mut rules = Vec::new();
+        if parsed.include_default {
+            let default = parse::parse(defaults::DEFAULT_POLICY, "default", context)
+                .map_err(PolicyError::Invalid)?;
+            // A rule of the file replaces the default rule of the same id.
+            rules.extend(
+                default
+                    .rules
+                    .into_iter()
+                    .filter(|d| !parsed.rules.iter().any(|r| r.id == d.id)),
+            );
+        }
+        rules.extend(parsed.rules);
+        if parsed.modprobe_d {
+            let dirs = parsed.modprobe_d_dirs.unwrap_or_else(|| {
+                modprobe_d::SYSTEM_DIRS
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect()
+            });
+            rules.extend(modprobe_d::rules(&modprobe_d::read_config(&dirs)));
+        }
+        Ok(Self::from_rules(rules, &sha256_hex(text.as_bytes()), file))
+    }
+
+    pub fn from_rules(rules: Vec<Rule>, sha256: &str, source: &str) -> Self {
+        let mut by_module: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut scan = Vec::new();
+        for (index, rule) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
+            let names = if rule.allow.is_none() {
+                rule.required_modules()
+            } else {
+                None
+            };
+            match names {
+                Some(names) => {
+                    for name in names {
+                        let slot = by_module.entry(name).or_default();
+                        if slot.last() != Some(&index) {
+                            slot.push(index);
+                        }
+                    }
+                }
+                None => scan.push(index),
+            }
+        }
+        Self {
+            rules,
+            by_module,
+            scan,
+            sha256: sha256.to_owned(),
+            source: source.to_owned(),
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Judges one record; `None` for records that are not syscall records.
+    pub fn evaluate(&self, record: &Value) -> Option<Evaluation> {
+        let event = Event::new(record)?;
+        let indexed: &[usize] = event
+            .module()
+            .and_then(|name| self.by_module.get(normalise_module_name(name).as_ref()))
+            .map_or(&[], Vec::as_slice);
+        let mut matches = Vec::new();
+        let mut verdict = Verdict::None;
+        for index in merged(&self.scan, indexed) {
+            let rule = &self.rules[index];
+            if rule.matches(&event) {
+                verdict = verdict.max(rule.action.into());
+                matches.push(Match {
+                    rule: rule.id.clone(),
+                    severity: rule.severity,
+                    action: rule.action,
+                    message: rule.message_for(&event),
+                });
+            }
+        }
+        Some(Evaluation { verdict, matches })
+    }
+
+    /// Evaluates `record` and stores the result in its `policy` key,
+    /// replacing any earlier judgement.
+    pub fn judge(&self, record: &mut Value) -> Option<Evaluation> {
+        let evaluation = self.evaluate(record)?;
+        if let Value::Object(map) = record {
+            let value = serde_json::to_value(&evaluation).expect("evaluations serialize");
+            map.insert("policy".into(), value);
+        }
+        Some(evaluation)
+    }
+
+    /// For each enabled rule: whether it matched `record`, and why, one line
+    /// per condition.
+    pub fn explain(&self, record: &Value) -> Option<Vec<(String, bool, Vec<String>)>> {
+        let event = Event::new(record)?;
+        let explained = self
+            .rules
+            .iter()
+            .filter(|r| r.enabled)
+            .map(|rule| {
+                let mut lines = Vec::new();
+                rule.when.explain(&event, 1, &mut lines);
+                if let Some(allow) = &rule.allow {
+                    lines.push("  allow-list (the rule fires only if this is no):".into());
+                    allow.explain(&event, 2, &mut lines);
+                }
+                (rule.id.clone(), rule.matches(&event), lines)
+            })
+            .collect();
+        Some(explained)
+    }
+}
+
+/// The indices of two ascending lists, ascending, so that matches keep the
+/// order of the rules in the file.
+fn merged<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(&x), Some(&y)) if x == y => {
+                j += 1;
+                x
+            }
+            (Some(&x), Some(&y)) if x < y => x,
+            (Some(_), Some(&y)) | (None, Some(&y)) => {
+                j += 1;
+                return Some(y);
+            }
+            (Some(&x), None) => x,
+            (None, None) => return None,
+        };
+        i += 1;
+        Some(next)
+    })
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The running kernel's release, for `{kernel}` in paths.
+pub fn running_kernel() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

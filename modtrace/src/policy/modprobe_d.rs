@@ -1,0 +1,421 @@
+//! The effective modprobe configuration, and rules that fire when a module it
+//! disables loads anyway.
+//!
+//! `blacklist X` only stops loading through aliases, and `install X /bin/true`
+//! only stops modprobe; insmod, a direct syscall or a dependency still load X.
+//! When that happens the rule names which way around the directive was taken.
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde_json::Value;
+use tracing::warn;
+
+use super::{
+    condition::{Condition, Matcher, Pattern, TextField},
+    event::{normalise_module_name, Event, Syscall},
+    Action, Message, Rule, Severity,
+};
+
+/// kmod's configuration directories, highest priority first.
+pub const SYSTEM_DIRS: [&str; 5] = [
+    "/etc/modprobe.d",
+    "/run/modprobe.d",
+    "/usr/local/lib/modprobe.d",
+    "/usr/lib/modprobe.d",
+    "/lib/modprobe.d",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectiveKind {
+    Blacklist,
+    /// `install X <command>` with a command that loads nothing.
+    InstallDisabled(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directive {
+    pub kind: DirectiveKind,
+    /// Normalised (`_` for `-`), as kmod compares names.
+    pub module: String,
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// The `.conf` files kmod would read, in the order it reads them: sorted by
+/// file name, where a name in a higher-priority directory hides the same name
+/// in lower ones (that is how /etc overrides a packaged file).
+pub fn effective_files(dirs: &[String]) -> Vec<PathBuf> {
+    let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".conf") {
+                by_name.entry(name).or_insert_with(|| entry.path());
+            }
+        }
+    }
+    by_name.into_values().collect()
+}
+
+/// The directives that disable modules, from every effective file.
+pub fn read_config(dirs: &[String]) -> Vec<Directive> {
+    let mut directives = Vec::new();
+    for file in effective_files(dirs) {
+        // A file masked by a link to /dev/null reads as empty, as kmod wants.
+        match fs::read_to_string(&file) {
+            Ok(text) => directives.extend(parse(&text, &file)),
+            Err(err) => warn!("skipping modprobe configuration {}: {err}", file.display()),
+        }
+    }
+    directives
+}
+
+/// Lines of one file, with `\` continuations joined and comments dropped.
+pub fn parse(text: &str, file: &Path) -> Vec<Directive> {
+    let mut directives = Vec::new();
+    let mut pending = String::new();
+    let mut first_line = 0;
+    for (index, raw) in text.lines().enumerate() {
+        if pending.is_empty() {
+            first_line = index + 1;
+        }
+        match raw.strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head);
+                pending.push(' ');
+                continue;
+            }
+            None => pending.push_str(raw),
+        }
+        let line = std::mem::take(&mut pending);
+        if let Some(directive) = directive(&line, file, first_line) {
+            directives.push(directive);
+        }
+    }
+    directives
+}
+
+fn directive(line: &str, file: &Path, line_no: usize) -> Option<Directive> {
+    let line = line.trim_start();
+    if line.starts_with('#') {
+        return None;
+    }
+    let mut words = line.split_whitespace();
+    let command = words.next()?;
+    let module = normalise_module_name(words.next()?).into_owned();
+    let kind = match command {
+        "blacklist" => DirectiveKind::Blacklist,
+        "install" => {
+            let rest: Vec<&str> = words.collect();
+            if !loads_nothing(&rest) {
+                return None;
+            }
+            DirectiveKind::InstallDisabled(rest.join(" "))
+        }
+        _ => return None,
+    };
+    Some(Directive {
+        kind,
+        module,
+        file: file.into(),
+        line: line_no,
+    })
+}
+
+/// `/bin/true`, `/bin/false` or the bare names, alone: commands that never
+/// load the module.
+fn loads_nothing(command: &[&str]) -> bool {
+    match command {
+        [program] => matches!(program.rsplit('/').next(), Some("true" | "false")),
+        _ => false,
+    }
+}
+
+/// One rule per directive.
+pub fn rules(directives: &[Directive]) -> Vec<Rule> {
+    directives
+        .iter()
+        .map(|d| {
+            let (kind, what) = match &d.kind {
+                DirectiveKind::Blacklist => ("blacklist", "blacklisted"),
+                DirectiveKind::InstallDisabled(_) => ("install", "disabled by install"),
+            };
+            let glob = globset::GlobBuilder::new(&d.module.replace('_', "[-_]"))
+                .build()
+                .ok()
+                .map(|g| {
+                    let mut set = globset::GlobSetBuilder::new();
+                    set.add(g);
+                    set.build()
+                });
+            let module_condition = match glob {
+                Some(Ok(set)) => Condition::Text {
+                    field: TextField::Module,
+                    pattern: Pattern {
+                        source: vec![d.module.clone()],
+                        matcher: Matcher::Glob(set),
+                    },
+                },
+                // A name no glob can hold matches nothing; keep the rule visible.
+                _ => Condition::Any(Vec::new()),
+            };
+            Rule::new(
+                format!("modprobe.d:{kind}:{}", d.module),
+                format!("module {what} in modprobe.d loaded anyway"),
+                Severity::High,
+                Action::Alert,
+                Message::Bypass(d.clone()),
+                Condition::All(vec![Condition::Syscall(Syscall::LOADS), module_condition]),
+                None,
+                true,
+            )
+        })
+        .collect()
+}
+
+/// Ways around a modprobe.d directive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    InsmodByPath,
+    DirectSyscall,
+    /// modprobe loaded it for another module that depends on it.
+    Dependency,
+    /// modprobe was asked for this very module (a blacklist does not stop
+    /// that; an install directive means modprobe ignored it).
+    ExplicitModprobe,
+}
+
+impl Bypass {
+    pub fn classify(event: &Event, module: &str) -> Self {
+        let cmdline: Vec<&str> = event
+            .at(&["process", "cmdline"])
+            .and_then(Value::as_array)
+            .map(|args| args.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let program = |s: &str| s.rsplit('/').next().unwrap_or(s).to_owned();
+        let exe = event.str_at(&["process", "exe"]).map(program);
+        let argv0 = cmdline.first().map(|a| program(a));
+        let comm = event.str_at(&["process", "comm"]).map(program);
+        let is = |name: &str| {
+            [&exe, &argv0, &comm]
+                .iter()
+                .any(|n| n.as_deref() == Some(name))
+        };
+        if is("insmod") {
+            return Bypass::InsmodByPath;
+        }
+        if !(is("kmod") || is("modprobe")) {
+            return Bypass::DirectSyscall;
+        }
+        let asked_for = cmdline
+            .iter()
+            .skip(1)
+            .any(|arg| normalise_module_name(arg) == module);
+        if asked_for {
+            Bypass::ExplicitModprobe
+        } else {
+            Bypass::Dependency
+        }
+    }
+}
+
+impl Directive {
+    pub fn explain(&self, event: &Event) -> String {
+        let how = match Bypass::classify(event, &self.module) {
+            Bypass::InsmodByPath => "insmod by path, which never reads modprobe.d".to_owned(),
+            Bypass::DirectSyscall => format!(
+                "a direct {} by {}, which modprobe.d cannot stop",
+                event.syscall.name(),
+                event.str_at(&["process", "exe"]).unwrap_or("an unknown program")
+            ),
+            Bypass::Dependency => {
+                "modprobe, as a dependency of another module (modprobe.d does not stop dependencies)"
+                    .to_owned()
+            }
+            Bypass::ExplicitModprobe => match self.kind {
+                DirectiveKind::Blacklist => {
+                    "modprobe asked for it by name (blacklist only stops loading by alias)".to_owned()
+                }
+                DirectiveKind::InstallDisabled(_) => {
+                    "modprobe asked for it by name, ignoring the install command (--ignore-install, or an initramfs whose modprobe.d lacks it)".to_owned()
+                }
+            },
+        };
+        let directive = match &self.kind {
+            DirectiveKind::Blacklist => format!("blacklist {}", self.module),
+            DirectiveKind::InstallDisabled(cmd) => format!("install {} {cmd}", self.module),
+        };
+        format!(
+            "{} loaded despite `{directive}` ({}:{}), via {how}",
+            event.module().unwrap_or(&self.module),
+            self.file.display(),
+            self.line
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::Policy;
+
+    fn parsed(text: &str) -> Vec<Directive> {
+        parse(text, Path::new("/etc/modprobe.d/x.conf"))
+    }
+
+    #[test]
+    fn blacklist_and_disabling_install_lines_are_directives() {
+        let found = parsed(
+            "# comment\nblacklist usb-storage\ninstall sctp /bin/true\ninstall dccp   false\n\
+             install rds /sbin/modprobe --ignore-install rds\noptions foo bar=1\n",
+        );
+        assert_eq!(
+            found,
+            vec![
+                Directive {
+                    kind: DirectiveKind::Blacklist,
+                    module: "usb_storage".into(),
+                    file: "/etc/modprobe.d/x.conf".into(),
+                    line: 2
+                },
+                Directive {
+                    kind: DirectiveKind::InstallDisabled("/bin/true".into()),
+                    module: "sctp".into(),
+                    file: "/etc/modprobe.d/x.conf".into(),
+                    line: 3
+                },
+                Directive {
+                    kind: DirectiveKind::InstallDisabled("false".into()),
+                    module: "dccp".into(),
+                    file: "/etc/modprobe.d/x.conf".into(),
+                    line: 4
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn continuation_lines_join_and_keep_the_first_line_number() {
+        let found = parsed("\ninstall tipc \\\n  /bin/false\n");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].line, 2);
+        assert_eq!(
+            found[0].kind,
+            DirectiveKind::InstallDisabled("/bin/false".into())
+        );
+    }
+
+    #[test]
+    fn a_file_in_etc_hides_the_same_name_in_lib_and_order_is_by_name() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        let lib = root.path().join("lib");
+        fs::create_dir_all(&etc).unwrap();
+        fs::create_dir_all(&lib).unwrap();
+        fs::write(etc.join("b.conf"), "blacklist from_etc\n").unwrap();
+        fs::write(lib.join("b.conf"), "blacklist from_lib\n").unwrap();
+        fs::write(lib.join("a.conf"), "blacklist first\n").unwrap();
+        fs::write(lib.join("c.txt"), "blacklist ignored\n").unwrap();
+        let dirs = [etc, lib].map(|d| d.display().to_string());
+        let names: Vec<String> = read_config(&dirs).into_iter().map(|d| d.module).collect();
+        assert_eq!(names, ["first", "from_etc"]);
+    }
+
+    fn load(exe: &str, cmdline: &[&str], kind: &str) -> serde_json::Value {
+        json!({"kind": kind, "process": {"exe": exe, "comm": exe.rsplit('/').next(),
+               "cmdline": cmdline, "pid": 7, "uid": 0},
+               "args": {"file": {"path": "/lib/modules/k/kernel/usb-storage.ko"}}})
+    }
+
+    #[test]
+    fn bypasses_are_named() {
+        let cases = [
+            (
+                load(
+                    "/usr/bin/kmod",
+                    &["insmod", "/x/usb-storage.ko"],
+                    "finit_module",
+                ),
+                Bypass::InsmodByPath,
+            ),
+            (
+                load("/tmp/evil", &["/tmp/evil"], "finit_module"),
+                Bypass::DirectSyscall,
+            ),
+            (
+                load("/usr/bin/kmod", &["modprobe", "uas"], "finit_module"),
+                Bypass::Dependency,
+            ),
+            (
+                load(
+                    "/usr/bin/kmod",
+                    &["modprobe", "usb_storage"],
+                    "finit_module",
+                ),
+                Bypass::ExplicitModprobe,
+            ),
+        ];
+        for (record, expected) in cases {
+            let event = Event::new(&record).unwrap();
+            assert_eq!(
+                Bypass::classify(&event, "usb_storage"),
+                expected,
+                "{record}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_blacklisted_module_loaded_anyway_raises_a_bypass_match() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("cis.conf"), "blacklist usb-storage\n").unwrap();
+        let text = format!(
+            "[policy]\nmodprobe_d = true\nmodprobe_d_dirs = [{:?}]\n",
+            dir.path().display().to_string()
+        );
+        let context = crate::policy::Context {
+            kernel: "k".into(),
+            check_owner: false,
+        };
+        let policy = Policy::from_text(&text, "p.toml", &context).unwrap();
+        let record = load(
+            "/usr/bin/kmod",
+            &["insmod", "/x/usb-storage.ko"],
+            "finit_module",
+        );
+        let evaluation = policy.evaluate(&record).unwrap();
+        assert_eq!(evaluation.matches.len(), 1, "{evaluation:?}");
+        let m = &evaluation.matches[0];
+        assert_eq!(m.rule, "modprobe.d:blacklist:usb_storage");
+        assert!(m.message.contains("insmod by path"), "{}", m.message);
+        assert!(m.message.contains("cis.conf:1"), "{}", m.message);
+        let other = load("/usr/bin/kmod", &["modprobe", "ext4"], "finit_module");
+        let mut other = other;
+        other["args"]["file"]["path"] = json!("/lib/modules/k/ext4.ko");
+        assert!(policy.evaluate(&other).unwrap().matches.is_empty());
+    }
+
+    #[test]
+    fn switched_off_reads_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("cis.conf"), "blacklist usb-storage\n").unwrap();
+        let text = format!(
+            "[policy]\nmodprobe_d = false\nmodprobe_d_dirs = [{:?}]\n",
+            dir.path().display().to_string()
+        );
+        let context = crate::policy::Context {
+            kernel: "k".into(),
+            check_owner: false,
+        };
+        let policy = Policy::from_text(&text, "p.toml", &context).unwrap();
+        assert!(policy.rules().is_empty());
+    }
+}
