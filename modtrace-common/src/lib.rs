@@ -16,6 +16,8 @@ pub const ABI_VERSION: u16 = 1;
 pub const KIND_INIT_MODULE: u16 = 1;
 pub const KIND_FINIT_MODULE: u16 = 2;
 pub const KIND_DELETE_MODULE: u16 = 3;
+/// The kernel asked for a module by itself (request_module: autoload).
+pub const KIND_MODULE_REQUEST: u16 = 4;
 
 /// Capacity of the module parameter string, including its NUL.
 pub const PARAMS_CAP: usize = 4096;
@@ -27,6 +29,8 @@ pub const NAME_MAX: usize = 256;
 pub const PATH_BUF: usize = PATH_CAP + NAME_MAX;
 /// Capacity of the delete_module name (the kernel's MODULE_NAME_LEN is 56).
 pub const MODULE_NAME_CAP: usize = 64;
+/// `MODULE_NAME_LEN` on 64-bit kernels: the size of `struct module::name`.
+pub const KERNEL_MODULE_NAME_LEN: usize = 56;
 pub const COMM_LEN: usize = 16;
 /// Largest number of path components walked before the path is marked truncated.
 pub const PATH_MAX_COMPONENTS: u32 = 48;
@@ -94,6 +98,20 @@ pub struct EventHeader {
     pub ret: i64,
 }
 
+/// The module as the kernel registered it, from the `module_load` tracepoint,
+/// which fires inside the loading syscall.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LoadedModule {
+    /// 1 once `module_load` fired for this call; 0 (a failed load, or no
+    /// module tracepoints on this kernel) leaves the other fields unset.
+    pub seen: u32,
+    pub _reserved: u32,
+    /// `struct module::taints`: bit N is the kernel's taint flag N.
+    pub taints: u64,
+    pub name: [u8; KERNEL_MODULE_NAME_LEN],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct InitModuleEvent {
@@ -105,6 +123,7 @@ pub struct InitModuleEvent {
     /// a BPF program cannot fault in) is read again at exit, after the kernel's
     /// own copy has brought it in.
     pub params_addr: u64,
+    pub module: LoadedModule,
     pub params: BoundedStr<PARAMS_CAP>,
 }
 
@@ -129,6 +148,7 @@ pub struct FinitModuleEvent {
     pub file_flags: u32,
     pub _reserved: u32,
     pub params_addr: u64,
+    pub module: LoadedModule,
     pub params: BoundedStr<PARAMS_CAP>,
     /// Path components from the leaf up to the root, each ended by its NUL
     /// (`sctp.ko\0sctp\0net\0…`), reversed by userspace. Leaf-first copies
@@ -143,8 +163,22 @@ pub struct DeleteModuleEvent {
     pub header: EventHeader,
     pub task: TaskInfo,
     pub flags: u32,
-    pub _reserved: u32,
+    /// 1 when the `module_free` tracepoint fired inside this call: the module
+    /// really left the kernel.
+    pub freed: u32,
     pub name_addr: u64,
+    pub name: BoundedStr<MODULE_NAME_CAP>,
+}
+
+/// A `request_module` call (the kernel will run modprobe for `name`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleRequestEvent {
+    pub header: EventHeader,
+    pub task: TaskInfo,
+    /// Whether the requester waits for modprobe to finish.
+    pub wait: u32,
+    pub _reserved: u32,
     pub name: BoundedStr<MODULE_NAME_CAP>,
 }
 
@@ -197,7 +231,8 @@ pub struct KernelOffsets {
     pub pt_regs_si: u32,
     pub pt_regs_dx: u32,
     pub pt_regs_orig_ax: u32,
-    pub _reserved: u32,
+    pub module_name: u32,
+    pub module_taints: u32,
 }
 
 impl KernelOffsets {
@@ -233,7 +268,8 @@ impl KernelOffsets {
         pt_regs_si: OFFSET_NONE,
         pt_regs_dx: OFFSET_NONE,
         pt_regs_orig_ax: OFFSET_NONE,
-        _reserved: 0,
+        module_name: OFFSET_NONE,
+        module_taints: OFFSET_NONE,
     };
 }
 
@@ -263,7 +299,7 @@ impl ProbeConfig {
     };
 }
 
-// SAFETY (all four): repr(C) plain old data whose every bit pattern is valid and
+// SAFETY (all five): repr(C) plain old data whose every bit pattern is valid and
 // which has no implicit padding (see the layout pins below).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ProbeConfig {}
@@ -273,6 +309,8 @@ unsafe impl aya::Pod for InitModuleEvent {}
 unsafe impl aya::Pod for FinitModuleEvent {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for DeleteModuleEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ModuleRequestEvent {}
 
 // Layout pins, checked on both the BPF and the host build.
 const _: () = {
@@ -284,19 +322,24 @@ const _: () = {
     assert!(offset_of!(TaskInfo, comm) == 48);
     assert!(offset_of!(TaskInfo, parent_comm) == 64);
     assert!(size_of::<BoundedStr<PARAMS_CAP>>() == 8 + PARAMS_CAP);
-    assert!(size_of::<InitModuleEvent>() == 32 + 80 + 24 + 8 + PARAMS_CAP);
-    assert!(offset_of!(InitModuleEvent, params) == 136);
+    assert!(size_of::<LoadedModule>() == 16 + KERNEL_MODULE_NAME_LEN);
+    assert!(offset_of!(InitModuleEvent, module) == 136);
+    assert!(offset_of!(InitModuleEvent, params) == 136 + 72);
+    assert!(size_of::<InitModuleEvent>() == 136 + 72 + 8 + PARAMS_CAP);
     assert!(offset_of!(FinitModuleEvent, fd) == 112);
     assert!(offset_of!(FinitModuleEvent, ino) == 120);
     assert!(offset_of!(FinitModuleEvent, params_addr) == 136);
-    assert!(offset_of!(FinitModuleEvent, params) == 144);
-    assert!(offset_of!(FinitModuleEvent, path) == 144 + 8 + PARAMS_CAP);
-    assert!(size_of::<FinitModuleEvent>() == 144 + 8 + PARAMS_CAP + 8 + PATH_BUF);
+    assert!(offset_of!(FinitModuleEvent, module) == 144);
+    assert!(offset_of!(FinitModuleEvent, params) == 144 + 72);
+    assert!(offset_of!(FinitModuleEvent, path) == 144 + 72 + 8 + PARAMS_CAP);
+    assert!(size_of::<FinitModuleEvent>() == 144 + 72 + 8 + PARAMS_CAP + 8 + PATH_BUF);
     assert!(offset_of!(DeleteModuleEvent, flags) == 112);
     assert!(offset_of!(DeleteModuleEvent, name_addr) == 120);
     assert!(offset_of!(DeleteModuleEvent, name) == 128);
     assert!(size_of::<DeleteModuleEvent>() == 128 + 8 + MODULE_NAME_CAP);
-    assert!(size_of::<KernelOffsets>() == 30 * 4);
-    assert!(size_of::<ProbeConfig>() == 30 * 4 + 20);
+    assert!(offset_of!(ModuleRequestEvent, name) == 120);
+    assert!(size_of::<ModuleRequestEvent>() == 120 + 8 + MODULE_NAME_CAP);
+    assert!(size_of::<KernelOffsets>() == 31 * 4);
+    assert!(size_of::<ProbeConfig>() == 31 * 4 + 20);
     assert!(PARAMS_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
 };

@@ -1,4 +1,5 @@
-//! Entry and exit of the three module syscalls, joined in the kernel.
+//! Entry and exit of the three module syscalls, joined in the kernel, and the
+//! kernel's own module events joined to them.
 //!
 //! At entry the record is built in a per-CPU scratch slot (records are far
 //! larger than the 512-byte stack) and stored in a bounded per-thread pending
@@ -10,9 +11,10 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use modtrace_common::{
-    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, ABI_VERSION,
-    KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE, LOSS_ENTRY_MISSING, LOSS_PENDING_FULL,
-    LOSS_REASONS, LOSS_RINGBUF_FULL, PENDING_CAPACITY,
+    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LoadedModule,
+    ModuleRequestEvent, ABI_VERSION, KERNEL_MODULE_NAME_LEN, KIND_DELETE_MODULE, KIND_FINIT_MODULE,
+    KIND_INIT_MODULE, KIND_MODULE_REQUEST, LOSS_ENTRY_MISSING, LOSS_PENDING_FULL, LOSS_REASONS,
+    LOSS_RINGBUF_FULL, PENDING_CAPACITY,
 };
 
 use crate::capture;
@@ -141,6 +143,9 @@ fn enter_init([image_addr, image_len, params]: [u64; 3]) {
     event.image_addr = image_addr;
     event.image_len = image_len;
     event.params_addr = params;
+    // The scratch slot is reused: clear what only module_load fills in.
+    event.module.seen = 0;
+    event.module.taints = 0;
     capture::user_str(params, &mut event.params);
     stash(&PENDING_INIT, event);
 }
@@ -157,6 +162,8 @@ fn enter_finit([fd, params, flags]: [u64; 3]) {
     event.fd = fd as i32;
     event.flags = flags as u32;
     event.params_addr = params;
+    event.module.seen = 0;
+    event.module.taints = 0;
     capture::user_str(params, &mut event.params);
     let file = capture::resolve_fd(event.fd, &mut event.path);
     event.file_flags = file.flags;
@@ -177,6 +184,7 @@ fn enter_delete([name, flags, _]: [u64; 3]) {
     );
     capture::fill_task(&mut event.task);
     event.flags = flags as u32;
+    event.freed = 0;
     event.name_addr = name;
     capture::user_str(name, &mut event.name);
     stash(&PENDING_DELETE, event);
@@ -201,4 +209,65 @@ fn complete<T>(pending: &HashMap<u32, T>, ret: i64, finish: impl Fn(&mut T) -> &
         count_loss(LOSS_RINGBUF_FULL);
     }
     let _ = pending.remove(tid);
+}
+
+/// `module_load` fires inside the loading syscall, after the kernel has named
+/// the module: record the name it registered and the module's taints in the
+/// current thread's pending call.
+#[inline(always)]
+pub fn on_module_load(module: *const u8) {
+    let tid = current_tid();
+    let target = match PENDING_FINIT.get_ptr_mut(tid) {
+        // SAFETY: the entry belongs to this thread, which is in the syscall.
+        Some(event) => unsafe { &mut (*event).module },
+        None => match PENDING_INIT.get_ptr_mut(tid) {
+            // SAFETY: as above.
+            Some(event) => unsafe { &mut (*event).module },
+            // A load by a call that began before we attached: nothing to join.
+            None => return,
+        },
+    };
+    fill_loaded_module(module, target);
+}
+
+#[inline(always)]
+fn fill_loaded_module(module: *const u8, target: &mut LoadedModule) {
+    target.taints = capture::read_at::<u64>(module, config!(offsets.module_taints)).unwrap_or(0);
+    if let Some(name) =
+        capture::read_at::<[u8; KERNEL_MODULE_NAME_LEN]>(module, config!(offsets.module_name))
+    {
+        target.name = name;
+        target.seen = 1;
+    }
+}
+
+/// `module_free` inside delete_module: the module really left the kernel.
+#[inline(always)]
+pub fn on_module_free() {
+    if let Some(event) = PENDING_DELETE.get_ptr_mut(current_tid()) {
+        // SAFETY: the entry belongs to this thread, which is in the syscall.
+        unsafe { (*event).freed = 1 };
+    }
+}
+
+/// `module_request`: the kernel is about to run modprobe for `name` on behalf
+/// of the current task. Delivered at once; there is no exit to wait for.
+#[inline(always)]
+pub fn on_module_request(name: u64, wait: bool) {
+    let Some(mut entry) = EVENTS.reserve::<ModuleRequestEvent>(0) else {
+        count_loss(LOSS_RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: the reservation is exclusively ours until submitted.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    event.header = header(
+        KIND_MODULE_REQUEST,
+        core::mem::size_of::<ModuleRequestEvent>(),
+    );
+    event.header.exit_ns = event.header.enter_ns;
+    capture::fill_task(&mut event.task);
+    event.wait = wait as u32;
+    event._reserved = 0;
+    capture::kernel_str(name, &mut event.name);
+    entry.submit(0);
 }

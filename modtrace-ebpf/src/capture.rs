@@ -6,7 +6,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_probe_read_kernel,
-        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str},
+        generated::{
+            self, bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
+        },
     },
 };
 use modtrace_common::{
@@ -73,30 +75,72 @@ pub fn fill_task(task_info: &mut TaskInfo) {
     }
 }
 
+/// Where a string is read from: the two memories have their own helpers.
+trait Memory {
+    /// Copies a NUL-terminated string; bytes copied (with the NUL) or < 0.
+    fn read_str(dst: *mut c_void, size: u32, src: u64) -> i64;
+    /// Copies `size` bytes; 0 or < 0.
+    fn read(dst: *mut c_void, size: u32, src: u64) -> i64;
+}
+
+struct User;
+struct Kernel;
+
+impl Memory for User {
+    #[inline(always)]
+    fn read_str(dst: *mut c_void, size: u32, src: u64) -> i64 {
+        // SAFETY: the helper bounds the copy to `size` and reports faults.
+        unsafe { bpf_probe_read_user_str(dst, size, src as *const c_void) }
+    }
+    #[inline(always)]
+    fn read(dst: *mut c_void, size: u32, src: u64) -> i64 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_user(dst, size, src as *const c_void) }
+    }
+}
+
+impl Memory for Kernel {
+    #[inline(always)]
+    fn read_str(dst: *mut c_void, size: u32, src: u64) -> i64 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel_str(dst, size, src as *const c_void) }
+    }
+    #[inline(always)]
+    fn read(dst: *mut c_void, size: u32, src: u64) -> i64 {
+        // SAFETY: as above.
+        unsafe { generated::bpf_probe_read_kernel(dst, size, src as *const c_void) }
+    }
+}
+
 /// Copies a NUL-terminated user string into `out`, recording whether it was
 /// cut: the kernel itself accepts longer parameter strings than we keep.
 #[inline(always)]
 pub fn user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
+    bounded_str::<N, User>(src, out);
+}
+
+/// The same for a string in kernel memory.
+#[inline(always)]
+pub fn kernel_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
+    bounded_str::<N, Kernel>(src, out);
+}
+
+#[inline(always)]
+fn bounded_str<const N: usize, M: Memory>(src: u64, out: &mut BoundedStr<N>) {
     out.len = 0;
     if src == 0 {
         out.state = STR_NULL;
         return;
     }
-    // SAFETY: the helper bounds the copy to N bytes and reports faults.
-    let copied = unsafe {
-        bpf_probe_read_user_str(
-            out.bytes.as_mut_ptr() as *mut c_void,
-            N as u32,
-            src as *const c_void,
-        )
-    };
-    if copied <= 0 {
+    let copied = M::read_str(out.bytes.as_mut_ptr() as *mut c_void, N as u32, src);
+    if copied < 0 {
         out.state = STR_UNREADABLE;
         return;
     }
-    // `copied` counts the NUL the helper always writes.
-    out.len = (copied - 1) as u32;
-    out.state = if copied as usize == N && user_byte_follows(src + N as u64 - 1) {
+    // `copied` counts the NUL the helper writes, except for an empty string,
+    // for which some kernels (6.1, 6.12 seen in the VM matrix) return 0.
+    out.len = copied.saturating_sub(1) as u32;
+    out.state = if copied as usize == N && byte_follows::<M>(src + N as u64 - 1) {
         STR_TRUNCATED
     } else {
         STR_OK
@@ -112,19 +156,12 @@ pub fn retry_user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
     }
 }
 
-/// Whether the user byte at `addr` is readable and not NUL, i.e. the string we
+/// Whether the byte at `addr` is readable and not NUL, i.e. the string we
 /// just copied went on past our capacity.
 #[inline(always)]
-fn user_byte_follows(addr: u64) -> bool {
+fn byte_follows<M: Memory>(addr: u64) -> bool {
     let mut byte = 0u8;
-    // SAFETY: one byte into a stack variable; faults are reported.
-    let rc = unsafe {
-        bpf_probe_read_user(
-            &mut byte as *mut u8 as *mut c_void,
-            1,
-            addr as *const c_void,
-        )
-    };
+    let rc = M::read(&mut byte as *mut u8 as *mut c_void, 1, addr);
     rc == 0 && byte != 0
 }
 

@@ -128,6 +128,26 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+#[raw_tracepoint(tracepoint = "module_load")]
+pub fn module_load(ctx: RawTracePointContext) -> i32 {
+    calls::on_module_load(ctx.arg::<*const u8>(0));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "module_free")]
+pub fn module_free(_ctx: RawTracePointContext) -> i32 {
+    calls::on_module_free();
+    0
+}
+
+#[raw_tracepoint(tracepoint = "module_request")]
+pub fn module_request(ctx: RawTracePointContext) -> i32 {
+    let name: u64 = ctx.arg(0);
+    let wait: u64 = ctx.arg(1);
+    calls::on_module_request(name, wait != 0);
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -96,7 +96,7 @@ macro_rules! fields {
     };
 }
 
-/// Every field of `KernelOffsets` except `_reserved`, in declaration order.
+/// Every field of `KernelOffsets`, in declaration order.
 pub const FIELDS: &[FieldSpec] = fields![
     task_struct.real_parent => task_real_parent,
     task_struct.tgid => task_tgid,
@@ -127,6 +127,8 @@ pub const FIELDS: &[FieldSpec] = fields![
     pt_regs.si => pt_regs_si,
     pt_regs.dx => pt_regs_dx,
     pt_regs.orig_ax => pt_regs_orig_ax,
+    module.name => module_name,
+    module.taints => module_taints,
 ];
 
 /// A parsed BTF file, kept so that several lookups (offsets, function probes)
@@ -546,13 +548,13 @@ mod tests {
             assert_eq!(*slot, OFFSET_NONE, "{} shares a slot", spec.label);
             *slot = i as u32;
         }
-        let slots = std::mem::size_of::<KernelOffsets>() / 4 - 1; // minus _reserved
-        assert_eq!(FIELDS.len(), slots);
+        const SLOTS: usize = std::mem::size_of::<KernelOffsets>() / 4;
+        assert_eq!(FIELDS.len(), SLOTS);
         // SAFETY: KernelOffsets is repr(C) with only u32 fields, no padding.
-        let words: [u32; 30] = unsafe { std::mem::transmute(o) };
-        let mut seen: Vec<u32> = words[..slots].to_vec();
+        let words: [u32; SLOTS] = unsafe { std::mem::transmute(o) };
+        let mut seen: Vec<u32> = words.to_vec();
         seen.sort_unstable();
-        assert_eq!(seen, (0..slots as u32).collect::<Vec<_>>());
+        assert_eq!(seen, (0..SLOTS as u32).collect::<Vec<_>>());
         for spec in FIELDS {
             assert_eq!(spec.label, format!("{}.{}", spec.strukt, spec.field));
         }

@@ -3,8 +3,8 @@
 use std::mem::size_of;
 
 use modtrace_common::{
-    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, ABI_VERSION,
-    KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE,
+    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, ModuleRequestEvent,
+    ABI_VERSION, KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE, KIND_MODULE_REQUEST,
 };
 
 /// One syscall record as the kernel wrote it. The large records are boxed so
@@ -14,6 +14,7 @@ pub enum KernelEvent {
     InitModule(Box<InitModuleEvent>),
     FinitModule(Box<FinitModuleEvent>),
     DeleteModule(Box<DeleteModuleEvent>),
+    ModuleRequest(Box<ModuleRequestEvent>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +39,7 @@ impl KernelEvent {
             Self::InitModule(_) => "init_module",
             Self::FinitModule(_) => "finit_module",
             Self::DeleteModule(_) => "delete_module",
+            Self::ModuleRequest(_) => "request",
         }
     }
 
@@ -46,6 +48,7 @@ impl KernelEvent {
             Self::InitModule(e) => &e.header,
             Self::FinitModule(e) => &e.header,
             Self::DeleteModule(e) => &e.header,
+            Self::ModuleRequest(e) => &e.header,
         }
     }
 
@@ -54,6 +57,7 @@ impl KernelEvent {
             Self::InitModule(e) => &e.task,
             Self::FinitModule(e) => &e.task,
             Self::DeleteModule(e) => &e.task,
+            Self::ModuleRequest(e) => &e.task,
         }
     }
 }
@@ -98,6 +102,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         KIND_INIT_MODULE => read_exact("init_module", record).map(KernelEvent::InitModule),
         KIND_FINIT_MODULE => read_exact("finit_module", record).map(KernelEvent::FinitModule),
         KIND_DELETE_MODULE => read_exact("delete_module", record).map(KernelEvent::DeleteModule),
+        KIND_MODULE_REQUEST => read_exact("request", record).map(KernelEvent::ModuleRequest),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -138,7 +143,7 @@ mod tests {
                 parent_comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
             },
             flags: 2048,
-            _reserved: 0,
+            freed: 1,
             name_addr: 0x7fff_0000,
             name: BoundedStr {
                 len: 5,

@@ -54,6 +54,51 @@ pub fn errno_name(errno: i32) -> String {
     }
 }
 
+/// The kernel's taint flags (`include/linux/panic.h`), bit → letter, name.
+const TAINT_FLAGS: [(char, &str); 19] = [
+    ('P', "proprietary_module"),
+    ('F', "forced_module"),
+    ('S', "cpu_out_of_spec"),
+    ('R', "forced_rmmod"),
+    ('M', "machine_check"),
+    ('B', "bad_page"),
+    ('U', "user"),
+    ('D', "die"),
+    ('A', "overridden_acpi_table"),
+    ('W', "warn"),
+    ('C', "staging"),
+    ('I', "firmware_workaround"),
+    ('O', "out_of_tree_module"),
+    ('E', "unsigned_module"),
+    ('L', "soft_lockup"),
+    ('K', "livepatch"),
+    ('X', "auxiliary"),
+    ('T', "randstruct"),
+    ('N', "test"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Taint {
+    pub raw: u64,
+    /// As /proc/modules and `dmesg` show them, e.g. "OE".
+    pub letters: String,
+    pub names: Vec<&'static str>,
+}
+
+pub fn taint(raw: u64) -> Taint {
+    let set = || {
+        TAINT_FLAGS
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| raw & (1 << bit) != 0)
+    };
+    Taint {
+        raw,
+        letters: set().map(|(_, (letter, _))| *letter).collect(),
+        names: set().map(|(_, (_, name))| *name).collect(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallResult {
     pub ret: i64,
@@ -172,6 +217,27 @@ mod tests {
         assert_eq!(f.names, ["MODULE_INIT_IGNORE_VERMAGIC"]);
         assert_eq!(f.unknown, Some(0x40));
         assert_eq!(serde_json::to_value(&f).unwrap()["unknown"], 0x40);
+    }
+
+    #[test]
+    fn names_taint_flags_as_the_kernel_prints_them() {
+        let t = taint((1 << 12) | (1 << 13));
+        assert_eq!(
+            (t.letters.as_str(), t.names.clone()),
+            ("OE", vec!["out_of_tree_module", "unsigned_module"])
+        );
+        assert_eq!(taint(1).letters, "P");
+        assert_eq!(
+            taint(0),
+            Taint {
+                raw: 0,
+                letters: String::new(),
+                names: vec![]
+            }
+        );
+        // Bits past the table stay visible in `raw`.
+        assert_eq!(taint(1 << 40).letters, "");
+        assert_eq!(taint(1 << 40).raw, 1 << 40);
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //! → ring buffer → [`decode`] → [`enrich`] → [`record`] → [`sink`], driven by
 //! [`watch`].
 pub mod btf;
+pub mod cause;
 pub mod clock;
 pub mod decode;
 pub mod enrich;
 pub mod fields;
-pub mod policy;
+pub mod modules;
 pub mod probes;
 pub mod record;
 pub mod sink;

@@ -114,6 +114,8 @@ pub struct Probes {
     pub strategies: BTreeMap<&'static str, &'static str>,
     pub btf_available: bool,
     pub unavailable_fields: Vec<&'static str>,
+    /// The kernel's module tracepoints are attached (see `attach_module_events`).
+    pub module_events: bool,
 }
 
 /// What this kernel offers, found before anything is loaded.
@@ -321,7 +323,14 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
     loop {
         let plan = plan(&support, options.forced, &refused)?;
         match load_and_attach(&support, &plan, options) {
-            Ok(ebpf) => {
+            Ok(mut ebpf) => {
+                let module_events = match attach_module_events(&mut ebpf) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        warn!("the kernel's module tracepoints are unavailable ({why}): records carry no `module` object and autoload requests are not seen");
+                        false
+                    }
+                };
                 let strategies = SYSCALLS
                     .iter()
                     .zip(plan)
@@ -347,6 +356,7 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
                     strategies,
                     btf_available: support.btf.is_some(),
                     unavailable_fields,
+                    module_events,
                 });
             }
             Err(AttachFailure {
@@ -523,6 +533,26 @@ fn attach_raw(ebpf: &mut Ebpf) -> Result<(), String> {
         prog.load()
             .map_err(|e| format!("loading {program}: {}", brief(e)))?;
         prog.attach(tracepoint)
+            .map_err(|e| format!("attaching raw tracepoint {tracepoint}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The kernel's own module events: `module_load` (the name the kernel
+/// registered and the module's taints), `module_free` (the module really
+/// left) and `module_request` (autoload). They need a kernel with module
+/// support; without them the syscall records still stand.
+fn attach_module_events(ebpf: &mut Ebpf) -> Result<(), String> {
+    if !Path::new("/proc/modules").exists() {
+        return Err("this kernel has no module support".into());
+    }
+    for tracepoint in ["module_load", "module_free", "module_request"] {
+        let program: &mut RawTracePoint = program_mut(ebpf, tracepoint)?;
+        program
+            .load()
+            .map_err(|e| format!("loading {tracepoint}: {}", brief(e)))?;
+        program
+            .attach(tracepoint)
             .map_err(|e| format!("attaching raw tracepoint {tracepoint}: {e}"))?;
     }
     Ok(())

@@ -2,8 +2,9 @@
 use std::collections::BTreeMap;
 
 use modtrace_common::{
-    FinitModuleEvent, TaskInfo, FILE_BAD_FD, FILE_INTERNAL_MOUNT, FILE_RESOLVED, FILE_UNLINKED,
-    MISSING_AUID, MISSING_EUID, MISSING_PARENT, MISSING_SESSION, STR_TRUNCATED,
+    FinitModuleEvent, LoadedModule, ModuleRequestEvent, TaskInfo, FILE_BAD_FD, FILE_INTERNAL_MOUNT,
+    FILE_RESOLVED, FILE_UNLINKED, MISSING_AUID, MISSING_EUID, MISSING_PARENT, MISSING_SESSION,
+    STR_TRUNCATED,
 };
 use serde::Serialize;
 
@@ -31,6 +32,7 @@ pub struct Record<'a> {
 pub enum Body {
     Start(Start),
     Call(Box<Call>),
+    Request(Box<Request>),
     Loss(Loss),
     Stop(Stop),
 }
@@ -42,6 +44,12 @@ pub struct Start {
     pub boot_id: Option<String>,
     pub btf: bool,
     pub strategies: BTreeMap<&'static str, &'static str>,
+    /// Whether the kernel's module tracepoints (load, free, request) are
+    /// attached; without them records carry no `module` object and no
+    /// `request` records appear.
+    pub module_events: bool,
+    /// Modules already loaded when modtrace started, from /proc/modules.
+    pub loaded_modules: Vec<crate::modules::LoadedModule>,
     /// Fields this kernel cannot provide, rendered as null in every record.
     pub unavailable_fields: Vec<&'static str>,
 }
@@ -55,6 +63,52 @@ pub struct Call {
     pub parent: Parent,
     pub args: Args,
     pub result: Option<CallResult>,
+    pub module: Option<ModuleInfo>,
+    /// The autoload request this call serves, when the kernel started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ModuleInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taint: Option<fields::Taint>,
+    /// The kernel's taint (/proc/sys/kernel/tainted) when the record was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_taint: Option<fields::Taint>,
+    /// delete_module: whether the module really left the kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freed: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cause {
+    pub request_seq: u64,
+    pub request: String,
+    pub process: Requester,
+    /// How the link was made: `cmdline` (modprobe's argument names the
+    /// request) or `kernel-helper` (a modprobe started by the kernel while the
+    /// request was the only one outstanding).
+    pub matched_by: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Requester {
+    pub pid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub exe: Option<String>,
+    pub cgroup: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Request {
+    pub process: Process,
+    pub parent: Parent,
+    pub name: Captured,
+    pub wait: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +192,7 @@ pub struct EventCounts {
     pub init_module: u64,
     pub finit_module: u64,
     pub delete_module: u64,
+    pub request: u64,
     pub total: u64,
 }
 
@@ -189,8 +244,10 @@ pub fn file_arg(event: &FinitModuleEvent) -> FileArg {
     }
 }
 
-fn args(event: &KernelEvent) -> Args {
-    match event {
+/// The syscall's arguments, or the request itself for a `request` event,
+/// which has none.
+fn args(event: &KernelEvent) -> Result<Args, &ModuleRequestEvent> {
+    Ok(match event {
         KernelEvent::InitModule(e) => Args::Init {
             image_addr: format!("{:#x}", e.image_addr),
             image_len: e.image_len,
@@ -206,6 +263,38 @@ fn args(event: &KernelEvent) -> Args {
             name: captured(&e.name),
             flags: fields::decode_flags(e.flags, fields::DELETE_FLAGS),
         },
+        KernelEvent::ModuleRequest(request) => return Err(request),
+    })
+}
+
+fn loaded(module: &LoadedModule, kernel_taint: Option<u64>) -> Option<ModuleInfo> {
+    (module.seen != 0).then(|| ModuleInfo {
+        name: Some(fields::c_name(&module.name)),
+        taint: Some(fields::taint(module.taints)),
+        kernel_taint: kernel_taint.map(fields::taint),
+        freed: None,
+    })
+}
+
+/// What the kernel's module events add to a syscall record.
+fn module_info(event: &KernelEvent, module_events: bool) -> Option<ModuleInfo> {
+    if !module_events {
+        return None;
+    }
+    let kernel_taint = || {
+        std::fs::read_to_string("/proc/sys/kernel/tainted")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    };
+    match event {
+        KernelEvent::InitModule(e) => loaded(&e.module, kernel_taint()),
+        KernelEvent::FinitModule(e) => loaded(&e.module, kernel_taint()),
+        KernelEvent::DeleteModule(e) => Some(ModuleInfo {
+            name: captured(&e.name).value,
+            freed: Some(e.freed != 0),
+            ..ModuleInfo::default()
+        }),
+        KernelEvent::ModuleRequest(_) => None,
     }
 }
 
@@ -213,37 +302,57 @@ fn present(task: &TaskInfo, bit: u32, value: u32) -> Option<u32> {
     (task.missing & bit == 0).then_some(value)
 }
 
-/// Builds the syscall record from the kernel's capture and what /proc gave.
-pub fn call(event: &KernelEvent, own: ProcInfo, parent: ProcInfo) -> Call {
-    let header = event.header();
-    let task = event.task();
-    let exited = header.exit_ns != 0;
+fn caller(task: &TaskInfo, own: ProcInfo, parent: ProcInfo) -> (Process, Parent) {
     let has_parent = task.missing & MISSING_PARENT == 0;
-    Call {
+    let process = Process {
+        pid: task.pid,
+        tid: task.tid,
+        ppid: present(task, MISSING_PARENT, task.ppid),
+        uid: task.uid,
+        gid: task.gid,
+        euid: present(task, MISSING_EUID, task.euid),
+        auid: present(task, MISSING_AUID, task.auid),
+        session: present(task, MISSING_SESSION, task.session),
+        comm: fields::c_name(&task.comm),
+        exe: own.exe,
+        cmdline: own.cmdline,
+        cgroup_id: task.cgroup_id,
+        cgroup: own.cgroup,
+    };
+    let parent = Parent {
+        pid: has_parent.then_some(task.ppid),
+        comm: has_parent.then(|| fields::c_name(&task.parent_comm)),
+        exe: parent.exe,
+        cmdline: parent.cmdline,
+    };
+    (process, parent)
+}
+
+/// The record body for a kernel event, from the kernel's capture and what
+/// /proc gave.
+pub fn body(event: &KernelEvent, own: ProcInfo, parent: ProcInfo, module_events: bool) -> Body {
+    let (process, parent) = caller(event.task(), own, parent);
+    let args = match args(event) {
+        Ok(args) => args,
+        Err(request) => {
+            return Body::Request(Box::new(Request {
+                process,
+                parent,
+                name: captured(&request.name),
+                wait: request.wait != 0,
+            }))
+        }
+    };
+    let header = event.header();
+    let exited = header.exit_ns != 0;
+    Body::Call(Box::new(Call {
         duration_ns: exited.then(|| header.exit_ns.saturating_sub(header.enter_ns)),
         exited,
-        process: Process {
-            pid: task.pid,
-            tid: task.tid,
-            ppid: present(task, MISSING_PARENT, task.ppid),
-            uid: task.uid,
-            gid: task.gid,
-            euid: present(task, MISSING_EUID, task.euid),
-            auid: present(task, MISSING_AUID, task.auid),
-            session: present(task, MISSING_SESSION, task.session),
-            comm: fields::c_name(&task.comm),
-            exe: own.exe,
-            cmdline: own.cmdline,
-            cgroup_id: task.cgroup_id,
-            cgroup: own.cgroup,
-        },
-        parent: Parent {
-            pid: has_parent.then_some(task.ppid),
-            comm: has_parent.then(|| fields::c_name(&task.parent_comm)),
-            exe: parent.exe,
-            cmdline: parent.cmdline,
-        },
-        args: args(event),
+        process,
+        parent,
+        args,
         result: exited.then(|| call_result(header.ret)),
-    }
+        module: module_info(event, module_events),
+        cause: None,
+    }))
 }

@@ -82,6 +82,11 @@ impl Emitter {
         }
     }
 
+    /// The seq the next record will get, so that records can name each other.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Writes one record to every sink; `ts` is RFC 3339 wall-clock time.
     pub fn emit(&mut self, kind: &str, ts: String, body: &Body) -> Result<(), SinkError> {
         let record = Record {

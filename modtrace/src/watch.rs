@@ -21,6 +21,7 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
+    cause,
     clock::Clock,
     decode::{self, KernelEvent},
     enrich,
@@ -134,6 +135,8 @@ struct Collector {
     clock: Clock,
     counts: EventCounts,
     reported_losses: LossCounts,
+    module_events: bool,
+    requests: cause::RecentRequests,
 }
 
 impl Collector {
@@ -147,18 +150,22 @@ impl Collector {
         let task = event.task();
         let own = enrich::process(task.pid, header.enter_ns);
         let parent = enrich::process(task.ppid, header.enter_ns);
-        let call = record::call(event, own, parent);
-        match event {
-            KernelEvent::InitModule(_) => self.counts.init_module += 1,
-            KernelEvent::FinitModule(_) => self.counts.finit_module += 1,
-            KernelEvent::DeleteModule(_) => self.counts.delete_module += 1,
+        let mut body = record::body(event, own, parent, self.module_events);
+        let seq = self.emitter.next_seq();
+        match &mut body {
+            Body::Request(request) => self.requests.remember(seq, header.enter_ns, request),
+            Body::Call(call) => call.cause = self.requests.cause_of(header.enter_ns, call),
+            _ => {}
         }
+        let count = match event {
+            KernelEvent::InitModule(_) => &mut self.counts.init_module,
+            KernelEvent::FinitModule(_) => &mut self.counts.finit_module,
+            KernelEvent::DeleteModule(_) => &mut self.counts.delete_module,
+            KernelEvent::ModuleRequest(_) => &mut self.counts.request,
+        };
+        *count += 1;
         self.counts.total += 1;
-        self.emit(
-            event.kind(),
-            Some(header.enter_ns),
-            &Body::Call(Box::new(call)),
-        )
+        self.emit(event.kind(), Some(header.enter_ns), &body)
     }
 
     fn drain(&mut self, events: &mut RingBuf<MapData>) -> Result<(), WatchError> {
@@ -196,53 +203,44 @@ impl Collector {
         maps: &mut Maps,
         finished: impl Fn(&KernelEvent) -> bool,
     ) -> Result<(), WatchError> {
-        let mut stale = Vec::new();
-        collect_pending(
-            &maps.pending_init,
+        let mut stale = take_pending(
+            &mut maps.pending_init,
             |e| KernelEvent::InitModule(Box::new(e)),
             &finished,
-            &mut stale,
         );
-        collect_pending(
-            &maps.pending_finit,
+        stale.extend(take_pending(
+            &mut maps.pending_finit,
             |e| KernelEvent::FinitModule(Box::new(e)),
             &finished,
-            &mut stale,
-        );
-        collect_pending(
-            &maps.pending_delete,
+        ));
+        stale.extend(take_pending(
+            &mut maps.pending_delete,
             |e| KernelEvent::DeleteModule(Box::new(e)),
             &finished,
-            &mut stale,
-        );
-        for (tid, event) in stale {
-            // Removing first means a record is reported once even if the exit
-            // probe raced us (it then finds no entry and counts a loss).
-            let removed = match event {
-                KernelEvent::InitModule(_) => maps.pending_init.remove(&tid),
-                KernelEvent::FinitModule(_) => maps.pending_finit.remove(&tid),
-                KernelEvent::DeleteModule(_) => maps.pending_delete.remove(&tid),
-            };
-            if removed.is_ok() {
-                self.on_event(&event)?;
-            }
-        }
-        Ok(())
+        ));
+        stale.iter().try_for_each(|event| self.on_event(event))
     }
 }
 
-fn collect_pending<V: aya::Pod>(
-    map: &HashMap<MapData, u32, V>,
+/// Removes the entries of `map` that `finished` selects and returns them.
+/// Removing before reporting means a record is reported once even if the exit
+/// probe races us (it then finds no entry and counts a loss).
+fn take_pending<V: aya::Pod>(
+    map: &mut HashMap<MapData, u32, V>,
     wrap: impl Fn(V) -> KernelEvent,
     finished: &impl Fn(&KernelEvent) -> bool,
-    out: &mut Vec<(u32, KernelEvent)>,
-) {
-    for (tid, value) in map.iter().filter_map(Result::ok) {
-        let event = wrap(value);
-        if finished(&event) {
-            out.push((tid, event));
-        }
-    }
+) -> Vec<KernelEvent> {
+    let selected: Vec<(u32, KernelEvent)> = map
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(tid, value)| (tid, wrap(value)))
+        .filter(|(_, event)| finished(event))
+        .collect();
+    selected
+        .into_iter()
+        .filter(|(tid, _)| map.remove(tid).is_ok())
+        .map(|(_, event)| event)
+        .collect()
 }
 
 /// A pending call whose thread no longer exists (or whose tid now belongs to
@@ -279,6 +277,8 @@ fn start_body(probes: &probes::Probes) -> Start {
             .map(|s| s.trim().to_owned()),
         btf: probes.btf_available,
         strategies: probes.strategies.clone(),
+        module_events: probes.module_events,
+        loaded_modules: crate::modules::loaded(),
         unavailable_fields: probes.unavailable_fields.clone(),
     }
 }
@@ -301,6 +301,8 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         clock: Clock,
         counts: EventCounts::default(),
         reported_losses: LossCounts::default(),
+        module_events: probes.module_events,
+        requests: cause::RecentRequests::default(),
     };
     collector.emit("start", None, &Body::Start(start_body(&probes)))?;
 

@@ -91,6 +91,9 @@ impl Watch {
         };
         let start = watch.wait_for(|r| r["kind"] == "start", Duration::from_secs(60));
         assert_eq!(start["seq"], 0, "start must be the first record");
+        // This machine's kernel has no module support.
+        assert_eq!(start["module_events"], false);
+        assert_eq!(start["loaded_modules"], serde_json::json!([]));
         watch
     }
 

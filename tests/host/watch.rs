@@ -177,7 +177,7 @@ fn init_module_records_image_and_parameters() {
     let stop = records.last().unwrap();
     assert_eq!(
         stop["events"],
-        json!({"init_module": 3, "finit_module": 0, "delete_module": 0, "total": 3})
+        json!({"init_module": 3, "finit_module": 0, "delete_module": 0, "request": 0, "total": 3})
     );
     assert_eq!(stop["lost"]["total"], 0);
 }
@@ -303,7 +303,7 @@ fn delete_module_as_an_unprivileged_user() {
     let stop = records.last().unwrap();
     assert_eq!(
         stop["events"],
-        json!({"init_module": 0, "finit_module": 0, "delete_module": 2, "total": 2})
+        json!({"init_module": 0, "finit_module": 0, "delete_module": 2, "request": 0, "total": 2})
     );
     assert_eq!(calls_of(&records, &call["pid"]).len(), 1);
 }

@@ -201,6 +201,8 @@ fn report(outcomes: &[checks::Outcome]) -> Result<()> {
         outcome.print();
     }
     let failed = outcomes.iter().filter(|o| !o.passed()).count();
+    // The plain closing line CI reads, alone on its line.
+    println!("vm: {} passed, {failed} failed", outcomes.len() - failed);
     if failed > 0 {
         bail!(
             "{failed} of {} VM scenario runs failed (details above)",

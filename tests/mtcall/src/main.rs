@@ -18,9 +18,9 @@ const USAGE: &str = "\
 usage: mtcall [--uid N] [--gid N] [--repeat K] [--linger-ms MS] <op> [op options]
 
 ops:
-  init-module (--image FILE | --image-len N) [--params S | --params-file F | --params-ptr bad]
+  init-module (--image FILE | --image-len N) [--params S | --params-file F | --params-ptr bad|untouched]
       init_module(buf, len, params): the image is FILE's bytes, or N zero bytes
-  finit-module (--file FILE | --memfd FILE | --fd N) [--params S | --params-file F | --params-ptr bad] [--flags N]
+  finit-module (--file FILE | --memfd FILE | --fd N) [--params S | --params-file F | --params-ptr bad|untouched] [--flags N]
       finit_module(fd, params, flags): FILE opened read-only, a memfd named
       \"mtcall\" holding FILE's bytes, or the raw fd number N (e.g. -1)
   delete-module NAME [--flags N]
@@ -60,6 +60,9 @@ enum Params {
     Str(CString),
     /// A pointer to a page that was unmapped, so the kernel's copy faults.
     BadPtr,
+    /// An empty string on a mapped page this process never touched: not
+    /// resident until the kernel's own copy faults it in.
+    Untouched,
 }
 
 enum Image {
@@ -234,7 +237,12 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             }
             "--params-ptr" => match value(&arg, &mut args)?.as_str() {
                 "bad" => set_params(Params::BadPtr)?,
-                other => return usage(format!("--params-ptr takes `bad`, not `{other}`")),
+                "untouched" => set_params(Params::Untouched)?,
+                other => {
+                    return usage(format!(
+                        "--params-ptr takes `bad` or `untouched`, not `{other}`"
+                    ))
+                }
             },
             "--file" => set_source(FdSource::File(value(&arg, &mut args)?.into()))?,
             "--memfd" => set_source(FdSource::Memfd(value(&arg, &mut args)?.into()))?,
@@ -514,7 +522,41 @@ fn params_arg(params: &Params, m: &mut Map<String, Value>) -> Res<*const libc::c
             m.insert("params_ptr".into(), json!(format!("bad:{:#x}", p as usize)));
             p
         }
+        Params::Untouched => {
+            let p = fresh_page("untouched")?;
+            m.insert("params_len".into(), json!(0));
+            m.insert("params".into(), json!(""));
+            m.insert(
+                "params_ptr".into(),
+                json!(format!("untouched:{:#x}", p as usize)),
+            );
+            p
+        }
     })
+}
+
+/// A new anonymous read-only page, never touched here: it reads as zeros (an
+/// empty string) once something faults it in.
+fn fresh_page(what: &str) -> Res<*const libc::c_char> {
+    // SAFETY: a new private anonymous mapping, never unmapped (it lives until
+    // exit) and never dereferenced here.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Failure::Setup(format!(
+            "mmap for --params-ptr {what}: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    Ok(p as *const libc::c_char)
 }
 
 /// An address that is certainly not mapped: a page that was mapped and then

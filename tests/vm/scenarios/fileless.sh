@@ -5,6 +5,9 @@ plain_module dummy /tmp/dummy.ko
 watch_start main
 act memfd_plain /usr/bin/mtcall finit-module --memfd /tmp/dummy.ko --params numdummies=1 --flags 0
 act unload_memfd_plain /sbin/rmmod dummy
+# Params on a page not yet resident: readable only after the kernel's copy.
+act memfd_untouched /usr/bin/mtcall finit-module --memfd /tmp/dummy.ko --params-ptr untouched --flags 0
+act unload_memfd_untouched /sbin/rmmod dummy
 case "$DUMMY" in
 *.xz)
     # The kernel decompresses when asked with MODULE_INIT_COMPRESSED_FILE (4).
