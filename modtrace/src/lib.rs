@@ -10,6 +10,7 @@ pub mod decode;
 pub mod enrich;
 pub mod fields;
 pub mod modules;
+pub mod policy;
 pub mod probes;
 pub mod record;
 pub mod sink;
