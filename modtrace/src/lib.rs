@@ -12,6 +12,7 @@ pub mod fields;
 pub mod modules;
 pub mod policy;
 pub mod probes;
+pub mod replay;
 pub mod record;
 pub mod sink;
 pub mod watch;

@@ -1,8 +1,12 @@
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{
+    io::{IsTerminal, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use modtrace::{probes::Strategy, sink::Format, watch};
+use modtrace::{policy, probes::Strategy, replay, sink::Format, watch};
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +22,39 @@ struct Cli {
 enum Command {
     /// Stream every init_module, finit_module and delete_module call.
     Watch(WatchArgs),
+    /// Show, check and try out policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Re-judge a recorded NDJSON capture with a policy.
+    Replay(ReplayArgs),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the embedded default policy.
+    ShowDefault,
+    /// Validate a policy file and list its rules.
+    Check { file: PathBuf },
+    /// Show which rules of a policy match one event record, and why.
+    Test {
+        /// The policy [default: the embedded default policy]
+        file: Option<PathBuf>,
+        /// One syscall record as JSON (a line of `watch` output).
+        #[arg(long, value_name = "JSON")]
+        event: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// A capture written by `modtrace watch` (NDJSON).
+    file: PathBuf,
+    /// The policy to judge with [default: the embedded default policy]
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Output on stdout [default: json when stdout is not a terminal, else text]
+    #[arg(long, value_enum)]
+    format: Option<Format>,
 }
 
 #[derive(clap::Args)]
@@ -40,6 +77,10 @@ struct WatchArgs {
     /// Lock file that keeps a second instance from starting.
     #[arg(long, default_value = "/run/modtrace.lock", value_name = "FILE")]
     lock_file: PathBuf,
+    /// Policy file (owned by root, not writable by others); SIGHUP reloads
+    /// it [default: the embedded default policy]
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
@@ -83,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 btf: args.btf,
                 ring_buffer_bytes: args.ring_buffer_size,
                 lock_file: args.lock_file,
+                policy: args.policy,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -92,5 +134,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(watch::run(options))
                 .context("modtrace watch")
         }
+        Command::Policy(command) => run_policy(command),
+        Command::Replay(args) => run_replay(args),
     }
+}
+
+fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
+    let text = match command {
+        PolicyCommand::ShowDefault => policy::defaults::DEFAULT_POLICY.to_owned(),
+        PolicyCommand::Check { file } => policy::commands::check(&file)?,
+        PolicyCommand::Test { file, event } => policy::commands::test(file.as_deref(), &event)?,
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let name = args.file.display().to_string();
+    let input = std::fs::File::open(&args.file).with_context(|| format!("cannot open {name}"))?;
+    let terminal = std::io::stdout().is_terminal();
+    let mut replay = replay::Replay {
+        file: &name,
+        format: args
+            .format
+            .unwrap_or(if terminal { Format::Text } else { Format::Json }),
+        colour: terminal,
+        out: std::io::BufWriter::new(std::io::stdout().lock()),
+        diagnostics: std::io::stderr(),
+    };
+    let source = replay::PolicySource {
+        path: args.policy,
+        check_owner: false,
+    };
+    let summary = replay.run(std::io::BufReader::new(input), &source)?;
+    replay.out.flush().context("writing the replay")?;
+    eprint!("{}", summary.text());
+    Ok(())
 }

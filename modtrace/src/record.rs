@@ -35,6 +35,8 @@ pub enum Body {
     Request(Box<Request>),
     Loss(Loss),
     Stop(Stop),
+    Alert(crate::policy::Alert),
+    PolicyReload(crate::policy::PolicyReload),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +54,8 @@ pub struct Start {
     pub loaded_modules: Vec<crate::modules::LoadedModule>,
     /// Fields this kernel cannot provide, rendered as null in every record.
     pub unavailable_fields: Vec<&'static str>,
+    /// The policy in force: its source and sha256.
+    pub policy: crate::policy::PolicyInfo,
 }
 
 #[derive(Debug, Clone, Serialize)]

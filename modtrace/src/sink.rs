@@ -89,6 +89,13 @@ impl Emitter {
 
     /// Writes one record to every sink; `ts` is RFC 3339 wall-clock time.
     pub fn emit(&mut self, kind: &str, ts: String, body: &Body) -> Result<(), SinkError> {
+        let json = self.render(kind, ts, body);
+        self.write(&json)
+    }
+
+    /// The record as JSON, numbered: callers may add to it (the policy
+    /// verdict) before [`Emitter::write`].
+    pub fn render(&mut self, kind: &str, ts: String, body: &Body) -> Value {
         let record = Record {
             kind,
             schema: SCHEMA_VERSION,
@@ -98,7 +105,10 @@ impl Emitter {
             body,
         };
         self.seq += 1;
-        let json = serde_json::to_value(&record).expect("records serialize to JSON");
+        serde_json::to_value(&record).expect("records serialize to JSON")
+    }
+
+    pub fn write(&mut self, json: &Value) -> Result<(), SinkError> {
         let mut json_line = json.to_string();
         json_line.push('\n');
         if let Some((path, file)) = &mut self.file {
@@ -108,17 +118,31 @@ impl Emitter {
                     source,
                 })?;
         }
-        let stdout_line = match self.stdout_format {
-            Format::Json => json_line,
-            Format::Text => text_line(&json, self.colour),
+        let (stdout_line, to_stderr) = match self.stdout_format {
+            Format::Json => (json_line, false),
+            // A person watching text output must not miss an alert among
+            // the events: it goes to stderr, apart from them.
+            Format::Text => (text_line(json, self.colour), json["kind"] == "alert"),
         };
-        let mut out = io::stdout().lock();
-        out.write_all(stdout_line.as_bytes())
-            .and_then(|()| out.flush())
-            .map_err(|source| SinkError::Write {
-                what: "stdout".into(),
-                source,
-            })
+        let (what, result) = if to_stderr {
+            let mut err = io::stderr().lock();
+            (
+                "stderr",
+                err.write_all(stdout_line.as_bytes())
+                    .and_then(|()| err.flush()),
+            )
+        } else {
+            let mut out = io::stdout().lock();
+            (
+                "stdout",
+                out.write_all(stdout_line.as_bytes())
+                    .and_then(|()| out.flush()),
+            )
+        };
+        result.map_err(|source| SinkError::Write {
+            what: what.into(),
+            source,
+        })
     }
 }
 
@@ -160,6 +184,27 @@ pub fn text_line(record: &Value, colour: bool) -> String {
             YELLOW,
             colour,
         ),
+        "alert" => paint(
+            &format!(
+                "ALERT {} {} (event seq {}): {}",
+                s(&record["severity"]).to_uppercase(),
+                s(&record["rule"]),
+                s(&record["event_seq"]),
+                s(&record["message"])
+            ),
+            RED,
+            colour,
+        ),
+        "policy_reload" => format!(
+            "policy {} sha256 {} rules {}{}",
+            s(&record["source"]),
+            s(&record["sha256"]),
+            s(&record["rules"]),
+            record["error"]
+                .as_str()
+                .map(|e| format!(" REJECTED, previous policy kept: {e}"))
+                .unwrap_or_default()
+        ),
         "stop" => format!(
             "events {} lost {}",
             record["events"]["total"], record["lost"]["total"]
@@ -196,8 +241,12 @@ fn call_text(record: &Value, colour: bool) -> String {
             args["flags"]["names"]
         ),
     };
+    let verdict = match record["policy"]["verdict"].as_str() {
+        Some(v @ ("alert" | "log")) => format!(" policy={v}"),
+        _ => String::new(),
+    };
     format!(
-        "{outcome} pid={} uid={} auid={} comm={} exe={} parent={}({}) {what}",
+        "{outcome} pid={} uid={} auid={} comm={} exe={} parent={}({}) {what}{verdict}",
         s(&p["pid"]),
         s(&p["uid"]),
         s(&p["auid"]),

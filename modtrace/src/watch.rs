@@ -25,6 +25,7 @@ use crate::{
     clock::Clock,
     decode::{self, KernelEvent},
     enrich,
+    policy::{self, Alert, Policy, PolicyReload},
     probes::{self, ProbeOptions, Strategy},
     record::{self, Body, EventCounts, Loss, LossCounts, LostTotals, Start, Stop},
     sink::{self, Emitter, Format, SinkError},
@@ -39,6 +40,8 @@ pub struct WatchOptions {
     pub btf: PathBuf,
     pub ring_buffer_bytes: u32,
     pub lock_file: PathBuf,
+    /// The policy file; the embedded default policy when absent.
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,8 @@ pub enum WatchError {
     Probe(#[from] probes::ProbeError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
     #[error("another modtrace is already running (it holds {path}); stop it first, or give this one another --lock-file if you really want two")]
     AlreadyRunning { path: PathBuf },
     #[error("cannot create lock file {path}: {source}")]
@@ -137,6 +142,7 @@ struct Collector {
     reported_losses: LossCounts,
     module_events: bool,
     requests: cause::RecentRequests,
+    policy: Policy,
 }
 
 impl Collector {
@@ -165,7 +171,38 @@ impl Collector {
         };
         *count += 1;
         self.counts.total += 1;
-        self.emit(event.kind(), Some(header.enter_ns), &body)
+        let ts = self.clock.rfc3339(Some(header.enter_ns));
+        let mut json = self.emitter.render(event.kind(), ts, &body);
+        let evaluation = self.policy.judge(&mut json);
+        self.emitter.write(&json)?;
+        for alert in evaluation.map_or_else(Vec::new, |e| Alert::all_for(&json, &e)) {
+            self.emit("alert", None, &Body::Alert(alert))?;
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: a policy that fails to load is reported and the one in force
+    /// stays, so a typo never leaves the host unwatched.
+    fn reload_policy(&mut self, path: Option<&Path>) -> Result<(), WatchError> {
+        let reload = match Policy::load_or_default(path, &policy_context()) {
+            Ok(policy) => {
+                self.policy = policy;
+                PolicyReload {
+                    policy: self.policy.info(),
+                    ok: true,
+                    error: None,
+                }
+            }
+            Err(err) => {
+                warn!("policy reload rejected, keeping the policy in force: {err}");
+                PolicyReload {
+                    policy: self.policy.info(),
+                    ok: false,
+                    error: Some(err.to_string()),
+                }
+            }
+        };
+        self.emit("policy_reload", None, &Body::PolicyReload(reload))
     }
 
     fn drain(&mut self, events: &mut RingBuf<MapData>) -> Result<(), WatchError> {
@@ -265,7 +302,15 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-fn start_body(probes: &probes::Probes) -> Start {
+/// Policies judge this kernel's events, from files only root can change.
+fn policy_context() -> policy::Context {
+    policy::Context {
+        kernel: policy::running_kernel(),
+        check_owner: true,
+    }
+}
+
+fn start_body(probes: &probes::Probes, policy: &Policy) -> Start {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -280,11 +325,13 @@ fn start_body(probes: &probes::Probes) -> Start {
         module_events: probes.module_events,
         loaded_modules: crate::modules::loaded(),
         unavailable_fields: probes.unavailable_fields.clone(),
+        policy: policy.info(),
     }
 }
 
 pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     let _lock = acquire_lock(&options.lock_file)?;
+    let policy = Policy::load_or_default(options.policy.as_deref(), &policy_context())?;
     let file = match &options.output {
         Some(path) => Some((path.clone(), sink::open_output_file(path)?)),
         None => None,
@@ -303,14 +350,17 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         reported_losses: LossCounts::default(),
         module_events: probes.module_events,
         requests: cause::RecentRequests::default(),
+        policy,
     };
-    collector.emit("start", None, &Body::Start(start_body(&probes)))?;
+    let start = start_body(&probes, &collector.policy);
+    collector.emit("start", None, &Body::Start(start))?;
 
     let io = |what| move |source| WatchError::Io { what, source };
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(io("installing the SIGTERM handler"))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io("installing the SIGHUP handler"))?;
     // SAFETY: the AsyncFd owns the ring buffer, whose fd stays open and the
     // same for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -329,11 +379,12 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
                 collector.drain(ring.get_mut())?;
                 collector.report_losses(&maps)?;
                 ticks += 1;
-                if ticks % 10 == 0 {
+                if ticks.is_multiple_of(10) {
                     let now = Clock::boot_ns();
                     collector.reap(&mut maps, |e| task_died(e, now))?;
                 }
             }
+            _ = sighup.recv() => collector.reload_policy(options.policy.as_deref())?,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }

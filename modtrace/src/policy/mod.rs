@@ -4,6 +4,7 @@
 //! the same value `watch` writes and `replay` reads, so that a policy judges a
 //! recorded capture exactly as it would have judged the live events.
 //! The file format is described in docs/policy.md.
+pub mod commands;
 pub mod condition;
 pub mod defaults;
 pub mod event;
@@ -66,6 +67,14 @@ pub enum Action {
 
 impl Action {
     pub const NAMES: &'static [&'static str] = &["alert", "log", "ignore"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Alert => "alert",
+            Action::Log => "log",
+            Action::Ignore => "ignore",
+        }
+    }
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
@@ -270,6 +279,52 @@ impl Evaluation {
     }
 }
 
+/// The body of an `alert` record: one matched rule of action `alert`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    /// The `seq` of the syscall record that raised it.
+    pub event_seq: u64,
+    pub event_kind: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl Alert {
+    /// The alerts that `evaluation` of `record` raises.
+    pub fn all_for(record: &Value, evaluation: &Evaluation) -> Vec<Alert> {
+        evaluation
+            .alerts()
+            .map(|m| Alert {
+                event_seq: record["seq"].as_u64().unwrap_or_default(),
+                event_kind: record["kind"].as_str().unwrap_or_default().to_owned(),
+                rule: m.rule.clone(),
+                severity: m.severity,
+                message: m.message.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Which policy is in force, for the `start` record.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyInfo {
+    pub source: String,
+    pub sha256: String,
+    pub rules: usize,
+}
+
+/// The body of a `policy_reload` record. On a rejected reload `error` says
+/// why, and the other fields name the policy still in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyReload {
+    #[serde(flatten)]
+    pub policy: PolicyInfo,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(transparent)]
@@ -370,6 +425,22 @@ impl Policy {
             scan,
             sha256: sha256.to_owned(),
             source: source.to_owned(),
+        }
+    }
+
+    pub fn info(&self) -> PolicyInfo {
+        PolicyInfo {
+            source: self.source.clone(),
+            sha256: self.sha256.clone(),
+            rules: self.rules.iter().filter(|r| r.enabled).count(),
+        }
+    }
+
+    /// The file at `path`, or the default policy when there is none.
+    pub fn load_or_default(path: Option<&Path>, context: &Context) -> Result<Self, PolicyError> {
+        match path {
+            Some(path) => Self::load(path, context),
+            None => Ok(Self::default_policy(context)),
         }
     }
 

@@ -1,0 +1,362 @@
+//! `modtrace replay`: re-judges a recorded NDJSON capture with a policy,
+//! through the same [`Policy::judge`] that `watch` uses on live records.
+//!
+//! Syscall records get a fresh `policy` object; the `alert` records of the
+//! capture are dropped, as they were raised by the policy of the time; every
+//! other record passes unchanged. In text output each alert of the new
+//! judgement follows its event.
+use std::{
+    collections::BTreeMap,
+    io::{self, BufRead, Write},
+    path::PathBuf,
+};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::{
+    policy::{self, Alert, Policy, Verdict},
+    record::SCHEMA_VERSION,
+    sink::{text_line, Format},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{file}:{line}: record of schema version {schema}, but this modtrace reads schema {SCHEMA_VERSION} and older; replay it with a newer modtrace")]
+    NewerSchema {
+        file: String,
+        line: u64,
+        schema: u64,
+    },
+    #[error("cannot read {file}: {source}")]
+    Read { file: String, source: io::Error },
+    #[error("cannot write the replay: {0}")]
+    Write(io::Error),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+}
+
+/// Counts of one replay, printed after it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub lines: u64,
+    pub records: u64,
+    /// Syscall records judged.
+    pub events: u64,
+    pub malformed: u64,
+    /// `alert` records of the capture, left out of the output.
+    pub dropped_alerts: u64,
+    pub verdicts: BTreeMap<&'static str, u64>,
+    /// Matches per rule id.
+    pub rules: BTreeMap<String, u64>,
+    /// Alerts the new judgement raises.
+    pub alerts: u64,
+}
+
+impl Summary {
+    pub fn text(&self) -> String {
+        let verdicts: Vec<String> = Verdict::ALL
+            .iter()
+            .map(|v| format!("{} {}", v.name(), self.verdicts.get(v.name()).unwrap_or(&0)))
+            .collect();
+        let mut out = format!(
+            "replay: {} lines, {} records, {} events judged, {} malformed lines skipped, {} alert records of the capture dropped\nverdicts: {}\nalerts raised: {}\n",
+            self.lines,
+            self.records,
+            self.events,
+            self.malformed,
+            self.dropped_alerts,
+            verdicts.join(", "),
+            self.alerts
+        );
+        out.push_str("matches per rule:");
+        if self.rules.is_empty() {
+            out.push_str(" none");
+        }
+        for (rule, count) in &self.rules {
+            out.push_str(&format!("\n  {rule}: {count}"));
+        }
+        out.push('\n');
+        out
+    }
+}
+
+/// Where the policy comes from: it is rebuilt for the kernel each `start`
+/// record names, so that `{kernel}` paths fit the captured host.
+pub struct PolicySource {
+    pub path: Option<PathBuf>,
+    pub check_owner: bool,
+}
+
+impl PolicySource {
+    pub fn load(&self, kernel: &str) -> Result<Policy, policy::PolicyError> {
+        let context = policy::Context {
+            kernel: kernel.to_owned(),
+            check_owner: self.check_owner,
+        };
+        Policy::load_or_default(self.path.as_deref(), &context)
+    }
+}
+
+pub struct Replay<'a, W: Write, D: Write> {
+    pub file: &'a str,
+    pub format: Format,
+    pub colour: bool,
+    pub out: W,
+    /// Where malformed lines are reported.
+    pub diagnostics: D,
+}
+
+impl<W: Write, D: Write> Replay<'_, W, D> {
+    pub fn run(
+        &mut self,
+        mut input: impl BufRead,
+        source: &PolicySource,
+    ) -> Result<Summary, ReplayError> {
+        let mut kernel = policy::running_kernel();
+        let mut policy = source.load(&kernel)?;
+        let mut summary = Summary::default();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = input
+                .read_until(b'\n', &mut line)
+                .map_err(|source| ReplayError::Read {
+                    file: self.file.to_owned(),
+                    source,
+                })?;
+            if read == 0 {
+                break;
+            }
+            summary.lines += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let mut record = match parse_record(&line) {
+                Ok(record) => record,
+                Err(reason) => {
+                    summary.malformed += 1;
+                    self.report(summary.lines, &reason)?;
+                    continue;
+                }
+            };
+            self.check_schema(&record, summary.lines)?;
+            summary.records += 1;
+            match record["kind"].as_str() {
+                Some("alert") => {
+                    summary.dropped_alerts += 1;
+                    continue;
+                }
+                Some("start") => {
+                    if let Some(captured) = record["kernel"].as_str().filter(|k| *k != kernel) {
+                        kernel = captured.to_owned();
+                        policy = source.load(&kernel)?;
+                    }
+                }
+                _ => {}
+            }
+            let evaluation = policy.judge(&mut record);
+            self.write(&record)?;
+            if let Some(evaluation) = evaluation {
+                summary.events += 1;
+                *summary
+                    .verdicts
+                    .entry(evaluation.verdict.name())
+                    .or_default() += 1;
+                for m in &evaluation.matches {
+                    *summary.rules.entry(m.rule.clone()).or_default() += 1;
+                }
+                let alerts = Alert::all_for(&record, &evaluation);
+                summary.alerts += alerts.len() as u64;
+                if self.format == Format::Text {
+                    for alert in alerts {
+                        let mut alert = serde_json::to_value(alert)
+                            .map_err(io::Error::other)
+                            .map_err(ReplayError::Write)?;
+                        alert["kind"] = json!("alert");
+                        alert["ts"] = record["ts"].clone();
+                        self.write(&alert)?;
+                    }
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    fn check_schema(&self, record: &Value, line: u64) -> Result<(), ReplayError> {
+        match record["schema"].as_u64() {
+            Some(schema) if schema > u64::from(SCHEMA_VERSION) => Err(ReplayError::NewerSchema {
+                file: self.file.to_owned(),
+                line,
+                schema,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn report(&mut self, line: u64, reason: &str) -> Result<(), ReplayError> {
+        writeln!(
+            self.diagnostics,
+            "modtrace replay: {}:{line}: malformed line skipped: {reason}",
+            self.file
+        )
+        .map_err(ReplayError::Write)
+    }
+
+    fn write(&mut self, record: &Value) -> Result<(), ReplayError> {
+        let text = match self.format {
+            Format::Json => format!("{record}\n"),
+            Format::Text => text_line(record, self.colour),
+        };
+        self.out
+            .write_all(text.as_bytes())
+            .map_err(ReplayError::Write)
+    }
+}
+
+/// A line that is a JSON object with a string `kind` and a numeric `schema`.
+fn parse_record(line: &[u8]) -> Result<Value, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8 ({e})"))?;
+    let record: Value = serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
+    if !record.is_object() {
+        return Err("not a JSON object".into());
+    }
+    if !record["kind"].is_string() {
+        return Err("no `kind`".into());
+    }
+    if !record["schema"].is_u64() {
+        return Err("no `schema` version".into());
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replay(
+        input: &str,
+        policy: Option<PathBuf>,
+    ) -> (Result<Summary, ReplayError>, String, String) {
+        let mut replay = Replay {
+            file: "cap.ndjson",
+            format: Format::Json,
+            colour: false,
+            out: Vec::new(),
+            diagnostics: Vec::new(),
+        };
+        let source = PolicySource {
+            path: policy,
+            check_owner: false,
+        };
+        let result = replay.run(input.as_bytes(), &source);
+        (
+            result,
+            String::from_utf8(replay.out).unwrap(),
+            String::from_utf8(replay.diagnostics).unwrap(),
+        )
+    }
+
+    const DELETE: &str = r#"{"kind":"delete_module","schema":1,"ts":"2026-11-27T21:00:00Z","seq":1,"host":"h","process":{"pid":5,"exe":"/usr/bin/kmod"},"args":{"name":{"value":"dummy","truncated":false}}}"#;
+
+    #[test]
+    fn malformed_lines_are_reported_counted_and_skipped() {
+        let input = format!("{DELETE}\nnot json\n[1]\n{{\"kind\":\"x\"}}\n\n\u{0}\n{DELETE}\n");
+        let (summary, out, diagnostics) = replay(&input, None);
+        let summary = summary.unwrap();
+        assert_eq!(summary.malformed, 4, "{diagnostics}");
+        assert_eq!(summary.events, 2);
+        assert_eq!(summary.lines, 7);
+        assert_eq!(out.lines().count(), 2);
+        for line in [2, 3, 4, 6] {
+            assert!(
+                diagnostics.contains(&format!("cap.ndjson:{line}: malformed line skipped")),
+                "{diagnostics}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed_not_fatal() {
+        let mut input = b"\xff\xfe\n".to_vec();
+        input.extend_from_slice(DELETE.as_bytes());
+        let mut r = Replay {
+            file: "c",
+            format: Format::Json,
+            colour: false,
+            out: Vec::new(),
+            diagnostics: Vec::new(),
+        };
+        let source = PolicySource {
+            path: None,
+            check_owner: false,
+        };
+        let summary = r.run(input.as_slice(), &source).unwrap();
+        assert_eq!((summary.malformed, summary.events), (1, 1));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_its_line() {
+        let newer = DELETE.replace("\"schema\":1", "\"schema\":2");
+        let (result, _, _) = replay(&format!("{DELETE}\n{newer}\n"), None);
+        let err = result.unwrap_err().to_string();
+        assert!(
+            err.starts_with("cap.ndjson:2: record of schema version 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn old_alerts_are_dropped_and_events_rejudged() {
+        let stale = DELETE.replace("\"seq\":1", "\"seq\":0").replace(
+            "\"host\":\"h\"",
+            "\"host\":\"h\",\"policy\":{\"verdict\":\"none\",\"matches\":[]}",
+        );
+        let old_alert = r#"{"kind":"alert","schema":1,"ts":"t","seq":2,"host":"h","event_seq":0,"rule":"gone","severity":"low","message":"m"}"#;
+        let (summary, out, _) = replay(&format!("{stale}\n{old_alert}\n"), None);
+        let summary = summary.unwrap();
+        assert_eq!(summary.dropped_alerts, 1);
+        assert_eq!(summary.rules.get("module-unload"), Some(&1));
+        assert_eq!(summary.verdicts.get("alert"), Some(&1));
+        let record: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(record["policy"]["verdict"], "alert");
+        assert_eq!(record["policy"]["matches"][0]["rule"], "module-unload");
+        assert_eq!(out.lines().count(), 1);
+    }
+
+    #[test]
+    fn the_kernel_of_the_start_record_fills_kernel_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[[rule]]\nid = \"outside\"\nseverity = \"high\"\nwhen = { not = { path_prefix = \"/lib/modules/{kernel}/\" } }\n",
+        )
+        .unwrap();
+        let start =
+            r#"{"kind":"start","schema":1,"ts":"t","seq":0,"host":"h","kernel":"9.9.9-test"}"#;
+        let finit = |path: &str| {
+            format!(
+                r#"{{"kind":"finit_module","schema":1,"ts":"t","seq":1,"host":"h","args":{{"file":{{"path":"{path}"}}}}}}"#
+            )
+        };
+        let input = format!(
+            "{start}\n{}\n{}\n",
+            finit("/lib/modules/9.9.9-test/a.ko"),
+            finit("/lib/modules/other/a.ko")
+        );
+        let summary = replay(&input, Some(path)).0.unwrap();
+        assert_eq!(summary.rules.get("outside"), Some(&1));
+    }
+
+    #[test]
+    fn summary_text_names_every_verdict_and_rule() {
+        let (summary, _, _) = replay(&format!("{DELETE}\n"), None);
+        let text = summary.unwrap().text();
+        assert!(
+            text.contains("verdicts: none 0, ignore 0, log 0, alert 1"),
+            "{text}"
+        );
+        assert!(text.contains("  module-unload: 1"), "{text}");
+    }
+}
