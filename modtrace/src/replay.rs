@@ -359,4 +359,134 @@ mod tests {
         );
         assert!(text.contains("  module-unload: 1"), "{text}");
     }
+
+    // ---- Fixtures: a capture recorded on a real kernel by `modtrace watch`
+    // with the default policy, while mtcall loaded sctp.ko from /tmp, a memfd
+    // and an image from memory, and unloaded twice. ----
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/replay")
+            .join(name)
+    }
+
+    fn replay_fixture(
+        name: &str,
+        policy: &str,
+        format: Format,
+    ) -> (Result<Summary, ReplayError>, String, String) {
+        let mut replay = Replay {
+            file: name,
+            format,
+            colour: false,
+            out: Vec::new(),
+            diagnostics: Vec::new(),
+        };
+        let source = PolicySource {
+            path: Some(fixture(policy)),
+            check_owner: false,
+        };
+        let input = std::fs::read(fixture(name)).unwrap();
+        let result = replay.run(input.as_slice(), &source);
+        (
+            result,
+            String::from_utf8(replay.out).unwrap(),
+            String::from_utf8(replay.diagnostics).unwrap(),
+        )
+    }
+
+    const DEFAULT: &str = "default-without-modprobe-d.toml";
+
+    #[test]
+    fn replay_with_the_live_policy_agrees_with_the_live_judgement() {
+        let (summary, out, _) = replay_fixture("host-default-policy.ndjson", DEFAULT, Format::Json);
+        let summary = summary.unwrap();
+        let live: Vec<Value> = std::fs::read_to_string(fixture("host-default-policy.ndjson"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let replayed: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let is_event = |r: &&Value| r["kind"].as_str().is_some_and(|k| k.ends_with("_module"));
+        let live_events: Vec<&Value> = live.iter().filter(is_event).collect();
+        let replayed_events: Vec<&Value> = replayed.iter().filter(is_event).collect();
+        assert_eq!(live_events.len(), 5);
+        assert_eq!(live_events, replayed_events);
+        let live_alerts = live.iter().filter(|r| r["kind"] == "alert").count() as u64;
+        assert_eq!(summary.dropped_alerts, live_alerts);
+        assert_eq!(summary.alerts, live_alerts);
+        assert_eq!(summary.rules.get("fileless-load"), Some(&2));
+        assert_eq!(summary.rules.get("cis-denied-module"), Some(&1));
+        assert_eq!(summary.rules.get("module-unload"), Some(&2));
+        assert_eq!(summary.verdicts.get("alert"), Some(&5));
+        assert_eq!(summary.malformed, 0);
+    }
+
+    #[test]
+    fn a_tuned_policy_changes_the_verdicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("tuned.toml");
+        std::fs::write(
+            &policy,
+            "[[rule]]\nid = \"unload-by-user\"\nseverity = \"medium\"\naction = \"log\"\nwhen = { syscall = \"delete_module\", uid = 1000 }\n",
+        )
+        .unwrap();
+        let (summary, _, _) = replay_fixture(
+            "host-default-policy.ndjson",
+            policy.to_str().unwrap(),
+            Format::Json,
+        );
+        let summary = summary.unwrap();
+        assert_eq!(summary.rules.len(), 1, "{summary:?}");
+        assert_eq!(summary.rules.get("unload-by-user"), Some(&1));
+        assert_eq!(summary.verdicts.get("log"), Some(&1));
+        assert_eq!(summary.verdicts.get("none"), Some(&4));
+        assert_eq!(summary.alerts, 0);
+    }
+
+    #[test]
+    fn a_damaged_capture_is_replayed_around_its_bad_lines() {
+        let (summary, _, diagnostics) =
+            replay_fixture("host-damaged.ndjson", DEFAULT, Format::Json);
+        let summary = summary.unwrap();
+        assert_eq!(summary.malformed, 2, "{diagnostics}");
+        assert_eq!(summary.events, 5);
+        assert!(
+            diagnostics.contains("host-damaged.ndjson:3: malformed line skipped: not JSON"),
+            "{diagnostics}"
+        );
+        assert!(
+            diagnostics.contains("host-damaged.ndjson:5: malformed line skipped: not JSON"),
+            "{diagnostics}"
+        );
+    }
+
+    #[test]
+    fn a_capture_of_a_newer_schema_is_refused() {
+        let (result, out, _) = replay_fixture("newer-schema.ndjson", DEFAULT, Format::Json);
+        let err = result.unwrap_err().to_string();
+        assert!(
+            err.contains("newer-schema.ndjson:2: record of schema version 2"),
+            "{err}"
+        );
+        assert_eq!(
+            out.lines().count(),
+            1,
+            "only the start record before the refusal"
+        );
+    }
+
+    #[test]
+    fn text_replay_prints_each_alert_after_its_event() {
+        let (_, out, _) = replay_fixture("host-default-policy.ndjson", DEFAULT, Format::Text);
+        let lines: Vec<&str> = out.lines().collect();
+        let memfd = lines.iter().position(|l| l.contains("/memfd:")).unwrap();
+        assert!(
+            lines[memfd + 1].contains("ALERT CRITICAL fileless-load (event seq 5)"),
+            "{out}"
+        );
+    }
 }
