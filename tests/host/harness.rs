@@ -1,5 +1,9 @@
 //! Shared harness of the host integration tests: runs the real `modtrace`
 //! binary and the `mtcall` helper, and reads their JSON.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this shared harness"
+)]
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
@@ -121,6 +125,12 @@ impl Watch {
             "no matching record within {timeout:?}; got {:#?}",
             self.records
         );
+    }
+
+    /// Sends `signal` to the tracer (SIGHUP reloads its policy).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
     /// SIGTERM, then every remaining record; asserts a clean exit and that

@@ -1,0 +1,183 @@
+//! Policies in `modtrace watch` on this machine's kernel: alerts for real
+//! calls made by `mtcall`, SIGHUP reloads, and refusal of unsafe policy files.
+mod harness;
+
+use std::{
+    fs,
+    os::unix::fs::{chown, PermissionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use harness::{modtrace, mtcall, serial, Watch, LOCK_FILE};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn sha256_of(path: &Path) -> String {
+    Sha256::digest(fs::read(path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A policy file as `watch` accepts it: root's, mode 0600.
+fn write_policy(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("policy.toml");
+    fs::write(&path, text).unwrap();
+    chown(&path, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn unload_rule(id: &str, module: &str) -> String {
+    format!(
+        "[[rule]]\nid = \"{id}\"\nseverity = \"high\"\nmessage = \"{{module}} unloaded by {{comm}}\"\n\
+         when = {{ syscall = \"delete_module\", module = \"{module}\" }}\n"
+    )
+}
+
+/// mtcall's delete_module of `name`, then the record of it and its alert.
+fn unload_and_alert(watch: &mut Watch, name: &str, rule: &str) -> (Value, Value) {
+    let call = &mtcall(&["delete-module", name])[0];
+    let record = watch.wait_for(
+        |r| r["kind"] == "delete_module" && r["process"]["pid"] == call["pid"],
+        WAIT,
+    );
+    let seq = record["seq"].clone();
+    let alert = watch.wait_for(
+        |r| r["kind"] == "alert" && r["event_seq"] == seq && r["rule"] == rule,
+        WAIT,
+    );
+    (record, alert)
+}
+
+#[test]
+fn a_matching_call_raises_an_alert_with_its_seq() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), &unload_rule("unload-polmod", "pol-mod"));
+    let mut watch = Watch::start(&["--policy", policy.to_str().unwrap()]);
+    let start = watch.records[0].clone();
+    assert_eq!(start["policy"]["sha256"], sha256_of(&policy));
+    assert_eq!(start["policy"]["source"], policy.to_str().unwrap());
+    assert_eq!(start["policy"]["rules"], 1);
+
+    // pol_mod is pol-mod to the kernel, and so to the policy.
+    let (record, alert) = unload_and_alert(&mut watch, "pol_mod", "unload-polmod");
+    assert_eq!(record["policy"]["verdict"], "alert");
+    assert_eq!(record["policy"]["matches"][0]["rule"], "unload-polmod");
+    assert_eq!(alert["severity"], "high");
+    assert_eq!(alert["event_kind"], "delete_module");
+    assert_eq!(alert["message"], "pol_mod unloaded by mtcall");
+    assert!(alert["seq"].as_u64() > record["seq"].as_u64());
+
+    let other = &mtcall(&["delete-module", "not-this-one"])[0];
+    let quiet = watch.wait_for(|r| r["process"]["pid"] == other["pid"], WAIT);
+    assert_eq!(quiet["policy"]["verdict"], "none");
+    let records = watch.stop();
+    let alerts: Vec<&Value> = records.iter().filter(|r| r["kind"] == "alert").collect();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+}
+
+#[test]
+fn sighup_with_a_broken_policy_keeps_the_old_one() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), &unload_rule("first", "hupmod"));
+    let first_sha = sha256_of(&policy);
+    let mut watch = Watch::start(&["--policy", policy.to_str().unwrap()]);
+
+    fs::write(&policy, "[[rule]]\nid = \"broken\"\nseverity = \"loud\"\n").unwrap();
+    watch.signal(libc::SIGHUP);
+    let rejected = watch.wait_for(|r| r["kind"] == "policy_reload", WAIT);
+    assert_eq!(rejected["ok"], false);
+    assert_eq!(
+        rejected["sha256"], first_sha,
+        "the old policy stays in force"
+    );
+    let error = rejected["error"].as_str().unwrap();
+    assert!(
+        error.contains("policy.toml:3:12: severity \"loud\""),
+        "{error}"
+    );
+    unload_and_alert(&mut watch, "hupmod", "first");
+
+    let second = write_policy(dir.path(), &unload_rule("second", "hupmod"));
+    watch.signal(libc::SIGHUP);
+    let accepted = watch.wait_for(|r| r["kind"] == "policy_reload" && r["ok"] == true, WAIT);
+    assert_eq!(accepted["sha256"], sha256_of(&second));
+    let (record, _) = unload_and_alert(&mut watch, "hupmod", "second");
+    assert_eq!(record["policy"]["matches"].as_array().unwrap().len(), 1);
+    watch.stop();
+}
+
+#[test]
+fn the_default_policy_alerts_with_no_configuration() {
+    let _serial = serial();
+    let mut watch = Watch::start(&[]);
+    assert_eq!(watch.records[0]["policy"]["source"], "default");
+    unload_and_alert(&mut watch, "defaultmod", "module-unload");
+    let call = &mtcall(&["init-module", "--image-len", "64"])[0];
+    let record = watch.wait_for(|r| r["process"]["pid"] == call["pid"], WAIT);
+    let rules: Vec<&str> = record["policy"]["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["rule"].as_str())
+        .collect();
+    assert!(rules.contains(&"fileless-load"), "{rules:?}");
+    assert!(rules.contains(&"unexpected-loader"), "{rules:?}");
+    watch.stop();
+}
+
+fn refused(policy: &Path) -> String {
+    let out = modtrace()
+        .args(["watch", "--lock-file", LOCK_FILE, "--policy"])
+        .arg(policy)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing may be traced with an unsafe policy"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_group_writable_policy_is_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), &unload_rule("r", "x"));
+    fs::set_permissions(&policy, fs::Permissions::from_mode(0o664)).unwrap();
+    let stderr = refused(&policy);
+    assert!(stderr.contains("lets group or others write it"), "{stderr}");
+    assert!(stderr.contains("chmod go-w"), "{stderr}");
+}
+
+#[test]
+fn a_policy_owned_by_another_user_is_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path(), &unload_rule("r", "x"));
+    chown(&policy, Some(1000), None).unwrap();
+    let stderr = refused(&policy);
+    assert!(stderr.contains("owned by uid 1000, not root"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_policy_is_refused_with_its_position() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(
+        dir.path(),
+        "[[rule]]\nid = \"r\"\nseverity = \"low\"\nwhen = { comm = \"a[\" }\n",
+    );
+    let stderr = refused(&policy);
+    assert!(
+        stderr.contains("policy.toml:4:17: bad glob \"a[\""),
+        "{stderr}"
+    );
+}
