@@ -352,15 +352,17 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         requests: cause::RecentRequests::default(),
         policy,
     };
-    let start = start_body(&probes, &collector.policy);
-    collector.emit("start", None, &Body::Start(start))?;
-
+    // Handlers go in before `start` is written: whoever waits for `start`
+    // and then signals must not kill us with the default action.
     let io = |what| move |source| WatchError::Io { what, source };
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(io("installing the SIGTERM handler"))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io("installing the SIGHUP handler"))?;
+    let start = start_body(&probes, &collector.policy);
+    collector.emit("start", None, &Body::Start(start))?;
+
     // SAFETY: the AsyncFd owns the ring buffer, whose fd stays open and the
     // same for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
