@@ -61,7 +61,7 @@ impl RecentRequests {
         let in_window = || self.recent.iter().filter(|r| r.boot_ns <= boot_ns);
         let by_cmdline = call.process.cmdline.as_ref().and_then(|argv| {
             let requested = argv.last()?;
-            in_window().filter(|r| &r.name == requested).last()
+            in_window().rfind(|r| &r.name == requested)
         });
         let (matched, how) = match by_cmdline {
             Some(r) => (r, "cmdline"),

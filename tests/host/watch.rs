@@ -311,7 +311,7 @@ fn delete_module_as_an_unprivileged_user() {
 /// 100,000 failing calls from 4 processes: each is reported or counted lost.
 fn flood(ring_bytes: &str) -> (u64, u64) {
     let name = "modtrace_flood_probe";
-    let mut watch = Watch::start(&["--ring-buffer-size", ring_bytes]);
+    let watch = Watch::start(&["--ring-buffer-size", ring_bytes]);
     let summary = &mtcall(&["flood", "--procs", "4", "--calls", "25000", "--name", name])[0];
     assert_eq!(summary["total_calls"], 100_000);
     let records = watch.stop();
