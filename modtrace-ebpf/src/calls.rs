@@ -20,10 +20,11 @@ use modtrace_common::{
 use crate::capture;
 
 #[derive(Clone, Copy)]
+/// The traced module syscalls.
 pub enum Syscall {
-    InitModule,
-    FinitModule,
-    DeleteModule,
+    Init,
+    Finit,
+    Delete,
 }
 
 impl Syscall {
@@ -33,11 +34,11 @@ impl Syscall {
     pub fn from_nr(nr: i64) -> Option<Self> {
         let nr = u32::try_from(nr).ok()?;
         if nr == config!(nr_finit_module) {
-            Some(Self::FinitModule)
+            Some(Self::Finit)
         } else if nr == config!(nr_init_module) {
-            Some(Self::InitModule)
+            Some(Self::Init)
         } else if nr == config!(nr_delete_module) {
-            Some(Self::DeleteModule)
+            Some(Self::Delete)
         } else {
             None
         }
@@ -99,24 +100,24 @@ fn current_tid() -> u32 {
 #[inline(always)]
 pub fn on_enter(call: Syscall, args: [u64; 3]) {
     match call {
-        Syscall::InitModule => enter_init(args),
-        Syscall::FinitModule => enter_finit(args),
-        Syscall::DeleteModule => enter_delete(args),
+        Syscall::Init => enter_init(args),
+        Syscall::Finit => enter_finit(args),
+        Syscall::Delete => enter_delete(args),
     }
 }
 
 #[inline(always)]
 pub fn on_exit(call: Syscall, ret: i64) {
     match call {
-        Syscall::InitModule => complete(&PENDING_INIT, ret, |e| {
+        Syscall::Init => complete(&PENDING_INIT, ret, |e| {
             capture::retry_user_str(e.params_addr, &mut e.params);
             &mut e.header
         }),
-        Syscall::FinitModule => complete(&PENDING_FINIT, ret, |e| {
+        Syscall::Finit => complete(&PENDING_FINIT, ret, |e| {
             capture::retry_user_str(e.params_addr, &mut e.params);
             &mut e.header
         }),
-        Syscall::DeleteModule => complete(&PENDING_DELETE, ret, |e| {
+        Syscall::Delete => complete(&PENDING_DELETE, ret, |e| {
             capture::retry_user_str(e.name_addr, &mut e.name);
             &mut e.header
         }),

@@ -50,19 +50,19 @@ fentry_pair!(
     fentry_init_module,
     fexit_init_module,
     "__x64_sys_init_module",
-    Syscall::InitModule
+    Syscall::Init
 );
 fentry_pair!(
     fentry_finit_module,
     fexit_finit_module,
     "__x64_sys_finit_module",
-    Syscall::FinitModule
+    Syscall::Finit
 );
 fentry_pair!(
     fentry_delete_module,
     fexit_delete_module,
     "__x64_sys_delete_module",
-    Syscall::DeleteModule
+    Syscall::Delete
 );
 
 macro_rules! tracepoint_pair {
@@ -91,20 +91,12 @@ macro_rules! tracepoint_pair {
     };
 }
 
-tracepoint_pair!(
-    tp_enter_init_module,
-    tp_exit_init_module,
-    Syscall::InitModule
-);
-tracepoint_pair!(
-    tp_enter_finit_module,
-    tp_exit_finit_module,
-    Syscall::FinitModule
-);
+tracepoint_pair!(tp_enter_init_module, tp_exit_init_module, Syscall::Init);
+tracepoint_pair!(tp_enter_finit_module, tp_exit_finit_module, Syscall::Finit);
 tracepoint_pair!(
     tp_enter_delete_module,
     tp_exit_delete_module,
-    Syscall::DeleteModule
+    Syscall::Delete
 );
 
 #[raw_tracepoint(tracepoint = "sys_enter")]

@@ -71,6 +71,11 @@ pub struct TracedCall {
     pub args: BTreeMap<String, u64>,
     /// None when the exit was not traced.
     pub ret: Option<i64>,
+    /// The `module_load` event inside this call: the module's name and its
+    /// taint letters as ftrace prints them (`(OE)` → "OE").
+    pub loaded: Option<(String, String)>,
+    /// The name of the `module_free` event inside this call.
+    pub freed: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -220,6 +225,14 @@ fn overruns(stats: &str) -> u64 {
         .sum()
 }
 
+/// The letters of module_load's `(OE)` suffix; empty for an untainted module.
+fn taint_letters(text: &str) -> String {
+    text.split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(letters, _)| letters.to_owned())
+        .unwrap_or_default()
+}
+
 /// Parses ftrace's text output (with `record-tgid`) and pairs each syscall entry
 /// with the next exit of the same thread.
 pub fn parse_trace(text: &str) -> Vec<TraceItem> {
@@ -229,9 +242,16 @@ pub fn parse_trace(text: &str) -> Vec<TraceItem> {
         let Some((comm, tid, tgid, message)) = split_trace_line(line) else {
             continue;
         };
-        if let Some(name) = message.strip_prefix("module_load: ") {
-            items.push(TraceItem::ModuleLoad(first_word(name)));
+        if let Some(text) = message.strip_prefix("module_load: ") {
+            let load = (first_word(text), taint_letters(text));
+            if let Some(TraceItem::Call(call)) = open.get(&tid).and_then(|&i| items.get_mut(i)) {
+                call.loaded = Some(load);
+            }
+            items.push(TraceItem::ModuleLoad(first_word(text)));
         } else if let Some(name) = message.strip_prefix("module_free: ") {
+            if let Some(TraceItem::Call(call)) = open.get(&tid).and_then(|&i| items.get_mut(i)) {
+                call.freed = Some(first_word(name));
+            }
             items.push(TraceItem::ModuleFree(first_word(name)));
         } else if let Some(text) = message.strip_prefix("tracing_mark_write: ") {
             items.push(TraceItem::Marker(text.trim().to_owned()));
@@ -252,6 +272,8 @@ pub fn parse_trace(text: &str) -> Vec<TraceItem> {
                 tgid,
                 args,
                 ret: None,
+                loaded: None,
+                freed: None,
             }));
         }
     }
@@ -309,7 +331,7 @@ mod tests {
           insmod-95      (     95) [001] .....     3.100000: sys_finit_module(fd: 3, uargs: 55d0, flags: 0)
           rmmod-96       (     96) [000] .....     3.100001: sys_delete_module(name_user: 7ff0, flags: 800)
           rmmod-96       (     96) [000] .....     3.100002: sys_delete_module -> 0xfffffffffffffffe
-          insmod-95      (     95) [001] .....     3.100003: module_load: dummy
+          insmod-95      (     95) [001] .....     3.100003: module_load: dummy (OE)
           insmod-95      (     95) [001] .....     3.100004: sys_finit_module -> 0x0
 ";
         let items = parse_trace(trace);
@@ -322,6 +344,7 @@ mod tests {
             ("finit_module", 95, Some(95), Some(0))
         );
         assert_eq!(finit.args["fd"], 3);
+        assert_eq!(finit.loaded, Some(("dummy".into(), "OE".into())));
         let TraceItem::Call(delete) = &items[1] else {
             panic!("{items:?}")
         };

@@ -658,6 +658,47 @@ fn autoload(ctx: &mut Ctx) {
             && cmdline[..3] == ["/sbin/modprobe", "-q", "--"]
             && cmdline[3].starts_with("net-pf-2-proto-132");
         m.check(ok, format!("{what}: process.cmdline is the kernel's modprobe -q -- net-pf-2-proto-132…: {cmdline:?}"));
+        // The load points back to the request that the socket call made.
+        let request = cmdline.last().and_then(|name| {
+            w.records.iter().find(|r| {
+                r["kind"] == "request"
+                    && r.pointer("/name/value").and_then(Value::as_str) == Some(*name)
+            })
+        });
+        let Some(request) = request else {
+            m.fail(format!("{what}: no request record for {cmdline:?}"));
+            continue;
+        };
+        m.eq(
+            &format!("{what}: request.process.pid"),
+            request.pointer("/process/pid").and_then(Value::as_u64),
+            socket.pid.map(u64::from),
+        );
+        m.eq(
+            &format!("{what}: request.process.uid"),
+            request.pointer("/process/uid").and_then(Value::as_u64),
+            Some(1000),
+        );
+        m.eq(
+            &format!("{what}: request.process.comm"),
+            request.pointer("/process/comm").and_then(Value::as_str),
+            Some("mtcall"),
+        );
+        m.eq(
+            &format!("{what}: cause.request_seq"),
+            record.pointer("/cause/request_seq"),
+            request.get("seq"),
+        );
+        m.eq(
+            &format!("{what}: cause.process.pid"),
+            record.pointer("/cause/process/pid").and_then(Value::as_u64),
+            socket.pid.map(u64::from),
+        );
+        m.eq(
+            &format!("{what}: cause.process.uid"),
+            record.pointer("/cause/process/uid").and_then(Value::as_u64),
+            Some(1000),
+        );
     }
 }
 

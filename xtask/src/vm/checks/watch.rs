@@ -108,6 +108,11 @@ fn envelope<'a>(
     );
     let start = records.first().filter(|r| r["kind"] == "start")?;
     m.eq(
+        &format!("watch {label}: start.module_events (every kernel here has module support)"),
+        start["module_events"].as_bool(),
+        Some(true),
+    );
+    m.eq(
         &format!("watch {label}: start.kernel"),
         start["kernel"].as_str(),
         kernel.map(String::as_str),
@@ -182,6 +187,7 @@ fn record_matches_call(m: &mut Checks, label: &str, record: &Value, call: &Trace
             record["result"]
         ),
     );
+    check_module(m, &what("module"), record, call);
     let arg = |name: &str| call.args.get(name).copied();
     match call.syscall.as_str() {
         "finit_module" => {
@@ -208,6 +214,41 @@ fn record_matches_call(m: &mut Checks, label: &str, record: &Value, call: &Trace
                 arg("flags"),
             );
         }
+    }
+}
+
+/// The `module` object against the kernel's own module_load/module_free
+/// events inside the same call.
+fn check_module(m: &mut Checks, what: &str, record: &Value, call: &TracedCall) {
+    let module = &record["module"];
+    match (call.syscall.as_str(), &call.loaded) {
+        ("delete_module", _) => m.eq(
+            &format!("{what}.freed"),
+            module["freed"].as_bool(),
+            Some(call.freed.is_some()),
+        ),
+        (_, Some((name, letters))) => {
+            m.eq(
+                &format!("{what}.name"),
+                module["name"].as_str(),
+                Some(name.as_str()),
+            );
+            // ftrace lists a subset of flags in its own order: compare as sets.
+            let sorted = |s: &str| {
+                let mut chars: Vec<char> = s.chars().collect();
+                chars.sort_unstable();
+                chars
+            };
+            let got = module
+                .pointer("/taint/letters")
+                .and_then(Value::as_str)
+                .map(sorted);
+            m.eq(&format!("{what}.taint.letters"), got, Some(sorted(letters)));
+        }
+        (_, None) => m.check(
+            module.is_null(),
+            format!("{what}: no module_load in this call, so module is null: got {module}"),
+        ),
     }
 }
 
