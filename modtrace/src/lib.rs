@@ -9,11 +9,12 @@ pub mod clock;
 pub mod decode;
 pub mod enrich;
 pub mod fields;
+pub mod module_image;
 pub mod modules;
 pub mod policy;
 pub mod probes;
-pub mod replay;
 pub mod record;
+pub mod replay;
 pub mod sink;
 pub mod watch;
 
