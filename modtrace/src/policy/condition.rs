@@ -43,6 +43,9 @@ pub struct Pattern {
     /// As written, for explanations.
     pub source: Vec<String>,
     pub matcher: Matcher,
+    /// The globs of a glob matcher one by one, so that the policy can merge
+    /// them with other rules' into one set per field.
+    pub globs: Vec<globset::Glob>,
 }
 
 #[derive(Debug, Clone)]
@@ -146,7 +149,7 @@ impl TextField {
     }
 
     /// Calls `test` on each value of this field until it returns true.
-    fn any_value(self, event: &Event, test: impl FnMut(&str) -> bool) -> bool {
+    pub fn any_value(self, event: &Event, test: impl FnMut(&str) -> bool) -> bool {
         match self {
             TextField::Module => event.module().is_some_and(test),
             TextField::AncestorExe => {

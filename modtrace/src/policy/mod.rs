@@ -178,18 +178,33 @@ impl Rule {
             && !self.allow.as_ref().is_some_and(|allow| allow.eval(event))
     }
 
+    /// The conditions of `when` that must all hold.
+    fn conjuncts(&self) -> &[Condition] {
+        match &self.when {
+            Condition::All(all) => all.as_slice(),
+            single => std::slice::from_ref(single),
+        }
+    }
+
     /// Module names that the rule requires, when its `when` names them as a
     /// plain list: such a rule can only match events for those names.
     fn required_modules(&self) -> Option<Vec<String>> {
-        let conjuncts = match &self.when {
-            Condition::All(all) => all.as_slice(),
-            single => std::slice::from_ref(single),
-        };
-        conjuncts.iter().find_map(|c| match c {
+        self.conjuncts().iter().find_map(|c| match c {
             Condition::Text {
                 field: TextField::Module,
                 pattern,
             } => pattern.literals(),
+            _ => None,
+        })
+    }
+
+    /// A glob condition the rule requires: the rule can only match events
+    /// whose field matches one of these globs.
+    fn required_globs(&self) -> Option<(TextField, &[globset::Glob])> {
+        self.conjuncts().iter().find_map(|c| match c {
+            Condition::Text { field, pattern } if !pattern.globs.is_empty() => {
+                Some((*field, pattern.globs.as_slice()))
+            }
             _ => None,
         })
     }
@@ -337,12 +352,44 @@ pub struct Policy {
     rules: Vec<Rule>,
     /// Rules that name their modules, by normalised name.
     by_module: HashMap<String, Vec<usize>>,
+    /// Rules that require a glob on some field, one merged set per field:
+    /// one pass over the field's value finds every such rule worth checking.
+    by_glob: Vec<FieldGlobs>,
     /// Every other enabled rule, checked for each event.
     scan: Vec<usize>,
     /// Of the policy text, to tell which policy judged a capture.
     pub sha256: String,
     /// The file the policy came from, or "default".
     pub source: String,
+}
+
+struct FieldGlobs {
+    field: TextField,
+    set: globset::GlobSet,
+    /// The rule of each glob in `set`.
+    rules: Vec<usize>,
+}
+
+impl FieldGlobs {
+    fn candidates(&self, event: &Event, matched: &mut Vec<usize>, out: &mut Vec<usize>) {
+        self.field.any_value(event, |value| {
+            self.set.matches_into(value, matched);
+            out.extend(matched.iter().map(|&glob| self.rules[glob]));
+            false
+        });
+    }
+}
+
+/// Merges each field's required globs into one set.
+fn merge_globs(groups: Vec<(TextField, globset::GlobSetBuilder, Vec<usize>)>) -> Vec<FieldGlobs> {
+    groups
+        .into_iter()
+        .filter_map(|(field, builder, rules)| {
+            // Each glob built alone already; the merge cannot fail on them.
+            let set = builder.build().ok()?;
+            Some(FieldGlobs { field, set, rules })
+        })
+        .collect()
 }
 
 impl fmt::Debug for Policy {
@@ -400,28 +447,37 @@ impl Policy {
 
     pub fn from_rules(rules: Vec<Rule>, sha256: &str, source: &str) -> Self {
         let mut by_module: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut groups: Vec<(TextField, globset::GlobSetBuilder, Vec<usize>)> = Vec::new();
         let mut scan = Vec::new();
         for (index, rule) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
-            let names = if rule.allow.is_none() {
-                rule.required_modules()
-            } else {
-                None
-            };
-            match names {
-                Some(names) => {
-                    for name in names {
-                        let slot = by_module.entry(name).or_default();
-                        if slot.last() != Some(&index) {
-                            slot.push(index);
-                        }
+            if let Some(names) = rule.required_modules() {
+                for name in names {
+                    let slot = by_module.entry(name).or_default();
+                    if slot.last() != Some(&index) {
+                        slot.push(index);
                     }
                 }
-                None => scan.push(index),
+            } else if let Some((field, globs)) = rule.required_globs() {
+                let position = match groups.iter().position(|(f, _, _)| *f == field) {
+                    Some(position) => position,
+                    None => {
+                        groups.push((field, globset::GlobSetBuilder::new(), Vec::new()));
+                        groups.len() - 1
+                    }
+                };
+                let (_, builder, owners) = &mut groups[position];
+                for glob in globs {
+                    builder.add(glob.clone());
+                    owners.push(index);
+                }
+            } else {
+                scan.push(index);
             }
         }
         Self {
             rules,
             by_module,
+            by_glob: merge_globs(groups),
             scan,
             sha256: sha256.to_owned(),
             source: source.to_owned(),
@@ -444,6 +500,25 @@ impl Policy {
         }
     }
 
+    /// The rules worth checking for `event`, ascending, so that matches
+    /// keep the order of the rules in the file.
+    fn candidates(&self, event: &Event) -> Vec<usize> {
+        let mut candidates = self.scan.clone();
+        if let Some(indexed) = event
+            .module()
+            .and_then(|name| self.by_module.get(normalise_module_name(name).as_ref()))
+        {
+            candidates.extend_from_slice(indexed);
+        }
+        let mut matched = Vec::new();
+        for group in &self.by_glob {
+            group.candidates(event, &mut matched, &mut candidates);
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
@@ -451,13 +526,10 @@ impl Policy {
     /// Judges one record; `None` for records that are not syscall records.
     pub fn evaluate(&self, record: &Value) -> Option<Evaluation> {
         let event = Event::new(record)?;
-        let indexed: &[usize] = event
-            .module()
-            .and_then(|name| self.by_module.get(normalise_module_name(name).as_ref()))
-            .map_or(&[], Vec::as_slice);
+        let candidates = self.candidates(&event);
         let mut matches = Vec::new();
         let mut verdict = Verdict::None;
-        for index in merged(&self.scan, indexed) {
+        for index in candidates {
             let rule = &self.rules[index];
             if rule.matches(&event) {
                 verdict = verdict.max(rule.action.into());
@@ -503,29 +575,6 @@ impl Policy {
             .collect();
         Some(explained)
     }
-}
-
-/// The indices of two ascending lists, ascending, so that matches keep the
-/// order of the rules in the file.
-fn merged<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
-    let (mut i, mut j) = (0, 0);
-    std::iter::from_fn(move || {
-        let next = match (a.get(i), b.get(j)) {
-            (Some(&x), Some(&y)) if x == y => {
-                j += 1;
-                x
-            }
-            (Some(&x), Some(&y)) if x < y => x,
-            (Some(_), Some(&y)) | (None, Some(&y)) => {
-                j += 1;
-                return Some(y);
-            }
-            (Some(&x), None) => x,
-            (None, None) => return None,
-        };
-        i += 1;
-        Some(next)
-    })
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

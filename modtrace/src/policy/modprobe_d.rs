@@ -148,18 +148,19 @@ pub fn rules(directives: &[Directive]) -> Vec<Rule> {
             };
             let glob = globset::GlobBuilder::new(&d.module.replace('_', "[-_]"))
                 .build()
-                .ok()
-                .map(|g| {
-                    let mut set = globset::GlobSetBuilder::new();
-                    set.add(g);
-                    set.build()
-                });
-            let module_condition = match glob {
-                Some(Ok(set)) => Condition::Text {
+                .ok();
+            let set = glob.clone().map(|g| {
+                let mut set = globset::GlobSetBuilder::new();
+                set.add(g);
+                set.build()
+            });
+            let module_condition = match (glob, set) {
+                (Some(glob), Some(Ok(set))) => Condition::Text {
                     field: TextField::Module,
                     pattern: Pattern {
                         source: vec![d.module.clone()],
                         matcher: Matcher::Glob(set),
+                        globs: vec![glob],
                     },
                 },
                 // A name no glob can hold matches nothing; keep the rule visible.

@@ -378,19 +378,28 @@ impl Parser<'_> {
     fn text_condition(&mut self, field: TextField, regex: bool, value: &Item) -> Option<Condition> {
         let patterns = self.non_empty_strings(value)?;
         let source: Vec<String> = patterns.iter().map(|p| p.get_ref().to_string()).collect();
-        let matcher = if regex {
-            self.regexes(field, &patterns)?
+        let (matcher, globs) = if regex {
+            (self.regexes(field, &patterns)?, Vec::new())
         } else {
             self.globs(field, &patterns)?
         };
         Some(Condition::Text {
             field,
-            pattern: Pattern { source, matcher },
+            pattern: Pattern {
+                source,
+                matcher,
+                globs,
+            },
         })
     }
 
-    fn globs(&mut self, field: TextField, patterns: &[Spanned<Cow<str>>]) -> Option<Matcher> {
+    fn globs(
+        &mut self,
+        field: TextField,
+        patterns: &[Spanned<Cow<str>>],
+    ) -> Option<(Matcher, Vec<globset::Glob>)> {
         let mut set = GlobSetBuilder::new();
+        let mut globs = Vec::new();
         let mut ok = true;
         for pattern in patterns {
             let mut text = pattern.get_ref().replace("{kernel}", &self.context.kernel);
@@ -403,6 +412,7 @@ impl Parser<'_> {
                 .build()
             {
                 Ok(glob) => {
+                    globs.push(glob.clone());
                     set.add(glob);
                 }
                 Err(err) => {
@@ -415,7 +425,7 @@ impl Parser<'_> {
             }
         }
         let set = set.build().ok()?;
-        ok.then_some(Matcher::Glob(set))
+        ok.then_some((Matcher::Glob(set), globs))
     }
 
     fn regexes(&mut self, field: TextField, patterns: &[Spanned<Cow<str>>]) -> Option<Matcher> {
