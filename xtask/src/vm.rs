@@ -19,7 +19,8 @@ use anyhow::{bail, Context as _, Result};
 use self::kernels::{Kernel, KERNELS};
 
 /// Hard limit per guest: boot, scenario, results, poweroff.
-const VM_TIMEOUT: Duration = Duration::from_secs(180);
+/// Generous: a guest under TCG on a loaded 2-core host runs several times slower.
+const VM_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(clap::Args, Default)]
 pub struct VmTestArgs {

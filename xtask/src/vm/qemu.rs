@@ -36,8 +36,13 @@ pub fn run(boot: &Boot) -> Result<(PathBuf, Duration)> {
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args([
-            "-machine",
-            "accel=tcg",
+            // Single-threaded TCG: with one host thread per vCPU, QEMU can run
+            // a stale translation of kernel text another vCPU just patched
+            // (seen: an int3 oops in syscall_exit_to_user_mode_prepare while
+            // tracepoints were toggled). Two guest CPUs are kept for the
+            // per-CPU maps and the races the scenarios exercise.
+            "-accel",
+            "tcg,thread=single",
             "-cpu",
             "max",
             "-smp",
