@@ -364,9 +364,11 @@ fn json_or_absent(value: Option<&Value>) -> String {
     value.map_or_else(|| "absent".into(), Value::to_string)
 }
 
-/// `module.taint` as letters, whether the record gives "OE" or ["O","E"].
+/// `module.taint` as letters: the record's `{"letters":"OE",…}`, or "OE",
+/// or ["O","E"].
 fn taint_letters(event: &Event) -> Option<String> {
     match event.at(&["module", "taint"])? {
+        Value::Object(taint) => taint.get("letters")?.as_str().map(str::to_owned),
         Value::String(s) => Some(s.clone()),
         Value::Array(items) => Some(items.iter().filter_map(Value::as_str).collect()),
         _ => None,

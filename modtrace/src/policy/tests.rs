@@ -190,6 +190,11 @@ fn taint_matches_any_letter_in_either_form() {
     let mut record = finit();
     record["module"]["taint"] = json!(["P"]);
     assert!(hits(&rule("taint = \"P\""), &record));
+    // As watch writes it (fields::Taint).
+    record["module"]["taint"] =
+        json!({"raw": 12288, "letters": "OE", "names": ["oot", "unsigned"]});
+    assert!(hits(&rule("taint = \"E\""), &record));
+    assert!(!hits(&rule("taint = \"P\""), &record));
 }
 
 #[test]
