@@ -69,6 +69,11 @@ fn bench(c: &mut Criterion) {
     let large = Policy::from_text(&thousand_rules(), "bench", &context()).unwrap();
     assert_eq!(large.rules().len(), 1000);
 
+    // What every evaluation pays before any rule: reading the record.
+    let empty = Policy::from_rules(Vec::new(), "", "empty");
+    c.bench_function("empty policy, ordinary load", |b| {
+        b.iter(|| empty.evaluate(black_box(&record)))
+    });
     c.bench_function("default policy, ordinary load", |b| {
         b.iter(|| quiet_default.evaluate(black_box(&record)))
     });
