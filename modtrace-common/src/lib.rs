@@ -18,6 +18,9 @@ pub const KIND_FINIT_MODULE: u16 = 2;
 pub const KIND_DELETE_MODULE: u16 = 3;
 /// The kernel asked for a module by itself (request_module: autoload).
 pub const KIND_MODULE_REQUEST: u16 = 4;
+/// A load syscall has begun: userspace copies the image (or opens the fd)
+/// while the call is in progress, before the caller can free or close it.
+pub const KIND_LOAD_ENTRY: u16 = 5;
 
 /// Capacity of the module parameter string, including its NUL.
 pub const PARAMS_CAP: usize = 4096;
@@ -182,6 +185,22 @@ pub struct ModuleRequestEvent {
     pub name: BoundedStr<MODULE_NAME_CAP>,
 }
 
+/// Sent at the entry of init_module and finit_module, ahead of the full
+/// record (which needs the exit). Not a record of its own: a notice that is
+/// not delivered only costs the early copy of the image.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LoadEntryEvent {
+    pub header: EventHeader,
+    pub pid: u32,
+    pub tid: u32,
+    /// `KIND_INIT_MODULE` or `KIND_FINIT_MODULE`.
+    pub syscall: u32,
+    pub fd: i32,
+    pub image_addr: u64,
+    pub image_len: u64,
+}
+
 /// Indexes of the per-CPU loss counters. Every event the kernel side could not
 /// deliver is counted under exactly one of them.
 pub const LOSS_RINGBUF_FULL: u32 = 0;
@@ -338,6 +357,7 @@ const _: () = {
     assert!(offset_of!(DeleteModuleEvent, name) == 128);
     assert!(size_of::<DeleteModuleEvent>() == 128 + 8 + MODULE_NAME_CAP);
     assert!(offset_of!(ModuleRequestEvent, name) == 120);
+    assert!(size_of::<LoadEntryEvent>() == 32 + 32);
     assert!(size_of::<ModuleRequestEvent>() == 120 + 8 + MODULE_NAME_CAP);
     assert!(size_of::<KernelOffsets>() == 31 * 4);
     assert!(size_of::<ProbeConfig>() == 31 * 4 + 20);

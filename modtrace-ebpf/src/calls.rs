@@ -11,10 +11,10 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use modtrace_common::{
-    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LoadedModule,
-    ModuleRequestEvent, ABI_VERSION, KERNEL_MODULE_NAME_LEN, KIND_DELETE_MODULE, KIND_FINIT_MODULE,
-    KIND_INIT_MODULE, KIND_MODULE_REQUEST, LOSS_ENTRY_MISSING, LOSS_PENDING_FULL, LOSS_REASONS,
-    LOSS_RINGBUF_FULL, PENDING_CAPACITY,
+    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LoadEntryEvent,
+    LoadedModule, ModuleRequestEvent, ABI_VERSION, KERNEL_MODULE_NAME_LEN, KIND_DELETE_MODULE,
+    KIND_FINIT_MODULE, KIND_INIT_MODULE, KIND_LOAD_ENTRY, KIND_MODULE_REQUEST, LOSS_ENTRY_MISSING,
+    LOSS_PENDING_FULL, LOSS_REASONS, LOSS_RINGBUF_FULL, PENDING_CAPACITY,
 };
 
 use crate::capture;
@@ -148,6 +148,14 @@ fn enter_init([image_addr, image_len, params]: [u64; 3]) {
     event.module.seen = 0;
     event.module.taints = 0;
     capture::user_str(params, &mut event.params);
+    notify_load_entry(
+        KIND_INIT_MODULE,
+        -1,
+        image_addr,
+        image_len,
+        &event.header,
+        &event.task,
+    );
     stash(&PENDING_INIT, event);
 }
 
@@ -169,6 +177,14 @@ fn enter_finit([fd, params, flags]: [u64; 3]) {
     let file = capture::resolve_fd(event.fd, &mut event.path);
     event.file_flags = file.flags;
     event.ino = file.ino;
+    notify_load_entry(
+        KIND_FINIT_MODULE,
+        event.fd,
+        0,
+        0,
+        &event.header,
+        &event.task,
+    );
     stash(&PENDING_FINIT, event);
 }
 
@@ -270,5 +286,34 @@ pub fn on_module_request(name: u64, wait: bool) {
     event.wait = wait as u32;
     event._reserved = 0;
     capture::kernel_str(name, &mut event.name);
+    entry.submit(0);
+}
+
+/// Tells userspace a load has begun, so that it can copy the image (or open
+/// the fd) while the caller still holds it. Best effort: without the notice
+/// the record still comes, with its image read afterwards or reported gone.
+#[inline(always)]
+fn notify_load_entry(
+    syscall: u16,
+    fd: i32,
+    image_addr: u64,
+    image_len: u64,
+    call: &EventHeader,
+    task: &modtrace_common::TaskInfo,
+) {
+    let Some(mut entry) = EVENTS.reserve::<LoadEntryEvent>(0) else {
+        return;
+    };
+    // SAFETY: the reservation is exclusively ours until submitted.
+    let notice = unsafe { &mut *entry.as_mut_ptr() };
+    notice.header = header(KIND_LOAD_ENTRY, core::mem::size_of::<LoadEntryEvent>());
+    // The call's own entry time: with the tid, it names the record to come.
+    notice.header.enter_ns = call.enter_ns;
+    notice.pid = task.pid;
+    notice.tid = task.tid;
+    notice.syscall = syscall as u32;
+    notice.fd = fd;
+    notice.image_addr = image_addr;
+    notice.image_len = image_len;
     entry.submit(0);
 }

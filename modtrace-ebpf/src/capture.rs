@@ -139,7 +139,7 @@ fn bounded_str<const N: usize, M: Memory>(src: u64, out: &mut BoundedStr<N>) {
     }
     // `copied` counts the NUL the helper writes, except for an empty string,
     // for which some kernels (6.1, 6.12 seen in the VM matrix) return 0.
-    out.len = copied.saturating_sub(1) as u32;
+    out.len = (copied as u64).saturating_sub(1) as u32;
     out.state = if copied as usize == N && byte_follows::<M>(src + N as u64 - 1) {
         STR_TRUNCATED
     } else {

@@ -3,8 +3,9 @@
 use std::mem::size_of;
 
 use modtrace_common::{
-    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, ModuleRequestEvent,
-    ABI_VERSION, KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE, KIND_MODULE_REQUEST,
+    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LoadEntryEvent,
+    ModuleRequestEvent, ABI_VERSION, KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE,
+    KIND_LOAD_ENTRY, KIND_MODULE_REQUEST,
 };
 
 /// One syscall record as the kernel wrote it. The large records are boxed so
@@ -15,6 +16,12 @@ pub enum KernelEvent {
     FinitModule(Box<FinitModuleEvent>),
     DeleteModule(Box<DeleteModuleEvent>),
     ModuleRequest(Box<ModuleRequestEvent>),
+}
+
+/// What the ring buffer carries: records, and notices that a load began.
+pub enum Decoded {
+    Record(KernelEvent),
+    LoadEntry(Box<LoadEntryEvent>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -78,7 +85,7 @@ fn read_exact<T: Copy>(kind: &'static str, bytes: &[u8]) -> Result<Box<T>, Decod
     }))
 }
 
-pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let need = size_of::<EventHeader>();
     if bytes.len() < need {
         return Err(DecodeError::ShortHeader {
@@ -98,13 +105,15 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     // the record's.
     let size = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
     let record = bytes.get(..size).unwrap_or(bytes);
-    match kind {
-        KIND_INIT_MODULE => read_exact("init_module", record).map(KernelEvent::InitModule),
-        KIND_FINIT_MODULE => read_exact("finit_module", record).map(KernelEvent::FinitModule),
-        KIND_DELETE_MODULE => read_exact("delete_module", record).map(KernelEvent::DeleteModule),
-        KIND_MODULE_REQUEST => read_exact("request", record).map(KernelEvent::ModuleRequest),
-        other => Err(DecodeError::UnknownKind(other)),
-    }
+    let event = match kind {
+        KIND_INIT_MODULE => KernelEvent::InitModule(read_exact("init_module", record)?),
+        KIND_FINIT_MODULE => KernelEvent::FinitModule(read_exact("finit_module", record)?),
+        KIND_DELETE_MODULE => KernelEvent::DeleteModule(read_exact("delete_module", record)?),
+        KIND_MODULE_REQUEST => KernelEvent::ModuleRequest(read_exact("request", record)?),
+        KIND_LOAD_ENTRY => return Ok(Decoded::LoadEntry(read_exact("load_entry", record)?)),
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    Ok(Decoded::Record(event))
 }
 
 #[cfg(test)]
@@ -162,7 +171,7 @@ mod tests {
         let event = delete_event();
         let mut bytes = as_bytes(&event).to_vec();
         bytes.resize(bytes.len().next_multiple_of(8) + 8, 0xAA);
-        let KernelEvent::DeleteModule(decoded) = decode(&bytes).unwrap() else {
+        let Decoded::Record(KernelEvent::DeleteModule(decoded)) = decode(&bytes).unwrap() else {
             panic!("kind")
         };
         assert_eq!(as_bytes(&*decoded), as_bytes(&event));

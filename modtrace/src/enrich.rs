@@ -1,7 +1,17 @@
 //! What /proc adds to a kernel record: executable, command line, cgroup path.
 //! Read at the time the record arrives; if the process is gone or the pid now
 //! belongs to a process that started after the call, the fields stay empty.
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    decode::KernelEvent,
+    module_image,
+    record::FileArg,
+    snapshot::{Snapshot, Taken},
+};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -38,7 +48,7 @@ pub fn process(pid: u32, event_boot_ns: u64) -> ProcInfo {
 }
 
 /// Whether `pid` exists and its start time is not later than the event.
-fn started_by(pid: u32, event_boot_ns: u64) -> bool {
+pub fn started_by(pid: u32, event_boot_ns: u64) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| start_time_ticks(&stat))
@@ -80,6 +90,141 @@ pub fn parse_cgroup(content: &str) -> Option<String> {
         .find(|l| l.starts_with("0::"))
         .or_else(|| content.lines().next())
         .and_then(path_of)
+}
+
+/// Where the module image of a load was read from, and what it is.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageReport {
+    /// `caller-memory` (init_module's buffer), `fd` (finit_module's fd,
+    /// through /proc) or `path` (the file by its name, after the call).
+    pub source: &'static str,
+    /// Whether it was taken while the call was in progress (see `snapshot`):
+    /// after the call, the caller may have freed, closed or replaced it.
+    pub during_call: bool,
+    #[serde(flatten)]
+    pub analysis: Option<module_image::Analysis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Identifies the module image a load passed to the kernel: from what was
+/// taken during the call when there is one, else read now, and otherwise
+/// the reason it cannot be known.
+pub fn module_image(
+    event: &KernelEvent,
+    file: Option<&FileArg>,
+    snapshot: Option<Snapshot>,
+) -> Option<ImageReport> {
+    let limits = module_image::Limits::default();
+    let analyze_file =
+        |path: &Path| module_image::analyze_file(path, &limits).map_err(|e| e.to_string());
+    let analyze_bytes =
+        |bytes: Vec<u8>| module_image::analyze(&bytes, &limits).map_err(|e| e.to_string());
+    let (source, during_call, result) = match (event, snapshot, file) {
+        (KernelEvent::FinitModule(_), _, Some(file)) if file.error.is_some() => return None,
+        (
+            _,
+            Some(Snapshot {
+                taken: Taken::Memory(bytes),
+                during_call,
+            }),
+            _,
+        ) => ("caller-memory", during_call, bytes.and_then(analyze_bytes)),
+        (
+            _,
+            Some(Snapshot {
+                taken: Taken::Fd(Ok(handle)),
+                during_call,
+            }),
+            _,
+        ) => {
+            let own_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+            ("fd", during_call, analyze_file(Path::new(&own_fd)))
+        }
+        (KernelEvent::InitModule(e), _, _) => (
+            "caller-memory",
+            false,
+            read_after_call(event, e.image_addr, e.image_len, &limits).and_then(analyze_bytes),
+        ),
+        (KernelEvent::FinitModule(_), _, Some(file)) => match &file.path {
+            Some(path) if !file.unlinked && !file.memfd && !file.truncated => {
+                ("path", false, analyze_file(Path::new(path)))
+            }
+            _ => (
+                "fd",
+                false,
+                Err(
+                    "the fd could not be opened during the call, and the file has no path to read"
+                        .into(),
+                ),
+            ),
+        },
+        _ => return None,
+    };
+    Some(match result {
+        Ok(analysis) => ImageReport {
+            source,
+            during_call,
+            analysis: Some(analysis),
+            error: None,
+        },
+        Err(error) => ImageReport {
+            source,
+            during_call,
+            analysis: None,
+            error: Some(error),
+        },
+    })
+}
+
+/// The caller's buffer read after the call, if the caller is still the
+/// process that made it.
+fn read_after_call(
+    event: &KernelEvent,
+    addr: u64,
+    len: u64,
+    limits: &module_image::Limits,
+) -> Result<Vec<u8>, String> {
+    let pid = event.task().pid;
+    if !started_by(pid, event.header().enter_ns) {
+        return Err(format!(
+            "the caller (pid {pid}) exited before its image could be read"
+        ));
+    }
+    read_caller_memory(pid, addr, len, limits)
+        .map_err(|e| format!("{e} (read after the call: the caller may have freed it)"))
+}
+
+/// Copies `len` bytes at `addr` out of process `pid`.
+pub fn read_caller_memory(
+    pid: u32,
+    addr: u64,
+    len: u64,
+    limits: &module_image::Limits,
+) -> Result<Vec<u8>, String> {
+    if len > limits.max_file {
+        return Err(format!(
+            "image of {len} bytes exceeds the {} byte limit",
+            limits.max_file
+        ));
+    }
+    let mut image = vec![0u8; len as usize];
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: addr as usize,
+        len: len as usize,
+    }];
+    let read = nix::sys::uio::process_vm_readv(
+        nix::unistd::Pid::from_raw(pid as i32),
+        &mut [std::io::IoSliceMut::new(&mut image)],
+        &remote,
+    )
+    .map_err(|e| format!("reading {len} bytes at {addr:#x} in pid {pid}: {e}"))?;
+    if read as u64 != len {
+        return Err(format!(
+            "read {read} of {len} bytes at {addr:#x} in pid {pid}"
+        ));
+    }
+    Ok(image)
 }
 
 #[cfg(test)]

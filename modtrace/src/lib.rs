@@ -16,6 +16,7 @@ pub mod probes;
 pub mod record;
 pub mod replay;
 pub mod sink;
+pub mod snapshot;
 pub mod watch;
 
 /// The eBPF object built from `modtrace-ebpf` by build.rs for this very build.

@@ -85,6 +85,9 @@ pub struct ModuleInfo {
     /// delete_module: whether the module really left the kernel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freed: Option<bool>,
+    /// init/finit_module: the image the call passed, identified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::enrich::ImageReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -276,7 +279,7 @@ fn loaded(module: &LoadedModule, kernel_taint: Option<u64>) -> Option<ModuleInfo
         name: Some(fields::c_name(&module.name)),
         taint: Some(fields::taint(module.taints)),
         kernel_taint: kernel_taint.map(fields::taint),
-        freed: None,
+        ..ModuleInfo::default()
     })
 }
 

@@ -23,12 +23,13 @@ use tracing::warn;
 use crate::{
     cause,
     clock::Clock,
-    decode::{self, KernelEvent},
+    decode::{self, Decoded, KernelEvent},
     enrich,
     policy::{self, Alert, Policy, PolicyReload},
     probes::{self, ProbeOptions, Strategy},
     record::{self, Body, EventCounts, Loss, LossCounts, LostTotals, Start, Stop},
     sink::{self, Emitter, Format, SinkError},
+    snapshot::Snapshots,
 };
 
 #[derive(Debug, Clone)]
@@ -106,6 +107,14 @@ where
 }
 
 impl Maps {
+    /// Whether thread `tid`'s load call that entered at `enter_ns` is still
+    /// in the kernel (its entry record is pending).
+    fn in_call(&self, tid: u32, enter_ns: u64) -> bool {
+        let init = self.pending_init.get(&tid, 0).map(|e| e.header.enter_ns);
+        let finit = self.pending_finit.get(&tid, 0).map(|e| e.header.enter_ns);
+        init.ok() == Some(enter_ns) || finit.ok() == Some(enter_ns)
+    }
+
     fn take(ebpf: &mut aya::Ebpf) -> Result<Self, WatchError> {
         Ok(Self {
             losses: take_map(ebpf, "LOSSES")?,
@@ -142,6 +151,7 @@ struct Collector {
     reported_losses: LossCounts,
     module_events: bool,
     requests: cause::RecentRequests,
+    snapshots: Snapshots,
     policy: Policy,
 }
 
@@ -160,7 +170,17 @@ impl Collector {
         let seq = self.emitter.next_seq();
         match &mut body {
             Body::Request(request) => self.requests.remember(seq, header.enter_ns, request),
-            Body::Call(call) => call.cause = self.requests.cause_of(header.enter_ns, call),
+            Body::Call(call) => {
+                call.cause = self.requests.cause_of(header.enter_ns, call);
+                let file = match &call.args {
+                    record::Args::Finit { file, .. } => Some(file),
+                    _ => None,
+                };
+                let snapshot = self.snapshots.claim(event.task().tid, header.enter_ns);
+                if let Some(image) = enrich::module_image(event, file, snapshot) {
+                    call.module.get_or_insert_with(Default::default).image = Some(image);
+                }
+            }
             _ => {}
         }
         let count = match event {
@@ -205,12 +225,15 @@ impl Collector {
         self.emit("policy_reload", None, &Body::PolicyReload(reload))
     }
 
-    fn drain(&mut self, events: &mut RingBuf<MapData>) -> Result<(), WatchError> {
+    fn drain(&mut self, events: &mut RingBuf<MapData>, maps: &Maps) -> Result<(), WatchError> {
         while let Some(item) = events.next() {
             let decoded = decode::decode(&item);
             drop(item);
             match decoded {
-                Ok(event) => self.on_event(&event)?,
+                Ok(Decoded::Record(event)) => self.on_event(&event)?,
+                Ok(Decoded::LoadEntry(notice)) => self
+                    .snapshots
+                    .take(&notice, |tid, enter_ns| maps.in_call(tid, enter_ns)),
                 // A record we cannot read is still a lost event: say so.
                 Err(err) => warn!("dropping an unreadable kernel record: {err}"),
             }
@@ -350,6 +373,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         reported_losses: LossCounts::default(),
         module_events: probes.module_events,
         requests: cause::RecentRequests::default(),
+        snapshots: Snapshots::default(),
         policy,
     };
     // Handlers go in before `start` is written: whoever waits for `start`
@@ -374,11 +398,11 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(io("waiting on the ring buffer"))?;
-                collector.drain(guard.get_inner_mut())?;
+                collector.drain(guard.get_inner_mut(), &maps)?;
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                collector.drain(ring.get_mut())?;
+                collector.drain(ring.get_mut(), &maps)?;
                 collector.report_losses(&maps)?;
                 ticks += 1;
                 if ticks.is_multiple_of(10) {
@@ -403,7 +427,7 @@ fn shutdown(
     mut collector: Collector,
 ) -> Result<(), WatchError> {
     drop(probes);
-    collector.drain(&mut ring)?;
+    collector.drain(&mut ring, &maps)?;
     collector.reap(&mut maps, |_| true)?;
     collector.report_losses(&maps)?;
     let counts = collector.reported_losses.clone();

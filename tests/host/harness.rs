@@ -30,22 +30,22 @@ pub fn modtrace() -> Command {
 }
 
 /// `mtcall` from the same target directory and profile as this test, built
-/// on first use if the workspace build did not build it.
+/// (once per test binary; a no-op when fresh) so that a stale one never runs.
 pub fn mtcall_path() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let profile_dir = PathBuf::from(env!("CARGO_BIN_EXE_modtrace"))
         .parent()
         .unwrap()
         .to_owned();
-    let path = profile_dir.join("mtcall");
-    if !path.exists() {
+    BUILT.call_once(|| {
         let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--package", "mtcall"]);
+        build.args(["build", "--quiet", "--package", "mtcall"]);
         if profile_dir.ends_with("release") {
             build.arg("--release");
         }
         assert!(build.status().unwrap().success(), "building mtcall failed");
-    }
-    path
+    });
+    profile_dir.join("mtcall")
 }
 
 /// Runs mtcall and returns the JSON objects it printed, one per call.

@@ -612,6 +612,9 @@ fn init_module(image: &Image, params: &Params) -> Res<Map<String, Value>> {
     outcome(&mut m, || unsafe {
         libc::syscall(libc::SYS_init_module, buf.as_ptr(), buf.len(), p)
     });
+    // Kept until exit (the process is short-lived), so that a tracer reading
+    // the image after a call that returned at once still finds it intact.
+    std::mem::forget(buf);
     Ok(m)
 }
 
@@ -656,8 +659,8 @@ fn open_source(source: &FdSource, m: &mut Map<String, Value>) -> Res<(RawFd, Opt
 fn finit_module(source: &FdSource, params: &Params, flags: u32) -> Res<Map<String, Value>> {
     let mut m = Map::new();
     m.insert("op".into(), json!("finit_module"));
-    // `_owned` keeps the file open across the call.
-    let (fd, _owned) = open_source(source, &mut m)?;
+    // `owned` keeps the file open across the call.
+    let (fd, owned) = open_source(source, &mut m)?;
     m.insert("fd".into(), json!(fd));
     // What the fd really names, as the kernel shows it (e.g. "/memfd:mtcall
     // (deleted)"), for comparison with the path the tracer reconstructs.
@@ -670,6 +673,9 @@ fn finit_module(source: &FdSource, params: &Params, flags: u32) -> Res<Map<Strin
     outcome(&mut m, || unsafe {
         libc::syscall(libc::SYS_finit_module, fd, p, flags as libc::c_int)
     });
+    // Open until exit, like init_module's buffer: a tracer that opens the fd
+    // after a call that returned at once still finds the file.
+    std::mem::forget(owned);
     Ok(m)
 }
 
