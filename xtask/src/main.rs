@@ -1,6 +1,7 @@
 //! Project tasks cargo cannot do alone: set-up of a fresh machine, the whole test
 //! suite, running the collector, and the VM matrix.
 mod setup;
+mod sh;
 mod vm;
 
 use std::process::Command;
@@ -63,12 +64,5 @@ fn main() -> Result<()> {
 /// Runs cargo with the toolchain that invoked xtask, failing on a non-zero exit.
 pub fn run_cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("{cargo} {} failed with {status}", args.join(" "));
-    }
-    Ok(())
+    sh::status(Command::new(cargo).args(args))
 }

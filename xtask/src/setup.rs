@@ -7,6 +7,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::sh::{output, status};
+
 /// bpf-linker must use the same LLVM as the nightly that emits the bitcode; 0.13
 /// is the release that builds against LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -30,30 +32,10 @@ pub fn run() -> Result<()> {
     ensure_debian_packages()
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn status(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
-}
-
 fn nightly_sysroot() -> Result<PathBuf> {
     let sysroot = output(Command::new("rustc").arg(format!("+{NIGHTLY}")).args(["--print", "sysroot"]))
         .context("the nightly toolchain is needed to build the eBPF programs (rustup toolchain install nightly)")?;
-    Ok(PathBuf::from(sysroot))
+    Ok(PathBuf::from(sysroot.trim()))
 }
 
 fn ensure_rust_src() -> Result<()> {

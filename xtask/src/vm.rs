@@ -6,7 +6,6 @@ mod image;
 mod kernels;
 mod qemu;
 mod results;
-mod sh;
 
 use std::{
     fs,

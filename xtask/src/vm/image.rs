@@ -9,10 +9,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{
-    kernels::UnpackedKernel,
-    sh::{output, status},
-};
+use super::kernels::UnpackedKernel;
+use crate::sh::{output, status};
 
 /// Modules the scenarios use; their dependencies and soft dependencies come along.
 const MODULES: &[&str] = &["sctp", "dummy", "loop", "udf"];

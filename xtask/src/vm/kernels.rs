@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::sh::{output, status};
+use crate::sh::{output, status};
 
 /// One Debian kernel of the matrix.
 pub struct Kernel {

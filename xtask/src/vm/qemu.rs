@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::sh::status;
+use crate::sh::status;
 
 const BEGIN: &str = "MODTRACE-RESULTS-BEGIN";
 const END: &str = "MODTRACE-RESULTS-END";
