@@ -10,7 +10,7 @@ use core::mem::{offset_of, size_of};
 
 /// Bumped whenever any record below changes shape. Userspace refuses records of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u16 = 1;
+pub const ABI_VERSION: u16 = 2;
 
 /// Record kinds. Values are never reused.
 pub const KIND_INIT_MODULE: u16 = 1;
@@ -65,6 +65,18 @@ pub const MISSING_AUID: u32 = 1 << 1;
 pub const MISSING_SESSION: u32 = 1 << 2;
 pub const MISSING_PARENT: u32 = 1 << 3;
 
+/// How many ancestors (parent, grandparent, …) each record carries.
+pub const MAX_ANCESTORS: usize = 8;
+
+/// One process up the caller's `real_parent` chain.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
 /// The calling task, captured in the kernel at syscall entry so that the record
 /// stands even if the process is gone when userspace reads it.
 #[repr(C)]
@@ -80,9 +92,13 @@ pub struct TaskInfo {
     pub session: u32,
     pub cgroup_id: u64,
     pub missing: u32,
-    pub _reserved: u32,
+    /// Valid entries of `ancestors`, nearest first (the parent).
+    pub ancestor_count: u32,
     pub comm: [u8; COMM_LEN],
     pub parent_comm: [u8; COMM_LEN],
+    /// Taken at entry, so the chain stands even when the loader's parents
+    /// have exited by the time userspace reads the record.
+    pub ancestors: [Ancestor; MAX_ANCESTORS],
 }
 
 /// Common start of every record.
@@ -229,6 +245,7 @@ pub struct KernelOffsets {
     pub task_sessionid: u32,
     pub task_files: u32,
     pub cred_euid: u32,
+    pub cred_uid: u32,
     pub files_fdt: u32,
     pub fdtable_max_fds: u32,
     pub fdtable_fd: u32,
@@ -266,6 +283,7 @@ impl KernelOffsets {
         task_sessionid: OFFSET_NONE,
         task_files: OFFSET_NONE,
         cred_euid: OFFSET_NONE,
+        cred_uid: OFFSET_NONE,
         files_fdt: OFFSET_NONE,
         fdtable_max_fds: OFFSET_NONE,
         fdtable_fd: OFFSET_NONE,
@@ -331,35 +349,38 @@ unsafe impl aya::Pod for DeleteModuleEvent {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ModuleRequestEvent {}
 
-// Layout pins, checked on both the BPF and the host build.
+// Layout pins, checked on both the BPF and the host build. `T` is what the
+// ancestors add to `TaskInfo`.
 const _: () = {
+    const T: usize = 24 * MAX_ANCESTORS;
     assert!(size_of::<EventHeader>() == 32);
     assert!(offset_of!(EventHeader, enter_ns) == 8);
     assert!(offset_of!(EventHeader, ret) == 24);
-    assert!(size_of::<TaskInfo>() == 80);
+    assert!(size_of::<Ancestor>() == 24);
+    assert!(size_of::<TaskInfo>() == 80 + 24 * MAX_ANCESTORS);
     assert!(offset_of!(TaskInfo, cgroup_id) == 32);
     assert!(offset_of!(TaskInfo, comm) == 48);
     assert!(offset_of!(TaskInfo, parent_comm) == 64);
     assert!(size_of::<BoundedStr<PARAMS_CAP>>() == 8 + PARAMS_CAP);
     assert!(size_of::<LoadedModule>() == 16 + KERNEL_MODULE_NAME_LEN);
-    assert!(offset_of!(InitModuleEvent, module) == 136);
-    assert!(offset_of!(InitModuleEvent, params) == 136 + 72);
-    assert!(size_of::<InitModuleEvent>() == 136 + 72 + 8 + PARAMS_CAP);
-    assert!(offset_of!(FinitModuleEvent, fd) == 112);
-    assert!(offset_of!(FinitModuleEvent, ino) == 120);
-    assert!(offset_of!(FinitModuleEvent, params_addr) == 136);
-    assert!(offset_of!(FinitModuleEvent, module) == 144);
-    assert!(offset_of!(FinitModuleEvent, params) == 144 + 72);
-    assert!(offset_of!(FinitModuleEvent, path) == 144 + 72 + 8 + PARAMS_CAP);
-    assert!(size_of::<FinitModuleEvent>() == 144 + 72 + 8 + PARAMS_CAP + 8 + PATH_BUF);
-    assert!(offset_of!(DeleteModuleEvent, flags) == 112);
-    assert!(offset_of!(DeleteModuleEvent, name_addr) == 120);
-    assert!(offset_of!(DeleteModuleEvent, name) == 128);
-    assert!(size_of::<DeleteModuleEvent>() == 128 + 8 + MODULE_NAME_CAP);
-    assert!(offset_of!(ModuleRequestEvent, name) == 120);
+    assert!(offset_of!(InitModuleEvent, module) == 136 + T);
+    assert!(offset_of!(InitModuleEvent, params) == 136 + T + 72);
+    assert!(size_of::<InitModuleEvent>() == 136 + T + 72 + 8 + PARAMS_CAP);
+    assert!(offset_of!(FinitModuleEvent, fd) == 112 + T);
+    assert!(offset_of!(FinitModuleEvent, ino) == 120 + T);
+    assert!(offset_of!(FinitModuleEvent, params_addr) == 136 + T);
+    assert!(offset_of!(FinitModuleEvent, module) == 144 + T);
+    assert!(offset_of!(FinitModuleEvent, params) == 144 + T + 72);
+    assert!(offset_of!(FinitModuleEvent, path) == 144 + T + 72 + 8 + PARAMS_CAP);
+    assert!(size_of::<FinitModuleEvent>() == 144 + T + 72 + 8 + PARAMS_CAP + 8 + PATH_BUF);
+    assert!(offset_of!(DeleteModuleEvent, flags) == 112 + T);
+    assert!(offset_of!(DeleteModuleEvent, name_addr) == 120 + T);
+    assert!(offset_of!(DeleteModuleEvent, name) == 128 + T);
+    assert!(size_of::<DeleteModuleEvent>() == 128 + T + 8 + MODULE_NAME_CAP);
+    assert!(offset_of!(ModuleRequestEvent, name) == 120 + T);
     assert!(size_of::<LoadEntryEvent>() == 32 + 32);
-    assert!(size_of::<ModuleRequestEvent>() == 120 + 8 + MODULE_NAME_CAP);
-    assert!(size_of::<KernelOffsets>() == 31 * 4);
-    assert!(size_of::<ProbeConfig>() == 31 * 4 + 20);
+    assert!(size_of::<ModuleRequestEvent>() == 120 + T + 8 + MODULE_NAME_CAP);
+    assert!(size_of::<KernelOffsets>() == 32 * 4);
+    assert!(size_of::<ProbeConfig>() == 32 * 4 + 20);
     assert!(PARAMS_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
 };

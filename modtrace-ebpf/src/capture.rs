@@ -73,6 +73,42 @@ pub fn fill_task(task_info: &mut TaskInfo) {
         }
         _ => task_info.missing |= MISSING_PARENT,
     }
+    fill_ancestors(task, task_info);
+}
+
+/// The `real_parent` chain from the parent up, to pid 1 or the idle task, at
+/// most `MAX_ANCESTORS` long. An ancestor whose fields cannot all be read
+/// ends the chain: it is cut, never padded with guesses.
+#[inline(always)]
+fn fill_ancestors(task: *const u8, task_info: &mut TaskInfo) {
+    task_info.ancestor_count = 0;
+    let mut current = task;
+    for (depth, slot) in task_info.ancestors.iter_mut().enumerate() {
+        let Some(parent) = read_ptr(current, config!(offsets.task_real_parent)) else {
+            return;
+        };
+        let Some(pid) = read_at::<u32>(parent, config!(offsets.task_tgid)) else {
+            return;
+        };
+        // The idle task (pid 0) is its own parent: the chain is complete.
+        if parent == current || pid == 0 {
+            return;
+        }
+        let cred = read_ptr(parent, config!(offsets.task_cred));
+        let uid = cred.and_then(|cred| read_at::<u32>(cred, config!(offsets.cred_uid)));
+        let comm = read_at::<[u8; COMM_LEN]>(parent, config!(offsets.task_comm));
+        let (Some(uid), Some(comm)) = (uid, comm) else {
+            return;
+        };
+        slot.pid = pid;
+        slot.uid = uid;
+        slot.comm = comm;
+        task_info.ancestor_count = depth as u32 + 1;
+        if pid == 1 {
+            return;
+        }
+        current = parent;
+    }
 }
 
 /// Where a string is read from: the two memories have their own helpers.

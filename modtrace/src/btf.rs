@@ -106,6 +106,7 @@ pub const FIELDS: &[FieldSpec] = fields![
     task_struct.sessionid => task_sessionid,
     task_struct.files => task_files,
     cred.euid => cred_euid,
+    cred.uid => cred_uid,
     files_struct.fdt => files_fdt,
     fdtable.max_fds => fdtable_max_fds,
     fdtable.fd => fdtable_fd,

@@ -47,12 +47,27 @@ pub fn process(pid: u32, event_boot_ns: u64) -> ProcInfo {
     }
 }
 
-/// Whether `pid` exists and its start time is not later than the event.
+/// Whether `pid` exists, is not exiting, and started no later than the
+/// event. An exiting process's /proc files can read partly torn down (a
+/// command line cut short was seen), so it counts as gone.
 pub fn started_by(pid: u32, event_boot_ns: u64) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| start_time_ticks(&stat))
+        .and_then(|stat| live_start_ticks(&stat))
         .is_some_and(|ticks| ticks_to_ns(ticks) <= event_boot_ns)
+}
+
+/// The start time of a process that is not exiting, from its stat line.
+fn live_start_ticks(stat: &str) -> Option<u64> {
+    // include/linux/sched.h: the task is in do_exit().
+    const PF_EXITING: u64 = 0x4;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let state = fields.first()?;
+    let flags: u64 = fields.get(6)?.parse().ok()?;
+    if flags & PF_EXITING != 0 || matches!(*state, "Z" | "X" | "x") {
+        return None;
+    }
+    start_time_ticks(stat)
 }
 
 pub fn ticks_to_ns(ticks: u64) -> u64 {
@@ -238,6 +253,16 @@ mod tests {
         assert_eq!(start_time_ticks(stat), Some(4242));
         assert_eq!(start_time_ticks("garbage"), None);
         assert_eq!(start_time_ticks("1 (x) S"), None);
+    }
+
+    #[test]
+    fn an_exiting_or_dead_process_has_no_live_start_time() {
+        let live = "812 (insmod) S 1 812 812 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 4242 1000 10";
+        assert_eq!(live_start_ticks(live), Some(4242));
+        let exiting = live.replace(" 4194560 ", " 4194564 ");
+        assert_eq!(live_start_ticks(&exiting), None);
+        let zombie = live.replace(" S ", " Z ");
+        assert_eq!(live_start_ticks(&zombie), None);
     }
 
     #[test]

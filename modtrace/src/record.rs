@@ -134,6 +134,18 @@ pub struct Process {
     pub cmdline: Option<Vec<String>>,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
+    /// The `real_parent` chain from the parent up to pid 1, captured in the
+    /// kernel at the call (at most 8 deep).
+    pub ancestors: Vec<AncestorRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AncestorRecord {
+    pub pid: u32,
+    pub comm: String,
+    pub uid: u32,
+    /// From /proc, only while the pid still names this very process.
+    pub exe: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -325,6 +337,17 @@ fn caller(task: &TaskInfo, own: ProcInfo, parent: ProcInfo) -> (Process, Parent)
         cmdline: own.cmdline,
         cgroup_id: task.cgroup_id,
         cgroup: own.cgroup,
+        ancestors: task
+            .ancestors
+            .iter()
+            .take(task.ancestor_count as usize)
+            .map(|a| AncestorRecord {
+                pid: a.pid,
+                comm: fields::c_name(&a.comm),
+                uid: a.uid,
+                exe: None,
+            })
+            .collect(),
     };
     let parent = Parent {
         pid: has_parent.then_some(task.ppid),

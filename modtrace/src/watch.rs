@@ -177,6 +177,13 @@ impl Collector {
                     _ => None,
                 };
                 let snapshot = self.snapshots.claim(event.task().tid, header.enter_ns);
+                // Loads are rare and worth the /proc reads; floods of failing
+                // unloads are not.
+                if file.is_some() || matches!(event, KernelEvent::InitModule(_)) {
+                    for ancestor in &mut call.process.ancestors {
+                        ancestor.exe = enrich::process(ancestor.pid, header.enter_ns).exe;
+                    }
+                }
                 if let Some(image) = enrich::module_image(event, file, snapshot) {
                     call.module.get_or_insert_with(Default::default).image = Some(image);
                 }

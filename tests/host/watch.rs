@@ -43,6 +43,27 @@ fn inherited() -> Inherited {
     }
 }
 
+/// The chain of parent pids from `pid` up to 1, walked through /proc.
+fn proc_ancestors(pid: u32) -> Vec<u64> {
+    let mut chain = Vec::new();
+    let mut current = pid;
+    while current > 1 && chain.len() < 8 {
+        let stat = fs::read_to_string(format!("/proc/{current}/stat")).unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        current = after_comm
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        if current == 0 {
+            break;
+        }
+        chain.push(u64::from(current));
+    }
+    chain
+}
+
 /// Asserts the process and parent fields of `record` against mtcall's own
 /// report of the call and against this test process.
 fn assert_caller(record: &Value, call: &Value, args: &[&str]) {
@@ -68,6 +89,19 @@ fn assert_caller(record: &Value, call: &Value, args: &[&str]) {
     assert_eq!(p["cmdline"], json!(cmdline));
     assert_eq!(p["cgroup"], me.cgroup);
     assert_eq!(p["cgroup_id"], me.cgroup_id);
+    // Ancestry from the kernel: the parent first (the forking thread, so
+    // this test's pid and thread name), then up to pid 1 as /proc has it.
+    let ancestors = p["ancestors"].as_array().unwrap();
+    let pids: Vec<u64> = ancestors
+        .iter()
+        .map(|a| a["pid"].as_u64().unwrap())
+        .collect();
+    let mut expected = vec![u64::from(std::process::id())];
+    expected.extend(proc_ancestors(std::process::id()));
+    expected.truncate(8);
+    assert_eq!(pids, expected, "{record}");
+    assert_eq!(ancestors[0]["comm"], me.comm);
+    assert_eq!(ancestors[0]["uid"], 0);
     let parent = &record["parent"];
     assert_eq!(parent["pid"], std::process::id());
     assert_eq!(parent["comm"], me.comm);

@@ -188,6 +188,7 @@ fn record_matches_call(m: &mut Checks, label: &str, record: &Value, call: &Trace
         ),
     );
     check_module(m, &what("module"), record, call);
+    check_ancestors(m, &what("process.ancestors"), record);
     let arg = |name: &str| call.args.get(name).copied();
     match call.syscall.as_str() {
         "finit_module" => {
@@ -217,6 +218,34 @@ fn record_matches_call(m: &mut Checks, label: &str, record: &Value, call: &Trace
     }
 }
 
+/// The kernel-captured chain starts at the parent and, when shorter than its
+/// limit of 8, ends at init (pid 1) or kthreadd (pid 2, for the kernel's own
+/// modprobe).
+fn check_ancestors(m: &mut Checks, what: &str, record: &Value) {
+    let chain = record
+        .pointer("/process/ancestors")
+        .and_then(Value::as_array);
+    let Some(chain) = chain.filter(|c| !c.is_empty()) else {
+        m.fail(format!("{what}: missing or empty: {record}"));
+        return;
+    };
+    m.eq(
+        &format!("{what}[0].pid"),
+        chain[0].get("pid"),
+        record.pointer("/parent/pid"),
+    );
+    m.eq(
+        &format!("{what}[0].comm"),
+        chain[0].get("comm"),
+        record.pointer("/parent/comm"),
+    );
+    let last = chain.last().and_then(|a| a["pid"].as_u64());
+    m.check(
+        chain.len() == 8 || matches!(last, Some(1 | 2)),
+        format!("{what}: a chain shorter than 8 ends at pid 1 or 2: {chain:?}"),
+    );
+}
+
 /// The `module` object against the kernel's own module_load/module_free
 /// events inside the same call.
 fn check_module(m: &mut Checks, what: &str, record: &Value, call: &TracedCall) {
@@ -244,10 +273,30 @@ fn check_module(m: &mut Checks, what: &str, record: &Value, call: &TracedCall) {
                 .and_then(Value::as_str)
                 .map(sorted);
             m.eq(&format!("{what}.taint.letters"), got, Some(sorted(letters)));
+            // The image modtrace captured is the module the kernel registered.
+            let image = &module["image"];
+            for field in ["/modinfo/name", "/this_module_name"] {
+                m.eq(
+                    &format!("{what}.image{field}"),
+                    image.pointer(field).and_then(Value::as_str),
+                    Some(name.as_str()),
+                );
+            }
+            m.eq(
+                &format!("{what}.image.signature.signed (Debian signs its modules)"),
+                image.pointer("/signature/signed").and_then(Value::as_bool),
+                Some(true),
+            );
+            m.check(
+                image["sha256"].as_str().is_some_and(|h| h.len() == 64),
+                format!("{what}.image.sha256 is a sha256: {image}"),
+            );
         }
         (_, None) => m.check(
-            module.is_null(),
-            format!("{what}: no module_load in this call, so module is null: got {module}"),
+            module.get("name").is_none() && module.get("taint").is_none(),
+            format!(
+                "{what}: no module_load in this call, so no module name or taint: got {module}"
+            ),
         ),
     }
 }
