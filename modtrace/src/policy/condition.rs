@@ -143,8 +143,8 @@ impl TextField {
             TextField::Container => &["process", "container_id"],
             TextField::Request => &["cause", "request"],
             TextField::Params => &["args", "params", "value"],
-            TextField::Signer => &["module", "modinfo", "signer"],
-            TextField::License => &["module", "modinfo", "license"],
+            TextField::Signer => &["module", "image", "signature", "signer"],
+            TextField::License => &["module", "image", "modinfo", "license"],
         }
     }
 
@@ -155,7 +155,7 @@ impl TextField {
             TextField::AncestorExe => {
                 let parent = event.str_at(self.json_path());
                 let ancestors = event
-                    .at(&["ancestors"])
+                    .at(&["process", "ancestors"])
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
@@ -194,8 +194,8 @@ impl FlagField {
 
     fn json_path(self) -> &'static [&'static str] {
         match self {
-            FlagField::Signed => &["module", "modinfo", "signed"],
-            FlagField::Intree => &["module", "modinfo", "intree"],
+            FlagField::Signed => &["module", "image", "signature", "signed"],
+            FlagField::Intree => &["module", "image", "modinfo", "intree"],
             FlagField::Memfd => &["args", "file", "memfd"],
             FlagField::Unlinked => &["args", "file", "unlinked"],
         }
@@ -312,7 +312,7 @@ impl Condition {
                 taint_letters(event).is_some_and(|have| have.chars().any(|c| letters.contains(c)))
             }
             Condition::Sha256(set) => event
-                .str_at(&["module", "file", "sha256"])
+                .str_at(&["module", "image", "sha256"])
                 .is_some_and(|hash| set.contains(&hash.to_ascii_lowercase())),
             Condition::Result(outcomes) => event
                 .at(&["result"])
@@ -352,7 +352,7 @@ impl Condition {
             Condition::Flag { field, .. } => json_or_absent(event.at(field.json_path())),
             Condition::Id { field, .. } => json_or_absent(event.at(field.json_path())),
             Condition::Taint(_) => json_or_absent(event.at(&["module", "taint"])),
-            Condition::Sha256(_) => json_or_absent(event.at(&["module", "file", "sha256"])),
+            Condition::Sha256(_) => json_or_absent(event.at(&["module", "image", "sha256"])),
             Condition::Result(_) => json_or_absent(event.at(&["result"])),
             Condition::Time(_) => json_or_absent(event.at(&["ts"])),
         };

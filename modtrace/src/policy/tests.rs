@@ -34,16 +34,17 @@ fn finit() -> Value {
         "process":{"pid":812,"tid":812,"ppid":790,"uid":0,"gid":0,"euid":0,"auid":1000,
             "session":3,"comm":"modprobe","exe":"/usr/bin/kmod","cmdline":["modprobe","sctp"],
             "cgroup_id":4242,"cgroup":"/user.slice/user-1000.slice/session-3.scope",
-            "container_id":"abc123"},
+            "container_id":"abc123",
+            "ancestors":[{"exe":"/usr/bin/bash"},{"exe":"/usr/sbin/sshd"}]},
         "parent":{"pid":790,"comm":"bash","exe":"/usr/bin/bash","cmdline":["-bash"]},
-        "ancestors":[{"exe":"/usr/bin/bash"},{"exe":"/usr/sbin/sshd"}],
         "args":{"fd":3,"file":{"path":"/lib/modules/6.1.0-28-amd64/kernel/net/sctp/sctp.ko",
             "truncated":false,"ino":131733,"unlinked":false,"memfd":false},
             "params":{"value":"debug=1","truncated":false},"flags":{"raw":0,"names":[]}},
         "result":{"ret":0,"errno":null,"ok":true},
-        "module":{"name":"sctp","file":{"sha256":"AB".repeat(32)},
-            "modinfo":{"signer":"Debian Secure Boot CA","signed":true,"license":"GPL","intree":true},
-            "taint":"OE"},
+        "module":{"name":"sctp","taint":{"raw":12288,"letters":"OE","names":[]},
+            "image":{"sha256":"AB".repeat(32),
+                "modinfo":{"license":"GPL","intree":true},
+                "signature":{"signer":"Debian Secure Boot CA","signed":true}}},
         "cause":{"request":"net-pf-10-proto-132"}})
 }
 
@@ -437,7 +438,7 @@ fn default_policy_flags_cis_modules_unsigned_and_taint() {
     record["module"]["name"] = json!("usb_storage");
     assert_eq!(default_rules_for(&record), ["cis-denied-module"]);
     record["module"]["name"] = json!("ext4");
-    record["module"]["modinfo"]["signed"] = json!(false);
+    record["module"]["image"]["signature"]["signed"] = json!(false);
     record["module"]["taint"] = json!("E");
     assert_eq!(
         default_rules_for(&record),
