@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod cause;
 pub mod clock;
+pub mod container;
 pub mod decode;
 pub mod enrich;
 pub mod fields;

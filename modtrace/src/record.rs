@@ -134,6 +134,10 @@ pub struct Process {
     pub cmdline: Option<Vec<String>>,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
+    /// The container the process runs in, as its cgroup path names it.
+    pub container: Option<crate::container::Container>,
+    /// Its systemd service, as its cgroup path names it.
+    pub systemd_unit: Option<String>,
     /// The `real_parent` chain from the parent up to pid 1, captured in the
     /// kernel at the call (at most 8 deep).
     pub ancestors: Vec<AncestorRecord>,
@@ -336,6 +340,14 @@ fn caller(task: &TaskInfo, own: ProcInfo, parent: ProcInfo) -> (Process, Parent)
         exe: own.exe,
         cmdline: own.cmdline,
         cgroup_id: task.cgroup_id,
+        container: own
+            .cgroup
+            .as_deref()
+            .and_then(crate::container::container_of),
+        systemd_unit: own
+            .cgroup
+            .as_deref()
+            .and_then(crate::container::systemd_unit),
         cgroup: own.cgroup,
         ancestors: task
             .ancestors
