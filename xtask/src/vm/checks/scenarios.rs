@@ -172,6 +172,30 @@ fn one_record<'a>(m: &mut Checks, w: &super::watch::Watched<'a>, a: &Action) -> 
     records.first().copied()
 }
 
+/// The one record of action `a`, an mtcall run by root from the scenario
+/// shell, with its process fields checked.
+fn root_mtcall_record<'a>(
+    m: &mut Checks,
+    w: &super::watch::Watched<'a>,
+    a: &Action,
+) -> Option<&'a Value> {
+    let record = one_record(m, w, a)?;
+    check_process(
+        m,
+        &a.label,
+        record,
+        &Who {
+            pid: a.pid,
+            ppid: a.ppid,
+            uid: 0,
+            comm: "mtcall",
+            parent_comm: Some("sh"),
+            cmdline: Some(&a.argv),
+        },
+    );
+    Some(record)
+}
+
 /// A kmod tool run by the scenario shell.
 fn kmod_tool<'a>(a: &'a Action, comm: &'a str) -> Who<'a> {
     Who {
@@ -445,22 +469,9 @@ fn failures(ctx: &mut Ctx) {
         ("delete_absent", "nosuchmodule"),
     ] {
         let Some(a) = r.action(label) else { continue };
-        let Some(record) = one_record(m, &w, a) else {
+        let Some(record) = root_mtcall_record(m, &w, a) else {
             continue;
         };
-        check_process(
-            m,
-            label,
-            record,
-            &Who {
-                pid: a.pid,
-                ppid: a.ppid,
-                uid: 0,
-                comm: "mtcall",
-                parent_comm: Some("sh"),
-                cmdline: Some(&a.argv),
-            },
-        );
         check_string(
             m,
             &format!("{label}: args.name"),
@@ -509,22 +520,9 @@ fn fileless(ctx: &mut Ctx) {
     let m = &mut ctx.modtrace;
     for &(label, _, _) in &loads {
         let Some(a) = r.action(label) else { continue };
-        let Some(record) = one_record(m, &w, a) else {
+        let Some(record) = root_mtcall_record(m, &w, a) else {
             continue;
         };
-        check_process(
-            m,
-            label,
-            record,
-            &Who {
-                pid: a.pid,
-                ppid: a.ppid,
-                uid: 0,
-                comm: "mtcall",
-                parent_comm: Some("sh"),
-                cmdline: Some(&a.argv),
-            },
-        );
         let file = &record["args"]["file"];
         match label {
             "bad_fd" => {
