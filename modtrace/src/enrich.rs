@@ -107,6 +107,15 @@ pub fn parse_cgroup(content: &str) -> Option<String> {
         .and_then(path_of)
 }
 
+/// The kernel's taint (/proc/sys/kernel/tainted) now, just after a load.
+pub fn kernel_taint() -> Option<u64> {
+    fs::read_to_string("/proc/sys/kernel/tainted")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Where the module image of a load was read from, and what it is.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ImageReport {

@@ -290,11 +290,10 @@ fn args(event: &KernelEvent) -> Result<Args, &ModuleRequestEvent> {
     })
 }
 
-fn loaded(module: &LoadedModule, kernel_taint: Option<u64>) -> Option<ModuleInfo> {
+fn loaded(module: &LoadedModule) -> Option<ModuleInfo> {
     (module.seen != 0).then(|| ModuleInfo {
         name: Some(fields::c_name(&module.name)),
         taint: Some(fields::taint(module.taints)),
-        kernel_taint: kernel_taint.map(fields::taint),
         ..ModuleInfo::default()
     })
 }
@@ -304,14 +303,9 @@ fn module_info(event: &KernelEvent, module_events: bool) -> Option<ModuleInfo> {
     if !module_events {
         return None;
     }
-    let kernel_taint = || {
-        std::fs::read_to_string("/proc/sys/kernel/tainted")
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-    };
     match event {
-        KernelEvent::InitModule(e) => loaded(&e.module, kernel_taint()),
-        KernelEvent::FinitModule(e) => loaded(&e.module, kernel_taint()),
+        KernelEvent::InitModule(e) => loaded(&e.module),
+        KernelEvent::FinitModule(e) => loaded(&e.module),
         KernelEvent::DeleteModule(e) => Some(ModuleInfo {
             name: captured(&e.name).value,
             freed: Some(e.freed != 0),

@@ -179,6 +179,9 @@ impl Collector {
                 let snapshot = self.snapshots.claim(event.task().tid, header.enter_ns);
                 // Loads are rare and worth the /proc reads; floods of failing
                 // unloads are not.
+                if let Some(module) = call.module.as_mut().filter(|m| m.taint.is_some()) {
+                    module.kernel_taint = enrich::kernel_taint().map(crate::fields::taint);
+                }
                 if file.is_some() || matches!(event, KernelEvent::InitModule(_)) {
                     for ancestor in &mut call.process.ancestors {
                         ancestor.exe = enrich::process(ancestor.pid, header.enter_ns).exe;
