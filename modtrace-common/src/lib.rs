@@ -10,7 +10,7 @@ use core::mem::{offset_of, size_of};
 
 /// Bumped whenever any record below changes shape. Userspace refuses records of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u16 = 2;
+pub const ABI_VERSION: u16 = 3;
 
 /// Record kinds. Values are never reused.
 pub const KIND_INIT_MODULE: u16 = 1;
@@ -64,6 +64,8 @@ pub const MISSING_EUID: u32 = 1 << 0;
 pub const MISSING_AUID: u32 = 1 << 1;
 pub const MISSING_SESSION: u32 = 1 << 2;
 pub const MISSING_PARENT: u32 = 1 << 3;
+pub const MISSING_MNT_NS: u32 = 1 << 4;
+pub const MISSING_PID_NS: u32 = 1 << 5;
 
 /// How many ancestors (parent, grandparent, …) each record carries.
 pub const MAX_ANCESTORS: usize = 8;
@@ -96,6 +98,10 @@ pub struct TaskInfo {
     pub ancestor_count: u32,
     pub comm: [u8; COMM_LEN],
     pub parent_comm: [u8; COMM_LEN],
+    /// Inode numbers of the task's mount and pid namespaces, as
+    /// `/proc/PID/ns/mnt` and `/proc/PID/ns/pid` show them.
+    pub mnt_ns: u32,
+    pub pid_ns: u32,
     /// Taken at entry, so the chain stands even when the loader's parents
     /// have exited by the time userspace reads the record.
     pub ancestors: [Ancestor; MAX_ANCESTORS],
@@ -269,6 +275,17 @@ pub struct KernelOffsets {
     pub pt_regs_orig_ax: u32,
     pub module_name: u32,
     pub module_taints: u32,
+    pub task_nsproxy: u32,
+    pub task_thread_pid: u32,
+    pub nsproxy_mnt_ns: u32,
+    pub mnt_namespace_ns: u32,
+    pub pid_namespace_ns: u32,
+    pub ns_common_inum: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_ns: u32,
+    /// `sizeof(struct upid)`: the stride of `pid.numbers[]`.
+    pub upid_size: u32,
 }
 
 impl KernelOffsets {
@@ -307,6 +324,16 @@ impl KernelOffsets {
         pt_regs_orig_ax: OFFSET_NONE,
         module_name: OFFSET_NONE,
         module_taints: OFFSET_NONE,
+        task_nsproxy: OFFSET_NONE,
+        task_thread_pid: OFFSET_NONE,
+        nsproxy_mnt_ns: OFFSET_NONE,
+        mnt_namespace_ns: OFFSET_NONE,
+        pid_namespace_ns: OFFSET_NONE,
+        ns_common_inum: OFFSET_NONE,
+        pid_level: OFFSET_NONE,
+        pid_numbers: OFFSET_NONE,
+        upid_ns: OFFSET_NONE,
+        upid_size: OFFSET_NONE,
     };
 }
 
@@ -350,14 +377,16 @@ unsafe impl aya::Pod for DeleteModuleEvent {}
 unsafe impl aya::Pod for ModuleRequestEvent {}
 
 // Layout pins, checked on both the BPF and the host build. `T` is what the
-// ancestors add to `TaskInfo`.
+// namespaces and ancestors add to `TaskInfo`.
 const _: () = {
-    const T: usize = 24 * MAX_ANCESTORS;
+    const T: usize = 8 + 24 * MAX_ANCESTORS;
     assert!(size_of::<EventHeader>() == 32);
     assert!(offset_of!(EventHeader, enter_ns) == 8);
     assert!(offset_of!(EventHeader, ret) == 24);
     assert!(size_of::<Ancestor>() == 24);
-    assert!(size_of::<TaskInfo>() == 80 + 24 * MAX_ANCESTORS);
+    assert!(size_of::<TaskInfo>() == 80 + T);
+    assert!(offset_of!(TaskInfo, mnt_ns) == 80);
+    assert!(offset_of!(TaskInfo, ancestors) == 88);
     assert!(offset_of!(TaskInfo, cgroup_id) == 32);
     assert!(offset_of!(TaskInfo, comm) == 48);
     assert!(offset_of!(TaskInfo, parent_comm) == 64);
@@ -380,7 +409,7 @@ const _: () = {
     assert!(offset_of!(ModuleRequestEvent, name) == 120 + T);
     assert!(size_of::<LoadEntryEvent>() == 32 + 32);
     assert!(size_of::<ModuleRequestEvent>() == 120 + T + 8 + MODULE_NAME_CAP);
-    assert!(size_of::<KernelOffsets>() == 32 * 4);
-    assert!(size_of::<ProbeConfig>() == 32 * 4 + 20);
+    assert!(size_of::<KernelOffsets>() == 42 * 4);
+    assert!(size_of::<ProbeConfig>() == 42 * 4 + 20);
     assert!(PARAMS_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
 };

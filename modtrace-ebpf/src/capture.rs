@@ -13,8 +13,9 @@ use aya_ebpf::{
 };
 use modtrace_common::{
     BoundedStr, TaskInfo, COMM_LEN, FILE_BAD_FD, FILE_INTERNAL_MOUNT, FILE_RESOLVED, FILE_UNLINKED,
-    MISSING_AUID, MISSING_EUID, MISSING_PARENT, MISSING_SESSION, NAME_MAX, OFFSET_NONE, PATH_CAP,
-    PATH_MAX_COMPONENTS, STR_NULL, STR_OK, STR_TRUNCATED, STR_UNREADABLE,
+    MISSING_AUID, MISSING_EUID, MISSING_MNT_NS, MISSING_PARENT, MISSING_PID_NS, MISSING_SESSION,
+    NAME_MAX, OFFSET_NONE, PATH_CAP, PATH_MAX_COMPONENTS, STR_NULL, STR_OK, STR_TRUNCATED,
+    STR_UNREADABLE,
 };
 
 /// Reads a `T` at `base + offset` from kernel memory; `None` when the offset is
@@ -73,7 +74,55 @@ pub fn fill_task(task_info: &mut TaskInfo) {
         }
         _ => task_info.missing |= MISSING_PARENT,
     }
+    fill_namespaces(task, task_info);
     fill_ancestors(task, task_info);
+}
+
+/// The namespaces `/proc/PID/ns/{mnt,pid}` name: the mount namespace in the
+/// task's nsproxy, and the pid namespace its pid was allocated in
+/// (`task_active_pid_ns`), which `nsproxy.pid_ns_for_children` is not after
+/// an `unshare(CLONE_NEWPID)`.
+#[inline(always)]
+fn fill_namespaces(task: *const u8, task_info: &mut TaskInfo) {
+    let mnt_ns = read_ptr(task, config!(offsets.task_nsproxy))
+        .and_then(|nsproxy| read_ptr(nsproxy, config!(offsets.nsproxy_mnt_ns)))
+        .and_then(|ns| ns_inum(ns, config!(offsets.mnt_namespace_ns)));
+    task_info.mnt_ns = mnt_ns.unwrap_or(0);
+    if mnt_ns.is_none() {
+        task_info.missing |= MISSING_MNT_NS;
+    }
+    let pid_ns = read_ptr(task, config!(offsets.task_thread_pid))
+        .and_then(active_pid_ns)
+        .and_then(|ns| ns_inum(ns, config!(offsets.pid_namespace_ns)));
+    task_info.pid_ns = pid_ns.unwrap_or(0);
+    if pid_ns.is_none() {
+        task_info.missing |= MISSING_PID_NS;
+    }
+}
+
+/// `pid->numbers[pid->level].ns`: the innermost pid namespace of a `struct pid`.
+#[inline(always)]
+fn active_pid_ns(pid: *const u8) -> Option<*const u8> {
+    let level = read_at::<u32>(pid, config!(offsets.pid_level))?;
+    let (numbers, stride) = (config!(offsets.pid_numbers), config!(offsets.upid_size));
+    if numbers == OFFSET_NONE || stride == OFFSET_NONE {
+        return None;
+    }
+    let upid = numbers.checked_add(level.checked_mul(stride)?)?;
+    read_ptr(pid, upid.checked_add(config!(offsets.upid_ns))?)
+}
+
+/// The inode number of a namespace whose `struct ns_common` sits at
+/// `ns_common_at` in its own struct.
+#[inline(always)]
+fn ns_inum(ns: *const u8, ns_common_at: u32) -> Option<u32> {
+    if ns_common_at == OFFSET_NONE {
+        return None;
+    }
+    read_at::<u32>(
+        ns,
+        ns_common_at.checked_add(config!(offsets.ns_common_inum))?,
+    )
 }
 
 /// The `real_parent` chain from the parent up, to pid 1 or the idle task, at

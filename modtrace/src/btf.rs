@@ -130,7 +130,28 @@ pub const FIELDS: &[FieldSpec] = fields![
     pt_regs.orig_ax => pt_regs_orig_ax,
     module.name => module_name,
     module.taints => module_taints,
+    task_struct.nsproxy => task_nsproxy,
+    task_struct.thread_pid => task_thread_pid,
+    nsproxy.mnt_ns => nsproxy_mnt_ns,
+    mnt_namespace.ns => mnt_namespace_ns,
+    pid_namespace.ns => pid_namespace_ns,
+    ns_common.inum => ns_common_inum,
+    pid.level => pid_level,
+    pid.numbers => pid_numbers,
+    upid.ns => upid_ns,
 ];
+
+/// A struct whose size the programs need, as the stride of an array they index.
+pub struct SizeSpec {
+    pub strukt: &'static str,
+    pub slot: fn(&mut KernelOffsets) -> &mut u32,
+}
+
+/// Every size slot of `KernelOffsets`: with `FIELDS`, all of its slots.
+pub const SIZES: &[SizeSpec] = &[SizeSpec {
+    strukt: "upid",
+    slot: |o: &mut KernelOffsets| &mut o.upid_size,
+}];
 
 /// A parsed BTF file, kept so that several lookups (offsets, function probes)
 /// share one parse of the several-megabyte vmlinux BTF.
@@ -199,7 +220,41 @@ impl KernelBtf {
                 None => missing.push(spec.label),
             }
         }
+        for spec in SIZES {
+            *(spec.slot)(&mut offsets) = self.struct_size(spec.strukt)?;
+        }
         Ok(ResolvedOffsets { offsets, missing })
+    }
+
+    /// `sizeof(struct strukt)`; an error if the struct is absent or its
+    /// definitions disagree.
+    pub fn struct_size(&self, strukt: &'static str) -> Result<u32, BtfError> {
+        let defs = self
+            .struct_defs(strukt)
+            .map_err(|reason| BtfError::Malformed {
+                path: self.path.clone(),
+                strukt,
+                field: "(size)",
+                reason,
+            })?;
+        let mut sizes: Vec<u32> = defs
+            .iter()
+            .map(|d| u32::try_from(d.size()).unwrap_or(OFFSET_NONE))
+            .collect();
+        sizes.dedup();
+        match sizes.as_slice() {
+            [] => Err(BtfError::StructNotFound {
+                path: self.path.clone(),
+                name: strukt,
+            }),
+            [size] if *size != OFFSET_NONE => Ok(*size),
+            many => Err(BtfError::Malformed {
+                path: self.path.clone(),
+                strukt,
+                field: "(size)",
+                reason: format!("definitions disagree on its size or it is out of range: {many:?}"),
+            }),
+        }
     }
 
     /// Byte offset of `strukt.field`, `None` if the struct exists but has no such
@@ -539,6 +594,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_size_matches_pahole() {
+        let btf = KernelBtf::open(Path::new(VMLINUX_BTF)).unwrap();
+        for spec in SIZES {
+            let out = Command::new("pahole")
+                .args(["-C", spec.strukt, VMLINUX_BTF])
+                .output()
+                .expect("pahole runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let theirs: u32 = text
+                .split("/* size: ")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no size for {} in pahole's {text:?}", spec.strukt));
+            assert_eq!(
+                btf.struct_size(spec.strukt).unwrap(),
+                theirs,
+                "{}",
+                spec.strukt
+            );
+        }
+    }
+
     /// FIELDS must cover every slot of KernelOffsets exactly once, or a field
     /// would silently stay OFFSET_NONE (or two specs would fight over one slot).
     #[test]
@@ -549,8 +628,13 @@ mod tests {
             assert_eq!(*slot, OFFSET_NONE, "{} shares a slot", spec.label);
             *slot = i as u32;
         }
+        for (i, spec) in SIZES.iter().enumerate() {
+            let slot = (spec.slot)(&mut o);
+            assert_eq!(*slot, OFFSET_NONE, "sizeof({}) shares a slot", spec.strukt);
+            *slot = (FIELDS.len() + i) as u32;
+        }
         const SLOTS: usize = std::mem::size_of::<KernelOffsets>() / 4;
-        assert_eq!(FIELDS.len(), SLOTS);
+        assert_eq!(FIELDS.len() + SIZES.len(), SLOTS);
         // SAFETY: KernelOffsets is repr(C) with only u32 fields, no padding.
         let words: [u32; SLOTS] = unsafe { std::mem::transmute(o) };
         let mut seen: Vec<u32> = words.to_vec();
@@ -693,6 +777,8 @@ mod tests {
         assert_eq!(r.offsets.task_files, 7 * 8);
         assert_eq!(r.offsets.pt_regs_orig_ax, 4 * 8);
         assert_eq!(r.offsets.qstr_name, 2 * 8);
+        // upid has one member (`ns`), so the builder made it 16 bytes.
+        assert_eq!(r.offsets.upid_size, 16);
         std::fs::remove_file(p).unwrap();
     }
 

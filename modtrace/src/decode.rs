@@ -150,6 +150,8 @@ mod tests {
                 ancestor_count: 1,
                 comm: *b"rmmod\0\0\0\0\0\0\0\0\0\0\0",
                 parent_comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
+                mnt_ns: 4026531841,
+                pid_ns: 4026531836,
                 ancestors: [modtrace_common::Ancestor {
                     pid: 1,
                     uid: 0,

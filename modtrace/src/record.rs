@@ -3,8 +3,8 @@ use std::collections::BTreeMap;
 
 use modtrace_common::{
     FinitModuleEvent, LoadedModule, ModuleRequestEvent, TaskInfo, FILE_BAD_FD, FILE_INTERNAL_MOUNT,
-    FILE_RESOLVED, FILE_UNLINKED, MISSING_AUID, MISSING_EUID, MISSING_PARENT, MISSING_SESSION,
-    STR_TRUNCATED,
+    FILE_RESOLVED, FILE_UNLINKED, MISSING_AUID, MISSING_EUID, MISSING_MNT_NS, MISSING_PARENT,
+    MISSING_PID_NS, MISSING_SESSION, STR_TRUNCATED,
 };
 use serde::Serialize;
 
@@ -138,9 +138,18 @@ pub struct Process {
     pub container: Option<crate::container::Container>,
     /// Its systemd service, as its cgroup path names it.
     pub systemd_unit: Option<String>,
+    pub namespaces: Namespaces,
     /// The `real_parent` chain from the parent up to pid 1, captured in the
     /// kernel at the call (at most 8 deep).
     pub ancestors: Vec<AncestorRecord>,
+}
+
+/// Namespace inode numbers, as `/proc/PID/ns/*` links show them
+/// (`mnt:[4026531841]`); null when this kernel's BTF lacks a field on the way.
+#[derive(Debug, Clone, Serialize)]
+pub struct Namespaces {
+    pub mnt: Option<u32>,
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -343,6 +352,10 @@ fn caller(task: &TaskInfo, own: ProcInfo, parent: ProcInfo) -> (Process, Parent)
             .as_deref()
             .and_then(crate::container::systemd_unit),
         cgroup: own.cgroup,
+        namespaces: Namespaces {
+            mnt: present(task, MISSING_MNT_NS, task.mnt_ns),
+            pid: present(task, MISSING_PID_NS, task.pid_ns),
+        },
         ancestors: task
             .ancestors
             .iter()

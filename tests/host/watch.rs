@@ -3,7 +3,7 @@
 //! checked against what the test knows independently.
 mod harness;
 
-use std::{fs, os::unix::fs::MetadataExt, path::Path, time::Duration};
+use std::{fs, os::unix::fs::MetadataExt, path::Path, process::Command, time::Duration};
 
 use harness::{calls_of, mtcall, serial, Watch};
 use serde_json::{json, Value};
@@ -19,6 +19,18 @@ struct Inherited {
     cgroup: String,
     cgroup_id: u64,
     comm: String,
+    mnt_ns: u64,
+    pid_ns: u64,
+}
+
+/// The inode number of this process's namespace of `kind`.
+fn namespace_inode(kind: &str) -> u64 {
+    let link = fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
+    let link = link.to_str().unwrap();
+    link.strip_prefix(&format!("{kind}:["))
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected namespace link {link}"))
 }
 
 fn inherited() -> Inherited {
@@ -40,6 +52,8 @@ fn inherited() -> Inherited {
         cgroup_id,
         // real_parent is the thread that forked, so its comm is the thread name.
         comm: read_trimmed("/proc/thread-self/comm"),
+        mnt_ns: namespace_inode("mnt"),
+        pid_ns: namespace_inode("pid"),
     }
 }
 
@@ -89,6 +103,9 @@ fn assert_caller(record: &Value, call: &Value, args: &[&str]) {
     assert_eq!(p["cmdline"], json!(cmdline));
     assert_eq!(p["cgroup"], me.cgroup);
     assert_eq!(p["cgroup_id"], me.cgroup_id);
+    assert_eq!(p["namespaces"], json!({"mnt": me.mnt_ns, "pid": me.pid_ns}));
+    assert_eq!(call["mnt_ns"], me.mnt_ns);
+    assert_eq!(call["pid_ns"], me.pid_ns);
     // Ancestry from the kernel: the parent first (the forking thread, so
     // this test's pid and thread name), then up to pid 1 as /proc has it.
     let ancestors = p["ancestors"].as_array().unwrap();
@@ -137,10 +154,7 @@ const DUMMY_KO: &str = concat!(
 );
 
 fn sha256sum(path: &str) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8(out.stdout)
         .unwrap()
         .split_whitespace()
@@ -392,6 +406,41 @@ fn delete_module_as_an_unprivileged_user() {
         json!({"init_module": 0, "finit_module": 0, "delete_module": 2, "request": 0, "total": 2})
     );
     assert_eq!(calls_of(&records, &call["pid"]).len(), 1);
+}
+
+#[test]
+fn namespaces_of_a_caller_in_new_mount_and_pid_namespaces() {
+    let _serial = serial();
+    let mut watch = Watch::start(&[]);
+    let unshare = Command::new("unshare")
+        .args(["--mount", "--pid", "--fork"])
+        .arg(harness::mtcall_path())
+        .args(["delete-module", "modtrace_ns_probe", "--flags", "0"])
+        .output()
+        .expect("unshare (util-linux) runs");
+    assert!(
+        unshare.status.success(),
+        "unshare failed: {}",
+        String::from_utf8_lossy(&unshare.stderr)
+    );
+    let call: Value = serde_json::from_slice(&unshare.stdout).unwrap();
+    // Inside its new pid namespace mtcall is pid 1; the record has the pid
+    // the host sees, so find it by the name it passed.
+    let record = watch.wait_for(
+        |r| r["args"]["name"]["value"] == "modtrace_ns_probe",
+        Duration::from_secs(10),
+    );
+    assert_eq!(call["pid"], 1, "mtcall ran in a new pid namespace");
+    let me = inherited();
+    let (mnt, pid) = (
+        &record["process"]["namespaces"]["mnt"],
+        &record["process"]["namespaces"]["pid"],
+    );
+    assert_eq!((mnt, pid), (&call["mnt_ns"], &call["pid_ns"]), "{record}");
+    assert_ne!(mnt, me.mnt_ns);
+    assert_ne!(pid, me.pid_ns);
+    assert_ne!(record["process"]["pid"], 1);
+    watch.stop();
 }
 
 /// 100,000 failing calls from 4 processes: each is reported or counted lost.

@@ -428,7 +428,20 @@ fn identity() -> Map<String, Value> {
     m.insert("euid".into(), json!(euid));
     m.insert("egid".into(), json!(egid));
     m.insert("comm".into(), json!(comm));
+    m.insert("mnt_ns".into(), json!(namespace_inode("mnt")));
+    m.insert("pid_ns".into(), json!(namespace_inode("pid")));
     m
+}
+
+/// The inode number in `/proc/self/ns/KIND` (`mnt:[4026531841]`), if readable.
+fn namespace_inode(kind: &str) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/self/ns/{kind}")).ok()?;
+    link.to_str()?
+        .strip_prefix(kind)?
+        .strip_prefix(":[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// CLOCK_BOOTTIME in ns, the clock the tracer stamps records with, so a test can
