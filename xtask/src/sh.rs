@@ -5,6 +5,11 @@ use anyhow::{bail, Context as _, Result};
 
 /// Runs the command and returns its stdout; a non-zero exit is an error carrying stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
+    output_bytes(cmd).map(|out| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `output` for binary stdout.
+pub fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -13,7 +18,7 @@ pub fn output(cmd: &mut Command) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 /// Runs the command with inherited output; a non-zero exit is an error.

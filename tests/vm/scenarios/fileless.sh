@@ -2,6 +2,8 @@
 # Loads that name no file: finit_module on a memfd and init_module from a buffer.
 DUMMY=$(modpath dummy)
 plain_module dummy /tmp/dummy.ko
+act sha_plain sha256sum /tmp/dummy.ko
+act sha_compressed sha256sum "$DUMMY"
 watch_start main
 act memfd_plain /usr/bin/mtcall finit-module --memfd /tmp/dummy.ko --params numdummies=1 --flags 0
 act unload_memfd_plain /sbin/rmmod dummy

@@ -17,10 +17,27 @@ act() {
     mkdir -p "$d"
     printf '%s\n' "$@" > "$d/argv"
     echo $$ > "$d/ppid"
+    # CMD inherits this shell's namespaces.
+    { readlink /proc/$$/ns/mnt; readlink /proc/$$/ns/pid; } > "$d/namespaces"
     "$@" > "$d/stdout" 2> "$d/stderr" &
     echo $! > "$d/pid"
     wait $!
     echo $? > "$d/rc"
+}
+
+# wait_for TENTHS CMD...: polls CMD every 0.1 s until it succeeds, at most TENTHS times.
+wait_for() {
+    tries=$1
+    shift
+    while ! "$@" && [ "$tries" -gt 0 ]; do
+        sleep 0.1
+        tries=$((tries - 1))
+    done
+}
+
+# exited PID: the process is gone or a zombie (its parent may not reap it yet).
+exited() {
+    [ ! -e "/proc/$1/stat" ] || [ "$(cut -d' ' -f3 "/proc/$1/stat" 2> /dev/null)" = Z ]
 }
 
 # Path of a module file as kmod resolves it (.ko or .ko.xz).

@@ -2,6 +2,8 @@
 //! codes, /proc/modules, ftrace's record of every module syscall, mtcall's reports),
 //! then modtrace's NDJSON against that truth and docs/output.md. modtrace checks never
 //! pass vacuously: a watch that did not start is a failure that says why.
+mod identity;
+mod policy;
 mod scenarios;
 mod watch;
 

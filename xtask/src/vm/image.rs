@@ -10,10 +10,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::kernels::UnpackedKernel;
-use crate::sh::{output, status};
+use crate::sh::{output, output_bytes, status};
 
 /// Modules the scenarios use; their dependencies and soft dependencies come along.
 const MODULES: &[&str] = &["sctp", "dummy", "loop", "udf"];
+/// Where the dummy module's variants go in the guest (see `install_fixtures`).
+const FIXTURES_DIR: &str = "lib/modtrace-fixtures";
 /// kmod's tools; in the guest they live in /sbin, busybox's applets in /bin.
 const KMOD_TOOLS: &[&str] = &["modprobe", "insmod", "rmmod", "lsmod", "modinfo", "depmod"];
 /// Kernel-provided module indexes depmod reads when it rebuilds the guest's indexes.
@@ -63,6 +65,8 @@ pub fn build(
     }
     install_modules(&root, kernel)
         .with_context(|| format!("adding modules of {}", kernel.package))?;
+    install_fixtures(&root, kernel)
+        .with_context(|| format!("making the dummy module variants of {}", kernel.package))?;
     install_scripts(&root, tests_vm)?;
     install_users(&root)?;
     let cpio = out_dir.join("initramfs.cpio");
@@ -188,6 +192,49 @@ fn module_closure(kernel: &UnpackedKernel, name: &str) -> Result<Vec<PathBuf>> {
         );
     }
     Ok(files)
+}
+
+/// Variants of the kernel's own dummy module, for scenarios that need a file
+/// of known bytes: uncompressed, xz-compressed here (with the CRC32 check the
+/// kernel's decompressor accepts), and with its signature stripped.
+fn install_fixtures(root: &Path, kernel: &UnpackedKernel) -> Result<()> {
+    let dummy = module_closure(kernel, "dummy")?
+        .pop()
+        .context("modprobe resolved dummy to no file")?;
+    let plain = match dummy.extension().and_then(|e| e.to_str()) {
+        Some("ko") => fs::read(&dummy).with_context(|| format!("reading {}", dummy.display()))?,
+        Some("xz") => output_bytes(Command::new("xz").arg("-dc").arg(&dummy))?,
+        _ => bail!("{}: compression not handled here", dummy.display()),
+    };
+    let dir = root.join(FIXTURES_DIR);
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("dummy-unsigned.ko"), strip_signature(&plain)?)?;
+    fs::write(dir.join("dummy.ko"), &plain)?;
+    status(
+        Command::new("xz")
+            .args(["--check=crc32", "--keep", "--threads=1"])
+            .arg(dir.join("dummy.ko")),
+    )
+}
+
+/// The module without its appended signature (module-signing.rst: the
+/// signature, a 12-byte `struct module_signature` ending in the signature's
+/// big-endian length, then the magic string).
+fn strip_signature(image: &[u8]) -> Result<&[u8]> {
+    const MAGIC: &[u8] = b"~Module signature appended~\n";
+    const INFO_LEN: usize = 12;
+    let body = image
+        .strip_suffix(MAGIC)
+        .context("the module carries no signature to strip")?;
+    let info_at = body
+        .len()
+        .checked_sub(INFO_LEN)
+        .context("signature trailer truncated")?;
+    let sig_len: [u8; 4] = body[info_at + 8..info_at + 12].try_into()?;
+    info_at
+        .checked_sub(u32::from_be_bytes(sig_len) as usize)
+        .and_then(|end| body.get(..end))
+        .context("signature length exceeds the module")
 }
 
 fn install_scripts(root: &Path, tests_vm: &Path) -> Result<()> {

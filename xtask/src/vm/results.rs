@@ -35,6 +35,8 @@ pub struct Action {
     pub stdout: String,
     pub stderr: String,
     pub rc: Option<i32>,
+    /// `{"mnt": N, "pid": N}`: the namespaces the command ran in.
+    pub namespaces: Option<Value>,
 }
 
 impl Action {
@@ -72,7 +74,7 @@ pub struct TracedCall {
     /// None when the exit was not traced.
     pub ret: Option<i64>,
     /// The `module_load` event inside this call: the module's name and its
-    /// taint letters as ftrace prints them (`(OE)` → "OE").
+    /// taint letters as ftrace prints them (`dummy OE` → "OE").
     pub loaded: Option<(String, String)>,
     /// The name of the `module_free` event inside this call.
     pub freed: Option<String>,
@@ -180,9 +182,26 @@ fn load_actions(dir: &Path) -> Result<Vec<Action>> {
                 stdout: read("stdout")?,
                 stderr: read("stderr")?,
                 rc: read("rc")?.trim().parse().ok(),
+                namespaces: namespaces(&read("namespaces")?),
             })
         })
         .collect()
+}
+
+/// `mnt:[4026531841]` and `pid:[4026531836]` lines (readlink of /proc/PID/ns/*)
+/// as the record's `process.namespaces` would show them.
+fn namespaces(links: &str) -> Option<Value> {
+    let inode = |kind: &str| -> Option<u64> {
+        links.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(kind)?
+                .strip_prefix(":[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+    };
+    Some(serde_json::json!({"mnt": inode("mnt")?, "pid": inode("pid")?}))
 }
 
 fn load_watches(dir: &Path) -> Result<BTreeMap<String, Watch>> {
@@ -225,12 +244,13 @@ fn overruns(stats: &str) -> u64 {
         .sum()
 }
 
-/// The letters of module_load's `(OE)` suffix; empty for an untainted module.
+/// The taint letters after the name in module_load's `dummy OE` (the event's
+/// format is `"%s %s", name, show_module_flags(taints)`); empty when untainted.
 fn taint_letters(text: &str) -> String {
-    text.split_once('(')
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .map(|(letters, _)| letters.to_owned())
+    text.split_whitespace()
+        .nth(1)
         .unwrap_or_default()
+        .to_owned()
 }
 
 /// Parses ftrace's text output (with `record-tgid`) and pairs each syscall entry
@@ -331,7 +351,7 @@ mod tests {
           insmod-95      (     95) [001] .....     3.100000: sys_finit_module(fd: 3, uargs: 55d0, flags: 0)
           rmmod-96       (     96) [000] .....     3.100001: sys_delete_module(name_user: 7ff0, flags: 800)
           rmmod-96       (     96) [000] .....     3.100002: sys_delete_module -> 0xfffffffffffffffe
-          insmod-95      (     95) [001] .....     3.100003: module_load: dummy (OE)
+          insmod-95      (     95) [001] .....     3.100003: module_load: dummy OE
           insmod-95      (     95) [001] .....     3.100004: sys_finit_module -> 0x0
 ";
         let items = parse_trace(trace);

@@ -17,6 +17,8 @@ pub fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
         "autoload" => autoload,
         "concurrency" => concurrency,
         "strategies" => strategies,
+        "identity" => super::identity::identity,
+        "policy" => super::policy::policy,
         _ => return None,
     })
 }
@@ -25,7 +27,7 @@ const O_NONBLOCK: u64 = 0o4000;
 const MODULE_INIT_COMPRESSED_FILE: u64 = 4;
 
 /// The action, or a ground-truth failure saying the scenario did not run it.
-fn action<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<&'a Action> {
+pub(super) fn action<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<&'a Action> {
     let found = ctx.results.action(label);
     if found.is_none() {
         ctx.ground.fail(format!("action {label} did not run"));
@@ -33,7 +35,7 @@ fn action<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<&'a Action> {
     found
 }
 
-fn expect_rc(ctx: &mut Ctx, label: &str, rc: i32) {
+pub(super) fn expect_rc(ctx: &mut Ctx, label: &str, rc: i32) {
     if let Some(a) = action(ctx, label) {
         ctx.ground.check(
             a.rc == Some(rc),
@@ -56,7 +58,7 @@ fn calls_of(r: &ScenarioResults, pid: Option<u32>) -> Vec<&TracedCall> {
 
 /// What syscall kmod uses for a module file: uncompressed files go through
 /// finit_module; kmod < 31 decompresses .ko.xz itself and calls init_module.
-fn kmod_load_syscall(path: &str, r: &ScenarioResults) -> &'static str {
+pub(super) fn kmod_load_syscall(path: &str, r: &ScenarioResults) -> &'static str {
     let kmod: u32 = r
         .meta
         .get("kmod")
@@ -76,7 +78,7 @@ fn module_name(path: &str) -> String {
 }
 
 /// Exactly one traced call by the action's process, with this syscall and return.
-fn expect_one_call<'a>(
+pub(super) fn expect_one_call<'a>(
     ctx: &mut Ctx<'a>,
     label: &str,
     syscall: &str,
@@ -158,7 +160,11 @@ fn expect_mtcall(ctx: &mut Ctx, label: &str, syscall: &str, ret: i64, uid: u32) 
 }
 
 /// The one modtrace record of the action's process.
-fn one_record<'a>(m: &mut Checks, w: &super::watch::Watched<'a>, a: &Action) -> Option<&'a Value> {
+pub(super) fn one_record<'a>(
+    m: &mut Checks,
+    w: &super::watch::Watched<'a>,
+    a: &Action,
+) -> Option<&'a Value> {
     let records = w.by_pid(a.pid);
     m.check(
         records.len() == 1,
@@ -191,13 +197,14 @@ fn root_mtcall_record<'a>(
             comm: "mtcall",
             parent_comm: Some("sh"),
             cmdline: Some(&a.argv),
+            namespaces: a.namespaces.as_ref(),
         },
     );
     Some(record)
 }
 
 /// A kmod tool run by the scenario shell.
-fn kmod_tool<'a>(a: &'a Action, comm: &'a str) -> Who<'a> {
+pub(super) fn kmod_tool<'a>(a: &'a Action, comm: &'a str) -> Who<'a> {
     Who {
         pid: a.pid,
         ppid: a.ppid,
@@ -205,6 +212,7 @@ fn kmod_tool<'a>(a: &'a Action, comm: &'a str) -> Who<'a> {
         comm,
         parent_comm: Some("sh"),
         cmdline: Some(&a.argv),
+        namespaces: a.namespaces.as_ref(),
     }
 }
 
@@ -513,16 +521,43 @@ fn fileless(ctx: &mut Ctx) {
         expect_rc(ctx, label, 0);
     }
 
+    expect_rc(ctx, "sha_plain", 0);
+    expect_rc(ctx, "sha_compressed", 0);
+    let r = ctx.results;
+    let sha = |label: &str| {
+        r.action(label)
+            .and_then(|a| a.stdout.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    let (plain_sha, compressed_sha) = (sha("sha_plain"), sha("sha_compressed"));
+
     let Some(w) = watched(ctx, "main") else {
         return;
     };
-    let r = ctx.results;
     let m = &mut ctx.modtrace;
     for &(label, _, _) in &loads {
         let Some(a) = r.action(label) else { continue };
         let Some(record) = root_mtcall_record(m, &w, a) else {
             continue;
         };
+        // The image is the file the memfd or buffer was filled from.
+        let image = &record["module"]["image"];
+        let hash = |name: &str| image.get(name).and_then(Value::as_str).map(str::to_owned);
+        let (sha256, decompressed) = match label {
+            "bad_fd" => (None, None),
+            "memfd_compressed" => (compressed_sha.clone(), plain_sha.clone()),
+            _ => (plain_sha.clone(), None),
+        };
+        m.eq(
+            &format!("{label}: module.image.sha256"),
+            hash("sha256"),
+            sha256,
+        );
+        m.eq(
+            &format!("{label}: module.image.decompressed_sha256"),
+            hash("decompressed_sha256"),
+            decompressed,
+        );
         let file = &record["args"]["file"];
         match label {
             "bad_fd" => {
