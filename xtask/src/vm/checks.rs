@@ -2,6 +2,7 @@
 //! codes, /proc/modules, ftrace's record of every module syscall, mtcall's reports),
 //! then modtrace's NDJSON against that truth and docs/output.md. modtrace checks never
 //! pass vacuously: a watch that did not start is a failure that says why.
+mod container;
 mod identity;
 mod policy;
 mod scenarios;

@@ -19,6 +19,7 @@ pub fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
         "strategies" => strategies,
         "identity" => super::identity::identity,
         "policy" => super::policy::policy,
+        "container" => super::container::container,
         _ => return None,
     })
 }
@@ -118,7 +119,7 @@ fn loaded(r: &ScenarioResults, before: bool, module: &str) -> bool {
 }
 
 /// The single report line mtcall printed for one call.
-fn mtcall_report(ctx: &mut Ctx, a: &Action) -> Option<Value> {
+pub(super) fn mtcall_report(ctx: &mut Ctx, a: &Action) -> Option<Value> {
     match a.json_lines() {
         Ok(lines) if lines.len() == 1 => Some(lines[0].clone()),
         other => {

@@ -1,0 +1,15 @@
+# needs: modules
+# A load from a process in a docker-style cgroup with its own mount and pid
+# namespaces, as a container runtime would start it.
+F=/lib/modtrace-fixtures
+ID=4c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0c0ffee0
+SCOPE=/system.slice/docker-$ID.scope
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mkdir -p /sys/fs/cgroup$SCOPE
+echo $ID > /tmp/container_id
+watch_start main
+# mtcall lingers so that its cgroup can still be read from /proc.
+act container sh -c "echo \$\$ > /sys/fs/cgroup$SCOPE/cgroup.procs && exec unshare -m -p -f /usr/bin/mtcall --linger-ms 1500 finit-module --file $F/dummy.ko --params '' --flags 0"
+act rmmod /sbin/rmmod dummy
+watch_stop
+act container_id cat /tmp/container_id
