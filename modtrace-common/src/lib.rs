@@ -10,7 +10,7 @@ use core::mem::{offset_of, size_of};
 
 /// Bumped whenever any record below changes shape. Userspace refuses records of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u16 = 3;
+pub const ABI_VERSION: u16 = 4;
 
 /// Record kinds. Values are never reused.
 pub const KIND_INIT_MODULE: u16 = 1;
@@ -77,6 +77,8 @@ pub struct Ancestor {
     pub pid: u32,
     pub uid: u32,
     pub comm: [u8; COMM_LEN],
+    /// `task_struct.start_boottime`: with the pid, which process this is.
+    pub start_ns: u64,
 }
 
 /// The calling task, captured in the kernel at syscall entry so that the record
@@ -102,6 +104,8 @@ pub struct TaskInfo {
     /// `/proc/PID/ns/mnt` and `/proc/PID/ns/pid` show them.
     pub mnt_ns: u32,
     pub pid_ns: u32,
+    /// `task_struct.start_boottime` (CLOCK_BOOTTIME), 0 when unknown.
+    pub start_ns: u64,
     /// Taken at entry, so the chain stands even when the loader's parents
     /// have exited by the time userspace reads the record.
     pub ancestors: [Ancestor; MAX_ANCESTORS],
@@ -223,6 +227,21 @@ pub struct LoadEntryEvent {
     pub image_len: u64,
 }
 
+/// The last executable a process ran, written at each exec into an LRU map
+/// keyed by pid, so that the exe of a loader or ancestor that has exited by
+/// the time userspace reads its record is still known.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEntry {
+    /// The process's `start_boottime`: a reused pid has another.
+    pub start_ns: u64,
+    /// CLOCK_BOOTTIME of the exec: a later exec than the record's call does
+    /// not say what ran at the call.
+    pub exec_ns: u64,
+    /// `bprm->file`'s path, leaf first like `FinitModuleEvent::path`.
+    pub path: BoundedStr<PATH_BUF>,
+}
+
 /// Indexes of the per-CPU loss counters. Every event the kernel side could not
 /// deliver is counted under exactly one of them.
 pub const LOSS_RINGBUF_FULL: u32 = 0;
@@ -235,6 +254,9 @@ pub const LOSS_REASONS: u32 = 3;
 
 /// Number of in-flight calls tracked at once (per syscall kind).
 pub const PENDING_CAPACITY: u32 = 4096;
+/// Processes whose last exec the kernel side remembers (`ExecEntry`, 4.4 KiB
+/// each): the least recently exec'd are forgotten first.
+pub const EXEC_CAPACITY: u32 = 1024;
 
 /// Field offsets read from the running kernel's BTF at start and passed to the
 /// programs as a global. `OFFSET_NONE` marks a field this kernel lacks.
@@ -286,6 +308,8 @@ pub struct KernelOffsets {
     pub upid_ns: u32,
     /// `sizeof(struct upid)`: the stride of `pid.numbers[]`.
     pub upid_size: u32,
+    pub task_start_boottime: u32,
+    pub linux_binprm_file: u32,
 }
 
 impl KernelOffsets {
@@ -334,6 +358,8 @@ impl KernelOffsets {
         pid_numbers: OFFSET_NONE,
         upid_ns: OFFSET_NONE,
         upid_size: OFFSET_NONE,
+        task_start_boottime: OFFSET_NONE,
+        linux_binprm_file: OFFSET_NONE,
     };
 }
 
@@ -363,7 +389,7 @@ impl ProbeConfig {
     };
 }
 
-// SAFETY (all five): repr(C) plain old data whose every bit pattern is valid and
+// SAFETY (all six): repr(C) plain old data whose every bit pattern is valid and
 // which has no implicit padding (see the layout pins below).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ProbeConfig {}
@@ -375,18 +401,22 @@ unsafe impl aya::Pod for FinitModuleEvent {}
 unsafe impl aya::Pod for DeleteModuleEvent {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ModuleRequestEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ExecEntry {}
 
 // Layout pins, checked on both the BPF and the host build. `T` is what the
 // namespaces and ancestors add to `TaskInfo`.
 const _: () = {
-    const T: usize = 8 + 24 * MAX_ANCESTORS;
+    const T: usize = 16 + 32 * MAX_ANCESTORS;
     assert!(size_of::<EventHeader>() == 32);
     assert!(offset_of!(EventHeader, enter_ns) == 8);
     assert!(offset_of!(EventHeader, ret) == 24);
-    assert!(size_of::<Ancestor>() == 24);
+    assert!(size_of::<Ancestor>() == 32);
     assert!(size_of::<TaskInfo>() == 80 + T);
     assert!(offset_of!(TaskInfo, mnt_ns) == 80);
-    assert!(offset_of!(TaskInfo, ancestors) == 88);
+    assert!(offset_of!(TaskInfo, start_ns) == 88);
+    assert!(offset_of!(TaskInfo, ancestors) == 96);
+    assert!(size_of::<ExecEntry>() == 16 + 8 + PATH_BUF);
     assert!(offset_of!(TaskInfo, cgroup_id) == 32);
     assert!(offset_of!(TaskInfo, comm) == 48);
     assert!(offset_of!(TaskInfo, parent_comm) == 64);
@@ -409,7 +439,7 @@ const _: () = {
     assert!(offset_of!(ModuleRequestEvent, name) == 120 + T);
     assert!(size_of::<LoadEntryEvent>() == 32 + 32);
     assert!(size_of::<ModuleRequestEvent>() == 120 + T + 8 + MODULE_NAME_CAP);
-    assert!(size_of::<KernelOffsets>() == 42 * 4);
-    assert!(size_of::<ProbeConfig>() == 42 * 4 + 20);
+    assert!(size_of::<KernelOffsets>() == 44 * 4);
+    assert!(size_of::<ProbeConfig>() == 44 * 4 + 20);
     assert!(PARAMS_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
 };

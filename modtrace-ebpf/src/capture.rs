@@ -30,7 +30,7 @@ pub fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
 }
 
 #[inline(always)]
-fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
+pub fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
     read_at::<u64>(base, offset)
         .map(|p| p as *const u8)
         .filter(|p| !p.is_null())
@@ -51,6 +51,7 @@ pub fn fill_task(task_info: &mut TaskInfo) {
 
     // SAFETY: as above.
     let task = unsafe { bpf_get_current_task() } as *const u8;
+    task_info.start_ns = start_ns(task);
     let cred = read_ptr(task, config!(offsets.task_cred));
     match cred.and_then(|cred| read_at::<u32>(cred, config!(offsets.cred_euid))) {
         Some(euid) => task_info.euid = euid,
@@ -125,6 +126,13 @@ fn ns_inum(ns: *const u8, ns_common_at: u32) -> Option<u32> {
     )
 }
 
+/// When `task` started (CLOCK_BOOTTIME), 0 when unknown: with its pid, the
+/// identity userspace matches exec records against.
+#[inline(always)]
+pub fn start_ns(task: *const u8) -> u64 {
+    read_at::<u64>(task, config!(offsets.task_start_boottime)).unwrap_or(0)
+}
+
 /// The `real_parent` chain from the parent up, to pid 1 or the idle task, at
 /// most `MAX_ANCESTORS` long. An ancestor whose fields cannot all be read
 /// ends the chain: it is cut, never padded with guesses.
@@ -152,6 +160,7 @@ fn fill_ancestors(task: *const u8, task_info: &mut TaskInfo) {
         slot.pid = pid;
         slot.uid = uid;
         slot.comm = comm;
+        slot.start_ns = start_ns(parent);
         task_info.ancestor_count = depth as u32 + 1;
         if pid == 1 {
             return;
@@ -279,18 +288,26 @@ pub fn resolve_fd<const N: usize>(fd: i32, path: &mut BoundedStr<N>) -> FileInfo
             info.flags |= FILE_UNLINKED;
         }
     }
+    if file_path(file, path) {
+        info.flags |= FILE_INTERNAL_MOUNT;
+    }
+    info
+}
+
+/// Writes the path of `file` into `path`, leaf first. Returns true for a
+/// pseudo file on an internal mount (see `walk_path`).
+#[inline(always)]
+pub fn file_path<const N: usize>(file: *const u8, path: &mut BoundedStr<N>) -> bool {
+    path.len = 0;
     let f_path = config!(offsets.file_f_path);
     let (Some(dentry), Some(vfsmount)) = (
         read_ptr(file, f_path.wrapping_add(config!(offsets.path_dentry))),
         read_ptr(file, f_path.wrapping_add(config!(offsets.path_mnt))),
     ) else {
         path.state = STR_UNREADABLE;
-        return info;
+        return false;
     };
-    if walk_path(dentry, vfsmount, path) {
-        info.flags |= FILE_INTERNAL_MOUNT;
-    }
-    info
+    walk_path(dentry, vfsmount, path)
 }
 
 #[inline(always)]

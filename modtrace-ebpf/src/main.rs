@@ -8,6 +8,7 @@
 mod config;
 mod calls;
 mod capture;
+mod execs;
 
 use aya_ebpf::{
     macros::{fentry, fexit, raw_tracepoint, tracepoint},
@@ -137,6 +138,12 @@ pub fn module_request(ctx: RawTracePointContext) -> i32 {
     let name: u64 = ctx.arg(0);
     let wait: u64 = ctx.arg(1);
     calls::on_module_request(name, wait != 0);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(ctx: RawTracePointContext) -> i32 {
+    execs::on_exec(ctx.arg::<*const u8>(2));
     0
 }
 

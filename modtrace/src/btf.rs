@@ -139,6 +139,8 @@ pub const FIELDS: &[FieldSpec] = fields![
     pid.level => pid_level,
     pid.numbers => pid_numbers,
     upid.ns => upid_ns,
+    task_struct.start_boottime => task_start_boottime,
+    linux_binprm.file => linux_binprm_file,
 ];
 
 /// A struct whose size the programs need, as the stride of an array they index.

@@ -152,10 +152,12 @@ mod tests {
                 parent_comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
                 mnt_ns: 4026531841,
                 pid_ns: 4026531836,
+                start_ns: 1_000_000,
                 ancestors: [modtrace_common::Ancestor {
                     pid: 1,
                     uid: 0,
                     comm: *b"bash\0\0\0\0\0\0\0\0\0\0\0\0",
+                    start_ns: 0,
                 }; modtrace_common::MAX_ANCESTORS],
             },
             flags: 2048,

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod container;
 pub mod decode;
 pub mod enrich;
+pub mod execs;
 pub mod fields;
 pub mod module_image;
 pub mod modules;

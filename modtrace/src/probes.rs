@@ -116,6 +116,8 @@ pub struct Probes {
     pub unavailable_fields: Vec<&'static str>,
     /// The kernel's module tracepoints are attached (see `attach_module_events`).
     pub module_events: bool,
+    /// `sched_process_exec` fills the `EXECS` map (see `attach_exec_tracking`).
+    pub exec_tracking: bool,
 }
 
 /// What this kernel offers, found before anything is loaded.
@@ -331,6 +333,13 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
                         false
                     }
                 };
+                let exec_tracking = match attach_exec_tracking(&mut ebpf) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        warn!("exec tracking is unavailable ({why}): the exe of a process that has exited before its record is read stays null");
+                        false
+                    }
+                };
                 let strategies = SYSCALLS
                     .iter()
                     .zip(plan)
@@ -351,12 +360,16 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
                         "finit_module.file",
                     ]);
                 }
+                if !exec_tracking {
+                    unavailable_fields.push("exe of exited processes");
+                }
                 return Ok(Probes {
                     ebpf,
                     strategies,
                     btf_available: support.btf.is_some(),
                     unavailable_fields,
                     module_events,
+                    exec_tracking,
                 });
             }
             Err(AttachFailure {
@@ -555,6 +568,19 @@ fn attach_module_events(ebpf: &mut Ebpf) -> Result<(), String> {
             .attach(tracepoint)
             .map_err(|e| format!("attaching raw tracepoint {tracepoint}: {e}"))?;
     }
+    Ok(())
+}
+
+/// Every exec's executable, remembered by pid (`crate::execs`), so that
+/// records can name the exe of processes gone before they are read.
+fn attach_exec_tracking(ebpf: &mut Ebpf) -> Result<(), String> {
+    let program: &mut RawTracePoint = program_mut(ebpf, "process_exec")?;
+    program
+        .load()
+        .map_err(|e| format!("loading process_exec: {}", brief(e)))?;
+    program
+        .attach("sched_process_exec")
+        .map_err(|e| format!("attaching raw tracepoint sched_process_exec: {e}"))?;
     Ok(())
 }
 

@@ -25,6 +25,7 @@ use crate::{
     clock::Clock,
     decode::{self, Decoded, KernelEvent},
     enrich,
+    execs::{ExeAt, ExecTable},
     policy::{self, Alert, Policy, PolicyReload},
     probes::{self, ProbeOptions, Strategy},
     record::{self, Body, EventCounts, Loss, LossCounts, LostTotals, Start, Stop},
@@ -153,6 +154,7 @@ struct Collector {
     requests: cause::RecentRequests,
     snapshots: Snapshots,
     policy: Policy,
+    execs: ExecTable,
 }
 
 impl Collector {
@@ -164,8 +166,18 @@ impl Collector {
     fn on_event(&mut self, event: &KernelEvent) -> Result<(), WatchError> {
         let header = event.header();
         let task = event.task();
-        let own = enrich::process(task.pid, header.enter_ns);
-        let parent = enrich::process(task.ppid, header.enter_ns);
+        let mut own = enrich::process(task.pid, header.enter_ns);
+        let own_exe = own.exe.take();
+        own.exe = self.exe_at(task.pid, task.start_ns, header.enter_ns, || own_exe);
+        let mut parent = enrich::process(task.ppid, header.enter_ns);
+        if let Some(first) = task
+            .ancestors
+            .first()
+            .filter(|a| task.ancestor_count > 0 && a.pid == task.ppid)
+        {
+            let parent_exe = parent.exe.take();
+            parent.exe = self.exe_at(first.pid, first.start_ns, header.enter_ns, || parent_exe);
+        }
         let mut body = record::body(event, own, parent, self.module_events);
         let seq = self.emitter.next_seq();
         match &mut body {
@@ -182,10 +194,16 @@ impl Collector {
                 if let Some(module) = call.module.as_mut().filter(|m| m.taint.is_some()) {
                     module.kernel_taint = enrich::kernel_taint().map(crate::fields::taint);
                 }
-                if file.is_some() || matches!(event, KernelEvent::InitModule(_)) {
-                    for ancestor in &mut call.process.ancestors {
-                        ancestor.exe = enrich::process(ancestor.pid, header.enter_ns).exe;
-                    }
+                // The kernel's exec records are cheap to ask; /proc is read
+                // only for loads, which are rare, not for floods of unloads.
+                let is_load = file.is_some() || matches!(event, KernelEvent::InitModule(_));
+                for (ancestor, captured) in call.process.ancestors.iter_mut().zip(&task.ancestors) {
+                    let pid = ancestor.pid;
+                    ancestor.exe = self.exe_at(pid, captured.start_ns, header.enter_ns, || {
+                        is_load
+                            .then(|| enrich::process(pid, header.enter_ns).exe)
+                            .flatten()
+                    });
                 }
                 if let Some(image) = enrich::module_image(event, file, snapshot) {
                     call.module.get_or_insert_with(Default::default).image = Some(image);
@@ -209,6 +227,23 @@ impl Collector {
             self.emit("alert", None, &Body::Alert(alert))?;
         }
         Ok(())
+    }
+
+    /// The exe process `pid` ran at `at_ns`: the kernel's exec record when it
+    /// has one, else what /proc shows (`from_proc`), unless the process has
+    /// exec'd since, when /proc would show the later program.
+    fn exe_at(
+        &self,
+        pid: u32,
+        start_ns: u64,
+        at_ns: u64,
+        from_proc: impl FnOnce() -> Option<String>,
+    ) -> Option<String> {
+        match self.execs.exe_at(pid, start_ns, at_ns) {
+            ExeAt::Known(exe) => Some(exe),
+            ExeAt::ExecdSince => None,
+            ExeAt::NotSeen => from_proc(),
+        }
     }
 
     /// SIGHUP: a policy that fails to load is reported and the one in force
@@ -376,6 +411,11 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     })?;
     let ring: RingBuf<MapData> = take_map(&mut probes.ebpf, "EVENTS")?;
     let mut maps = Maps::take(&mut probes.ebpf)?;
+    let execs = ExecTable::new(if probes.exec_tracking {
+        Some(take_map(&mut probes.ebpf, "EXECS")?)
+    } else {
+        None
+    });
     let mut collector = Collector {
         emitter: Emitter::new(hostname(), options.format, options.colour, file),
         clock: Clock,
@@ -385,6 +425,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         requests: cause::RecentRequests::default(),
         snapshots: Snapshots::default(),
         policy,
+        execs,
     };
     // Handlers go in before `start` is written: whoever waits for `start`
     // and then signals must not kill us with the default action.

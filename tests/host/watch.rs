@@ -443,6 +443,48 @@ fn namespaces_of_a_caller_in_new_mount_and_pid_namespaces() {
     watch.stop();
 }
 
+#[test]
+fn exes_of_processes_gone_before_their_record_is_read() {
+    let _serial = serial();
+    let mut watch = Watch::start(&[]);
+    // While the tracer is stopped, a shell runs mtcall and both exit and are
+    // reaped: by the time their record is read, /proc no longer has them. A
+    // load (init_module) gets every ancestor's exe; this test's own process
+    // exec'd before the tracer started, so /proc names it.
+    watch.signal(libc::SIGSTOP);
+    let mtcall = harness::mtcall_path().canonicalize().unwrap();
+    let mut shell = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "{} init-module --image-len 64 --params ''; true",
+            mtcall.display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let shell_pid = shell.id();
+    assert!(shell.wait().unwrap().success());
+    assert!(!Path::new(&format!("/proc/{shell_pid}")).exists());
+    watch.signal(libc::SIGCONT);
+    let record = watch.wait_for(
+        |r| r["kind"] == "init_module" && r["process"]["ppid"] == shell_pid,
+        Duration::from_secs(10),
+    );
+    let sh = fs::canonicalize("/bin/sh").unwrap();
+    let me = std::env::current_exe().unwrap();
+    let p = &record["process"];
+    assert!(p["cmdline"].is_null(), "mtcall was gone: {record}");
+    assert_eq!(p["exe"], mtcall.to_str().unwrap(), "{record}");
+    assert_eq!(record["parent"]["pid"], shell_pid);
+    assert_eq!(record["parent"]["exe"], sh.to_str().unwrap(), "{record}");
+    let ancestors = p["ancestors"].as_array().unwrap();
+    assert_eq!(ancestors[0]["pid"], shell_pid);
+    assert_eq!(ancestors[0]["exe"], sh.to_str().unwrap(), "{record}");
+    assert_eq!(ancestors[1]["pid"], std::process::id());
+    assert_eq!(ancestors[1]["exe"], me.to_str().unwrap(), "{record}");
+    watch.stop();
+}
+
 /// 100,000 failing calls from 4 processes: each is reported or counted lost.
 fn flood(ring_bytes: &str) -> (u64, u64) {
     let name = "modtrace_flood_probe";

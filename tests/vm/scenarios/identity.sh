@@ -19,6 +19,12 @@ act rmmod_unsigned /sbin/rmmod dummy
 # A short-lived shell runs insmod and exits right after it.
 act short_parent sh -c "/sbin/insmod $F/dummy.ko; exit 0"
 act rmmod_short_parent /sbin/rmmod dummy
+# The same while modtrace is stopped: insmod and its shell are gone before
+# their record is read, so their exe can only come from the kernel.
+kill -STOP $watch_pid
+act gone_parent sh -c "/sbin/insmod $F/dummy.ko; true"
+kill -CONT $watch_pid
+act rmmod_gone_parent /sbin/rmmod dummy
 # The parent exits before the load: the loader is re-parented to init.
 act orphan_parent sh -c "sh -c 'echo \$\$ > /tmp/orphan.pid; sleep 1; exec /sbin/insmod $F/dummy.ko' & exit 0"
 wait_for 50 test -s /tmp/orphan.pid

@@ -33,6 +33,8 @@ pub fn identity(ctx: &mut Ctx) {
         "rmmod_unsigned",
         "short_parent",
         "rmmod_short_parent",
+        "gone_parent",
+        "rmmod_gone_parent",
         "orphan_parent",
         "orphan_pid",
         "rmmod_orphan",
@@ -118,6 +120,9 @@ pub fn identity(ctx: &mut Ctx) {
     if let Some(a) = r.action("short_parent") {
         check_short_parent(m, &w, a);
     }
+    if let Some(a) = r.action("gone_parent") {
+        check_gone_parent(m, &w, a);
+    }
     check_orphan(m, &w, orphan, &init_comm);
 }
 
@@ -186,20 +191,68 @@ fn check_image(
     );
 }
 
-/// insmod's parent, a shell that exits right after it, and that shell's
-/// parent, the scenario shell, head the kernel-captured chain.
-fn check_short_parent(m: &mut Checks, w: &Watched, a: &Action) {
+/// Names an insmod and its shell, both gone before modtrace read their
+/// record, with the executables the kernel saw them exec.
+fn check_gone_parent(m: &mut Checks, w: &Watched, a: &Action) {
+    let Some(record) = child_record(m, w, a) else {
+        return;
+    };
+    let p = &record["process"];
+    m.check(
+        p["cmdline"].is_null(),
+        format!("gone_parent: insmod was gone when its record was read (cmdline null): {p}"),
+    );
+    m.eq(
+        "gone_parent: (process.exe, parent.exe)",
+        (
+            p["exe"].as_str(),
+            record.pointer("/parent/exe").and_then(Value::as_str),
+        ),
+        (Some("/usr/bin/kmod"), Some("/bin/busybox")),
+    );
+    let chain: Vec<(Option<u64>, Option<&str>)> = p["ancestors"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .take(2)
+                .map(|a| (a["pid"].as_u64(), a["exe"].as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    m.eq(
+        "gone_parent: process.ancestors[..2] (pid, exe)",
+        chain,
+        vec![
+            (a.pid.map(u64::from), Some("/bin/busybox")),
+            (a.ppid.map(u64::from), Some("/bin/busybox")),
+        ],
+    );
+}
+
+/// The one record of a process that action `a`'s process started.
+fn child_record<'a>(m: &mut Checks, w: &Watched<'a>, a: &Action) -> Option<&'a Value> {
     let records: Vec<&Value> = w
         .records
         .iter()
         .copied()
         .filter(|r| a.pid.is_some() && r.pointer("/process/ppid") == Some(&json!(a.pid)))
         .collect();
-    let [record] = records.as_slice() else {
-        m.fail(format!(
-            "short_parent: one record with ppid {:?}, got {records:?}",
-            a.pid
-        ));
+    match records.as_slice() {
+        [record] => Some(record),
+        _ => {
+            m.fail(format!(
+                "{}: one record with ppid {:?}, got {records:?}",
+                a.label, a.pid
+            ));
+            None
+        }
+    }
+}
+
+/// insmod's parent, a shell that exits right after it, and that shell's
+/// parent, the scenario shell, head the kernel-captured chain.
+fn check_short_parent(m: &mut Checks, w: &Watched, a: &Action) {
+    let Some(record) = child_record(m, w, a) else {
         return;
     };
     m.eq(
