@@ -5,6 +5,7 @@
 //! [`watch`].
 pub mod btf;
 pub mod cause;
+pub mod cgroups;
 pub mod clock;
 pub mod container;
 pub mod decode;

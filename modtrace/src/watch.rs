@@ -22,6 +22,7 @@ use tracing::warn;
 
 use crate::{
     cause,
+    cgroups::CgroupPaths,
     clock::Clock,
     decode::{self, Decoded, KernelEvent},
     enrich,
@@ -155,6 +156,7 @@ struct Collector {
     snapshots: Snapshots,
     policy: Policy,
     execs: ExecTable,
+    cgroups: CgroupPaths,
 }
 
 impl Collector {
@@ -167,6 +169,9 @@ impl Collector {
         let header = event.header();
         let task = event.task();
         let mut own = enrich::process(task.pid, header.enter_ns);
+        if let Some(path) = self.cgroups.path_of(task.cgroup_id) {
+            own.cgroup = Some(path);
+        }
         let own_exe = own.exe.take();
         own.exe = self.exe_at(task.pid, task.start_ns, header.enter_ns, || own_exe);
         let mut parent = enrich::process(task.ppid, header.enter_ns);
@@ -426,6 +431,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         snapshots: Snapshots::default(),
         policy,
         execs,
+        cgroups: CgroupPaths::new(),
     };
     // Handlers go in before `start` is written: whoever waits for `start`
     // and then signals must not kill us with the default action.

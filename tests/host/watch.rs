@@ -474,6 +474,8 @@ fn exes_of_processes_gone_before_their_record_is_read() {
     let me = std::env::current_exe().unwrap();
     let p = &record["process"];
     assert!(p["cmdline"].is_null(), "mtcall was gone: {record}");
+    // Its cgroup comes from the id the kernel captured, not from /proc.
+    assert_eq!(p["cgroup"], inherited().cgroup, "{record}");
     assert_eq!(p["exe"], mtcall.to_str().unwrap(), "{record}");
     assert_eq!(record["parent"]["pid"], shell_pid);
     assert_eq!(record["parent"]["exe"], sh.to_str().unwrap(), "{record}");

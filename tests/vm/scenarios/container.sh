@@ -8,8 +8,11 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /sys/fs/cgroup$SCOPE
 echo $ID > /tmp/container_id
 watch_start main
-# mtcall lingers so that its cgroup can still be read from /proc.
-act container sh -c "echo \$\$ > /sys/fs/cgroup$SCOPE/cgroup.procs && exec unshare -m -p -f /usr/bin/mtcall --linger-ms 1500 finit-module --file $F/dummy.ko --params '' --flags 0"
+# modtrace is stopped while the container runs: the loader is gone before its
+# record is read, so its cgroup must come from the id the kernel captured.
+kill -STOP $watch_pid
+act container sh -c "echo \$\$ > /sys/fs/cgroup$SCOPE/cgroup.procs && exec unshare -m -p -f /usr/bin/mtcall finit-module --file $F/dummy.ko --params '' --flags 0"
+kill -CONT $watch_pid
 act rmmod /sbin/rmmod dummy
 watch_stop
 act container_id cat /tmp/container_id

@@ -77,6 +77,15 @@ pub fn container(ctx: &mut Ctx) {
         Some("mtcall"),
     );
     m.check(
+        p["cmdline"].is_null(),
+        format!("container: mtcall was gone when its record was read (cmdline null): {p}"),
+    );
+    m.eq(
+        "container: process.exe (from the kernel's exec record)",
+        p["exe"].as_str(),
+        Some("/usr/bin/mtcall"),
+    );
+    m.check(
         p["pid"].as_u64().is_some_and(|pid| pid > 1),
         format!(
             "container: process.pid is the pid outside the container: {}",
