@@ -442,7 +442,15 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io("installing the SIGHUP handler"))?;
     let start = start_body(&probes, &collector.policy);
+    let preloaded = policy::preloaded_alerts(
+        &collector.policy,
+        start.loaded_modules.iter().map(|m| m.name.as_str()),
+        collector.emitter.next_seq(),
+    );
     collector.emit("start", None, &Body::Start(start))?;
+    for alert in preloaded {
+        collector.emit("alert", None, &Body::Alert(alert))?;
+    }
 
     // SAFETY: the AsyncFd owns the ring buffer, whose fd stays open and the
     // same for as long as the AsyncFd lives.

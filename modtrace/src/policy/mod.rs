@@ -321,6 +321,35 @@ impl Alert {
     }
 }
 
+/// Alerts for modules loaded before modtrace started that a modprobe.d
+/// directive of `policy` disables: something got around it before modtrace
+/// could see the load, most often the initramfs.
+pub fn preloaded_alerts<'a>(
+    policy: &Policy,
+    loaded: impl IntoIterator<Item = &'a str>,
+    start_seq: u64,
+) -> Vec<Alert> {
+    let loaded: Vec<String> = loaded
+        .into_iter()
+        .map(|name| normalise_module_name(name).into_owned())
+        .collect();
+    policy
+        .rules()
+        .iter()
+        .filter(|rule| rule.enabled && rule.action == Action::Alert)
+        .filter_map(|rule| match &rule.message {
+            Message::Bypass(directive) if loaded.contains(&directive.module) => Some(Alert {
+                event_seq: start_seq,
+                event_kind: "start".to_owned(),
+                rule: rule.id.clone(),
+                severity: rule.severity,
+                message: directive.explain_preloaded(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Which policy is in force, for the `start` record.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyInfo {

@@ -227,6 +227,26 @@ impl Bypass {
 }
 
 impl Directive {
+    /// The directive as written in its file.
+    fn written(&self) -> String {
+        match &self.kind {
+            DirectiveKind::Blacklist => format!("blacklist {}", self.module),
+            DirectiveKind::InstallDisabled(cmd) => format!("install {} {cmd}", self.module),
+        }
+    }
+
+    /// For a module already loaded when modtrace started: no load to
+    /// classify, and the usual way around the directive is the initramfs.
+    pub fn explain_preloaded(&self) -> String {
+        format!(
+            "{} was already loaded when modtrace started despite `{}` ({}:{}): loaded by the initramfs or early in boot, before modtrace ran or before the directive was written",
+            self.module,
+            self.written(),
+            self.file.display(),
+            self.line
+        )
+    }
+
     pub fn explain(&self, event: &Event) -> String {
         let how = match Bypass::classify(event, &self.module) {
             Bypass::InsmodByPath => "insmod by path, which never reads modprobe.d".to_owned(),
@@ -248,13 +268,10 @@ impl Directive {
                 }
             },
         };
-        let directive = match &self.kind {
-            DirectiveKind::Blacklist => format!("blacklist {}", self.module),
-            DirectiveKind::InstallDisabled(cmd) => format!("install {} {cmd}", self.module),
-        };
         format!(
-            "{} loaded despite `{directive}` ({}:{}), via {how}",
+            "{} loaded despite `{}` ({}:{}), via {how}",
             event.module().unwrap_or(&self.module),
+            self.written(),
             self.file.display(),
             self.line
         )
@@ -374,19 +391,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_blacklisted_module_loaded_anyway_raises_a_bypass_match() {
+    /// A policy with `modprobe_d` switched on or off, reading one `cis.conf`.
+    fn policy_reading(conf: &str, modprobe_d: bool) -> Policy {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("cis.conf"), "blacklist usb-storage\n").unwrap();
+        fs::write(dir.path().join("cis.conf"), conf).unwrap();
         let text = format!(
-            "[policy]\nmodprobe_d = true\nmodprobe_d_dirs = [{:?}]\n",
+            "[policy]\nmodprobe_d = {modprobe_d}\nmodprobe_d_dirs = [{:?}]\n",
             dir.path().display().to_string()
         );
         let context = crate::policy::Context {
             kernel: "k".into(),
             check_owner: false,
         };
-        let policy = Policy::from_text(&text, "p.toml", &context).unwrap();
+        Policy::from_text(&text, "p.toml", &context).unwrap()
+    }
+
+    #[test]
+    fn a_blacklisted_module_loaded_anyway_raises_a_bypass_match() {
+        let policy = policy_reading("blacklist usb-storage\n", true);
         let record = load(
             "/usr/bin/kmod",
             &["insmod", "/x/usb-storage.ko"],
@@ -406,17 +428,32 @@ mod tests {
 
     #[test]
     fn switched_off_reads_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("cis.conf"), "blacklist usb-storage\n").unwrap();
-        let text = format!(
-            "[policy]\nmodprobe_d = false\nmodprobe_d_dirs = [{:?}]\n",
-            dir.path().display().to_string()
-        );
-        let context = crate::policy::Context {
-            kernel: "k".into(),
-            check_owner: false,
-        };
-        let policy = Policy::from_text(&text, "p.toml", &context).unwrap();
+        let policy = policy_reading("blacklist usb-storage\n", false);
         assert!(policy.rules().is_empty());
+    }
+
+    #[test]
+    fn modules_loaded_before_start_despite_a_directive_raise_alerts() {
+        let policy = policy_reading("blacklist usb-storage\ninstall sctp /bin/true\n", true);
+        let alerts = crate::policy::preloaded_alerts(&policy, ["ext4", "usb_storage", "sctp"], 0);
+        let rules: Vec<&str> = alerts.iter().map(|a| a.rule.as_str()).collect();
+        assert_eq!(
+            rules,
+            [
+                "modprobe.d:blacklist:usb_storage",
+                "modprobe.d:install:sctp"
+            ]
+        );
+        let a = &alerts[0];
+        assert_eq!((a.event_seq, a.event_kind.as_str()), (0, "start"));
+        assert!(
+            a.message.contains("already loaded when modtrace started")
+                && a.message.contains("initramfs")
+                && a.message.contains("`blacklist usb_storage` (")
+                && a.message.contains("cis.conf:1"),
+            "{}",
+            a.message
+        );
+        assert!(crate::policy::preloaded_alerts(&policy, ["ext4"], 0).is_empty());
     }
 }

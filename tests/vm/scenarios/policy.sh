@@ -4,7 +4,9 @@
 # loader. Then SIGHUP: a broken policy is refused and the old one stays.
 F=/lib/modtrace-fixtures
 mkdir -p /etc/modprobe.d /etc/modtrace
-printf 'blacklist dummy\ninstall dummy /bin/false\n' > /etc/modprobe.d/modtrace-test.conf
+printf 'blacklist dummy\ninstall dummy /bin/false\nblacklist loop\n' > /etc/modprobe.d/modtrace-test.conf
+# Loaded before modtrace starts, as the initramfs would.
+act modprobe_loop_before /sbin/modprobe loop
 
 watch_start default
 act modprobe_cis /sbin/modprobe udf

@@ -87,6 +87,23 @@ fn check_default_policy(ctx: &mut Ctx, w: &Watched) {
         w.start().and_then(|s| s.pointer("/policy/source")),
         Some(&json!("default")),
     );
+    // loop was loaded before modtrace started despite `blacklist loop`.
+    let start_alerts: Vec<(&str, &str)> = w
+        .records
+        .iter()
+        .filter(|a| a["kind"] == "alert" && a["event_kind"] == "start" && a["event_seq"] == 0)
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap_or("?"),
+                a["message"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    m.check(
+        matches!(start_alerts.as_slice(), [("modprobe.d:blacklist:loop", message)]
+            if message.contains("already loaded when modtrace started")),
+        format!("default: one alert for loop, loaded before start despite its blacklist: {start_alerts:?}"),
+    );
     // modprobe udf: udf itself is on the CIS list, its dependencies are not.
     if let Some(modprobe) = r.action("modprobe_cis") {
         let records = w.by_pid(modprobe.pid);
