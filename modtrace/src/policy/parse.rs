@@ -403,7 +403,9 @@ impl Parser<'_> {
         let mut globs = Vec::new();
         let mut ok = true;
         for pattern in patterns {
-            let mut text = pattern.get_ref().replace("{kernel}", &self.context.kernel);
+            let mut text = pattern
+                .get_ref()
+                .replace("{kernel}", &glob_literal(&self.context.kernel));
             if field == TextField::Module {
                 text = dash_underscore_alike(&text);
             }
@@ -807,6 +809,19 @@ fn dash_underscore_alike(pattern: &str) -> String {
             '-' | '_' if !in_class => out.push_str("[-_]"),
             _ => out.push(c),
         }
+    }
+    out
+}
+
+/// `text` as a glob that matches it literally: a kernel release is a name,
+/// not a pattern (and in replay it comes from the capture).
+fn glob_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "?*[]{}\\,".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
     }
     out
 }

@@ -751,3 +751,18 @@ fn a_regex_too_large_for_the_set_is_an_error_not_a_dropped_condition() {
         "{err}"
     );
 }
+
+#[test]
+fn the_kernel_release_is_a_literal_in_globs() {
+    let in_tree = "[[rule]]\nid = \"r\"\nseverity = \"low\"\nwhen = { path = \"/lib/modules/{kernel}/**\" }\n";
+    let mut record = finit();
+    record["args"]["file"]["path"] = json!("/lib/modules/6.1*[x/a.ko");
+    for (kernel, hit) in [("6.1*[x", true), ("6.1*", false), ("6.1?[x", false)] {
+        let context = Context {
+            kernel: kernel.into(),
+            check_owner: false,
+        };
+        let policy = Policy::from_text(in_tree, "p", &context).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hits(&policy, &record), hit, "{kernel}");
+    }
+}
