@@ -4,7 +4,7 @@
 use std::{borrow::Cow, collections::HashSet, fmt, ops::Range, path::Path, sync::Arc};
 
 use globset::{GlobBuilder, GlobSetBuilder};
-use regex::RegexSetBuilder;
+use regex::{RegexBuilder, RegexSetBuilder};
 use toml::{
     de::{DeTable, DeValue},
     Spanned,
@@ -379,9 +379,9 @@ impl Parser<'_> {
         let patterns = self.non_empty_strings(value)?;
         let source: Vec<String> = patterns.iter().map(|p| p.get_ref().to_string()).collect();
         let (matcher, globs) = if regex {
-            (self.regexes(field, &patterns)?, Vec::new())
+            (self.regexes(field, &patterns, value)?, Vec::new())
         } else {
-            self.globs(field, &patterns)?
+            self.globs(field, &patterns, value)?
         };
         Some(Condition::Text {
             field,
@@ -397,12 +397,15 @@ impl Parser<'_> {
         &mut self,
         field: TextField,
         patterns: &[Spanned<Cow<str>>],
+        value: &Item,
     ) -> Option<(Matcher, Vec<globset::Glob>)> {
         let mut set = GlobSetBuilder::new();
         let mut globs = Vec::new();
         let mut ok = true;
         for pattern in patterns {
-            let mut text = pattern.get_ref().replace("{kernel}", &self.context.kernel);
+            let mut text = pattern
+                .get_ref()
+                .replace("{kernel}", &glob_literal(&self.context.kernel));
             if field == TextField::Module {
                 text = dash_underscore_alike(&text);
             }
@@ -424,11 +427,27 @@ impl Parser<'_> {
                 }
             }
         }
-        let set = set.build().ok()?;
-        ok.then_some((Matcher::Glob(set), globs))
+        if !ok {
+            return None;
+        }
+        match set.build() {
+            Ok(set) => Some((Matcher::Glob(set), globs)),
+            Err(err) => {
+                self.error(
+                    value.span(),
+                    format!("these globs are too large together: {}", glob_reason(&err)),
+                );
+                None
+            }
+        }
     }
 
-    fn regexes(&mut self, field: TextField, patterns: &[Spanned<Cow<str>>]) -> Option<Matcher> {
+    fn regexes(
+        &mut self,
+        field: TextField,
+        patterns: &[Spanned<Cow<str>>],
+        value: &Item,
+    ) -> Option<Matcher> {
         let mut anchored = Vec::new();
         for pattern in patterns {
             let mut text = pattern.get_ref().to_string();
@@ -438,7 +457,12 @@ impl Parser<'_> {
             // Each regex must match the whole value: an allow-list written as
             // `ext4` must not also allow `myext4rootkit`.
             let text = format!("^(?:{text})$");
-            if let Err(err) = regex::Regex::new(&text) {
+            // The same limit as the set below: a regex that compiles alone
+            // but not in the set would otherwise vanish from the rule.
+            if let Err(err) = RegexBuilder::new(&text)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+            {
                 self.error(
                     pattern.span(),
                     format!("bad regex {:?}: {}", pattern.get_ref(), regex_reason(&err)),
@@ -447,11 +471,22 @@ impl Parser<'_> {
             }
             anchored.push(text);
         }
-        RegexSetBuilder::new(anchored)
-            .size_limit(1 << 22)
+        match RegexSetBuilder::new(anchored)
+            .size_limit(REGEX_SIZE_LIMIT)
             .build()
-            .ok()
-            .map(Matcher::Regex)
+        {
+            Ok(set) => Some(Matcher::Regex(set)),
+            Err(err) => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "these regexes are too large together: {}",
+                        regex_reason(&err)
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn syscalls(&mut self, value: &Item) -> Option<Condition> {
@@ -713,6 +748,9 @@ impl Parser<'_> {
     }
 }
 
+/// The most memory one `*_regex` condition's compiled regexes may take.
+const REGEX_SIZE_LIMIT: usize = 1 << 22;
+
 const CONDITION_KEYS: &[&str] = &[
     "all",
     "any",
@@ -771,6 +809,19 @@ fn dash_underscore_alike(pattern: &str) -> String {
             '-' | '_' if !in_class => out.push_str("[-_]"),
             _ => out.push(c),
         }
+    }
+    out
+}
+
+/// `text` as a glob that matches it literally: a kernel release is a name,
+/// not a pattern (and in replay it comes from the capture).
+fn glob_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "?*[]{}\\,".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
     }
     out
 }

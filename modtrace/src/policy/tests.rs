@@ -730,3 +730,39 @@ fn default_policy_parses() {
     assert_eq!(p.source, "default");
     assert_eq!(p.sha256, sha256_hex(defaults::DEFAULT_POLICY.as_bytes()));
 }
+
+#[test]
+fn a_regex_too_large_for_the_set_is_an_error_not_a_dropped_condition() {
+    // `\w{300}` compiles alone under the regex crate's default limit but not
+    // under the set's: the condition used to vanish, and this allow-list to
+    // allow everything.
+    let err = one_error(&format!(
+        "{HEAD}when = {{ load = true }}\nallow = {{ module_regex = \"\\\\w{{300}}\" }}\n"
+    ));
+    assert!(
+        err.starts_with("p.toml:5:26: bad regex \"\\\\w{300}\": "),
+        "{err}"
+    );
+    let err = one_error(&format!(
+        "{HEAD}when = {{ exe_regex = [\"\\\\w{{40}}\", \"\\\\w{{41}}\", \"\\\\w{{42}}\"] }}\n"
+    ));
+    assert!(
+        err.starts_with("p.toml:4:22: these regexes are too large together: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_kernel_release_is_a_literal_in_globs() {
+    let in_tree = "[[rule]]\nid = \"r\"\nseverity = \"low\"\nwhen = { path = \"/lib/modules/{kernel}/**\" }\n";
+    let mut record = finit();
+    record["args"]["file"]["path"] = json!("/lib/modules/6.1*[x/a.ko");
+    for (kernel, hit) in [("6.1*[x", true), ("6.1*", false), ("6.1?[x", false)] {
+        let context = Context {
+            kernel: kernel.into(),
+            check_owner: false,
+        };
+        let policy = Policy::from_text(in_tree, "p", &context).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hits(&policy, &record), hit, "{kernel}");
+    }
+}
