@@ -98,6 +98,52 @@ impl PolicySource {
     }
 }
 
+/// Longest line kept: the largest records (a load with a big modinfo) are a
+/// few hundred KiB, and a hostile capture must not exhaust memory.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+enum LineRead {
+    End,
+    Line,
+    /// Longer than the limit: `line` holds its start, the rest was skipped.
+    TooLong,
+}
+
+/// `read_until(b'\n')` that keeps at most `limit` bytes of a line and skips
+/// the rest of a longer one.
+fn read_line_bounded(
+    input: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<LineRead> {
+    let mut seen = 0usize;
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(match seen {
+                0 => LineRead::End,
+                _ if seen > limit => LineRead::TooLong,
+                _ => LineRead::Line,
+            });
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(end) => (end + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = limit.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..take.min(room)]);
+        seen += take;
+        input.consume(take);
+        if done {
+            return Ok(if seen > limit {
+                LineRead::TooLong
+            } else {
+                LineRead::Line
+            });
+        }
+    }
+}
+
 pub struct Replay<'a, W: Write, D: Write> {
     pub file: &'a str,
     pub format: Format,
@@ -119,16 +165,27 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
         let mut line = Vec::new();
         loop {
             line.clear();
-            let read = input
-                .read_until(b'\n', &mut line)
-                .map_err(|source| ReplayError::Read {
-                    file: self.file.to_owned(),
-                    source,
+            let read =
+                read_line_bounded(&mut input, &mut line, MAX_LINE_BYTES).map_err(|source| {
+                    ReplayError::Read {
+                        file: self.file.to_owned(),
+                        source,
+                    }
                 })?;
-            if read == 0 {
-                break;
-            }
+            let too_long = match read {
+                LineRead::End => break,
+                LineRead::Line => false,
+                LineRead::TooLong => true,
+            };
             summary.lines += 1;
+            if too_long {
+                summary.malformed += 1;
+                self.report(
+                    summary.lines,
+                    &format!("longer than {MAX_LINE_BYTES} bytes (no record is)"),
+                )?;
+                continue;
+            }
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -274,6 +331,23 @@ mod tests {
                 "{diagnostics}"
             );
         }
+    }
+
+    #[test]
+    fn lines_are_read_up_to_a_limit_and_longer_ones_skipped_whole() {
+        let mut input = io::Cursor::new(b"abc\n0123456789\nxy".to_vec());
+        let mut line = Vec::new();
+        let mut next = |line: &mut Vec<u8>| {
+            line.clear();
+            read_line_bounded(&mut input, line, 5).unwrap()
+        };
+        assert!(matches!(next(&mut line), LineRead::Line));
+        assert_eq!(line, b"abc\n");
+        assert!(matches!(next(&mut line), LineRead::TooLong));
+        assert_eq!(line, b"01234");
+        assert!(matches!(next(&mut line), LineRead::Line));
+        assert_eq!(line, b"xy");
+        assert!(matches!(next(&mut line), LineRead::End));
     }
 
     #[test]

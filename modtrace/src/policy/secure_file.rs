@@ -15,6 +15,8 @@ pub enum SecureFileError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path} is not a regular file")]
     NotAFile { path: PathBuf },
+    #[error("{path} is larger than {limit} bytes; no policy or hash list is that big")]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("refusing {path}: it is owned by uid {uid}, not root, so that user could change what modtrace alerts on; run `chown root {path}`")]
     NotRootOwned { path: PathBuf, uid: u32 },
     #[error("refusing {path}: its mode {mode:04o} lets group or others write it, so they could change what modtrace alerts on; run `chmod go-w {path}`")]
@@ -25,6 +27,10 @@ pub enum SecureFileError {
 /// group nor others may write it. The checks use the opened file, so the file
 /// cannot be swapped between check and read.
 pub fn read(path: &Path, check_owner: bool) -> Result<String, SecureFileError> {
+    read_at_most(path, check_owner, MAX_BYTES)
+}
+
+fn read_at_most(path: &Path, check_owner: bool, limit: u64) -> Result<String, SecureFileError> {
     let read_error = |source| SecureFileError::Read {
         path: path.into(),
         source,
@@ -38,9 +44,21 @@ pub fn read(path: &Path, check_owner: bool) -> Result<String, SecureFileError> {
         check(path, meta.uid(), meta.mode())?;
     }
     let mut text = String::new();
-    file.read_to_string(&mut text).map_err(read_error)?;
+    (&mut file)
+        .take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > limit {
+        return Err(SecureFileError::TooLarge {
+            path: path.into(),
+            limit,
+        });
+    }
     Ok(text)
 }
+
+/// Largest policy or hash-list file read: a million sha256 lines fit.
+const MAX_BYTES: u64 = 128 << 20;
 
 /// The ownership rule alone, for callers that only want to warn.
 pub fn check(path: &Path, uid: u32, mode: u32) -> Result<(), SecureFileError> {
@@ -62,6 +80,16 @@ pub fn check(path: &Path, uid: u32, mode: u32) -> Result<(), SecureFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_without_reading_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        std::fs::write(&path, "x".repeat(11)).unwrap();
+        assert_eq!(read_at_most(&path, false, 11).unwrap().len(), 11);
+        let text = read_at_most(&path, false, 10).unwrap_err().to_string();
+        assert!(text.contains("larger than 10 bytes"), "{text}");
+    }
 
     #[test]
     fn root_owned_and_not_writable_by_others_is_accepted() {
