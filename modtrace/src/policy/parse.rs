@@ -3,7 +3,6 @@
 //! that one `policy check` run lists them all.
 use std::{borrow::Cow, collections::HashSet, fmt, ops::Range, path::Path, sync::Arc};
 
-use globset::{GlobBuilder, GlobSetBuilder};
 use regex::RegexSetBuilder;
 use toml::{
     de::{DeTable, DeValue},
@@ -13,6 +12,7 @@ use toml::{
 use super::{
     condition::{Condition, FlagField, IdField, Matcher, Outcome, Pattern, TextField, TimeWindow},
     event::Syscall,
+    glob::{dash_underscore_alike, Glob, Globs},
     secure_file, Action, Message, Rule, Severity,
 };
 
@@ -378,43 +378,24 @@ impl Parser<'_> {
     fn text_condition(&mut self, field: TextField, regex: bool, value: &Item) -> Option<Condition> {
         let patterns = self.non_empty_strings(value)?;
         let source: Vec<String> = patterns.iter().map(|p| p.get_ref().to_string()).collect();
-        let (matcher, globs) = if regex {
-            (self.regexes(field, &patterns)?, Vec::new())
+        let matcher = if regex {
+            self.regexes(field, &patterns)?
         } else {
             self.globs(field, &patterns)?
         };
         Some(Condition::Text {
             field,
-            pattern: Pattern {
-                source,
-                matcher,
-                globs,
-            },
+            pattern: Pattern { source, matcher },
         })
     }
 
-    fn globs(
-        &mut self,
-        field: TextField,
-        patterns: &[Spanned<Cow<str>>],
-    ) -> Option<(Matcher, Vec<globset::Glob>)> {
-        let mut set = GlobSetBuilder::new();
+    fn globs(&mut self, field: TextField, patterns: &[Spanned<Cow<str>>]) -> Option<Matcher> {
         let mut globs = Vec::new();
         let mut ok = true;
         for pattern in patterns {
-            let mut text = pattern.get_ref().replace("{kernel}", &self.context.kernel);
-            if field == TextField::Module {
-                text = dash_underscore_alike(&text);
-            }
-            match GlobBuilder::new(&text)
-                .literal_separator(field.is_path())
-                .backslash_escape(true)
-                .build()
-            {
-                Ok(glob) => {
-                    globs.push(glob.clone());
-                    set.add(glob);
-                }
+            let text = pattern.get_ref().replace("{kernel}", &self.context.kernel);
+            match Glob::new(&text, field) {
+                Ok(glob) => globs.push(glob),
                 Err(err) => {
                     ok = false;
                     self.error(
@@ -424,8 +405,8 @@ impl Parser<'_> {
                 }
             }
         }
-        let set = set.build().ok()?;
-        ok.then_some((Matcher::Glob(set), globs))
+        let globs = Globs::new(globs).ok()?;
+        ok.then_some(Matcher::Glob(globs))
     }
 
     fn regexes(&mut self, field: TextField, patterns: &[Spanned<Cow<str>>]) -> Option<Matcher> {
@@ -739,40 +720,6 @@ fn text_field(key: &str) -> Option<(TextField, bool)> {
         .iter()
         .find(|(k, _)| *k == name)
         .map(|(_, f)| (*f, regex))
-}
-
-/// Rewrites a module-name pattern so that `-` and `_` outside character
-/// classes each match either, as the kernel treats them alike.
-fn dash_underscore_alike(pattern: &str) -> String {
-    let mut out = String::with_capacity(pattern.len() + 8);
-    let mut in_class = false;
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                let next = chars.next();
-                match next {
-                    Some('-' | '_') if !in_class => out.push_str("[-_]"),
-                    Some(n) => {
-                        out.push('\\');
-                        out.push(n);
-                    }
-                    None => out.push('\\'),
-                }
-            }
-            '[' if !in_class => {
-                in_class = true;
-                out.push(c);
-            }
-            ']' if in_class => {
-                in_class = false;
-                out.push(c);
-            }
-            '-' | '_' if !in_class => out.push_str("[-_]"),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 fn glob_reason(err: &globset::Error) -> String {
