@@ -1,5 +1,6 @@
 //! Project tasks cargo cannot do alone: set-up of a fresh machine, the whole test
-//! suite, running the collector, and the VM matrix.
+//! suite, running the collector, the VM matrix, and benchmarks.
+mod bench;
 mod setup;
 mod sh;
 mod vm;
@@ -29,6 +30,11 @@ enum Task {
     },
     /// Boot Debian kernels in QEMU and run the real-module scenarios.
     VmTest(vm::VmTestArgs),
+    /// Set up, run the workspace's criterion benches, then print the median of each.
+    Bench {
+        /// Only benchmarks whose name contains this (criterion's filter).
+        filter: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -57,6 +63,10 @@ fn main() -> Result<()> {
         Task::VmTest(args) => {
             setup::run()?;
             vm::run(&args)
+        }
+        Task::Bench { filter } => {
+            setup::run()?;
+            bench::run(filter.as_deref())
         }
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! A condition about a field the record lacks is false, so a rule written for
 //! fields a later schema adds (module analysis, cause) stays quiet until then.
-use std::{collections::HashSet, fmt, sync::Arc};
+use std::{borrow::Cow, collections::HashSet, fmt, sync::Arc};
 
-use chrono::{Datelike, Timelike};
-use globset::GlobSet;
 use regex::RegexSet;
 use serde_json::Value;
 
-use super::event::{normalise_module_name, Event, Syscall};
+use super::{
+    event::{normalise_module_name, Clock, Event, Field, Fields, Syscall},
+    glob::{Globs, Text},
+};
 
 #[derive(Debug, Clone)]
 pub enum Condition {
@@ -43,38 +44,20 @@ pub struct Pattern {
     /// As written, for explanations.
     pub source: Vec<String>,
     pub matcher: Matcher,
-    /// The globs of a glob matcher one by one, so that the policy can merge
-    /// them with other rules' into one set per field.
-    pub globs: Vec<globset::Glob>,
 }
 
 #[derive(Debug, Clone)]
 pub enum Matcher {
-    Glob(GlobSet),
+    Glob(Globs),
     Regex(RegexSet),
 }
 
 impl Pattern {
-    fn is_match(&self, text: &str) -> bool {
+    fn is_match(&self, text: Text) -> bool {
         match &self.matcher {
-            Matcher::Glob(set) => set.is_match(text),
-            Matcher::Regex(set) => set.is_match(text),
+            Matcher::Glob(globs) => globs.is_match(text),
+            Matcher::Regex(set) => set.is_match(text.raw),
         }
-    }
-
-    /// Names this pattern matches exactly, when it is a list of plain names
-    /// (no wildcard): such rules are found through an index, not a scan.
-    pub fn literals(&self) -> Option<Vec<String>> {
-        if !matches!(self.matcher, Matcher::Glob(_)) {
-            return None;
-        }
-        self.source
-            .iter()
-            .map(|p| {
-                (!p.contains(['*', '?', '[', ']', '{', '}', '\\']))
-                    .then(|| normalise_module_name(p).into_owned())
-            })
-            .collect()
     }
 }
 
@@ -132,44 +115,68 @@ impl TextField {
         )
     }
 
-    fn json_path(self) -> &'static [&'static str] {
+    /// The record field holding the value; the module's name falls back to
+    /// other fields (see [`Event::module`]).
+    fn field(self) -> Field {
         match self {
-            TextField::Module => &["module", "name"],
-            TextField::Path => &["args", "file", "path"],
-            TextField::Exe => &["process", "exe"],
-            TextField::Comm => &["process", "comm"],
-            TextField::ParentExe | TextField::AncestorExe => &["parent", "exe"],
-            TextField::Cgroup => &["process", "cgroup"],
-            TextField::Container => &["process", "container_id"],
-            TextField::Request => &["cause", "request"],
-            TextField::Params => &["args", "params", "value"],
-            TextField::Signer => &["module", "image", "signature", "signer"],
-            TextField::License => &["module", "image", "modinfo", "license"],
+            TextField::Module => Field::ModuleName,
+            TextField::Path => Field::Path,
+            TextField::Exe => Field::Exe,
+            TextField::Comm => Field::Comm,
+            TextField::ParentExe | TextField::AncestorExe => Field::ParentExe,
+            TextField::Cgroup => Field::Cgroup,
+            TextField::Container => Field::Container,
+            TextField::Request => Field::Request,
+            TextField::Params => Field::Params,
+            TextField::Signer => Field::Signer,
+            TextField::License => Field::License,
+        }
+    }
+
+    fn reads(self) -> Fields {
+        match self {
+            TextField::AncestorExe => Fields::of(&[Field::ParentExe, Field::Ancestors]),
+            other => Fields::of(&[other.field()]),
+        }
+    }
+
+    /// `value` spelt as this field's values are compared.
+    pub fn comparable(self, value: &str) -> Cow<'_, str> {
+        match self {
+            TextField::Module => normalise_module_name(value),
+            _ => Cow::Borrowed(value),
         }
     }
 
     /// Calls `test` on each value of this field until it returns true.
-    pub fn any_value(self, event: &Event, test: impl FnMut(&str) -> bool) -> bool {
+    pub fn any_value(self, event: &Event, mut test: impl FnMut(Text) -> bool) -> bool {
         match self {
-            TextField::Module => event.module().is_some_and(test),
+            TextField::Module => event
+                .module()
+                .zip(event.module_key())
+                .is_some_and(|(raw, key)| test(Text { raw, key })),
             TextField::AncestorExe => {
-                let parent = event.str_at(self.json_path());
+                let parent = event.text(Field::ParentExe);
                 let ancestors = event
-                    .at(&["process", "ancestors"])
+                    .get(Field::Ancestors)
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
                     .filter_map(|a| a.get("exe")?.as_str());
-                parent.into_iter().chain(ancestors).any(test)
+                parent
+                    .into_iter()
+                    .chain(ancestors)
+                    .map(Text::plain)
+                    .any(test)
             }
-            _ => event.str_at(self.json_path()).is_some_and(test),
+            _ => event.text(self.field()).map(Text::plain).is_some_and(test),
         }
     }
 
     fn values(self, event: &Event) -> Vec<String> {
         let mut out = Vec::new();
         self.any_value(event, |v| {
-            out.push(v.to_owned());
+            out.push(v.raw.to_owned());
             false
         });
         out
@@ -192,12 +199,12 @@ impl FlagField {
         ("unlinked", FlagField::Unlinked),
     ];
 
-    fn json_path(self) -> &'static [&'static str] {
+    fn field(self) -> Field {
         match self {
-            FlagField::Signed => &["module", "image", "signature", "signed"],
-            FlagField::Intree => &["module", "image", "modinfo", "intree"],
-            FlagField::Memfd => &["args", "file", "memfd"],
-            FlagField::Unlinked => &["args", "file", "unlinked"],
+            FlagField::Signed => Field::Signed,
+            FlagField::Intree => Field::Intree,
+            FlagField::Memfd => Field::Memfd,
+            FlagField::Unlinked => Field::Unlinked,
         }
     }
 }
@@ -216,11 +223,11 @@ impl IdField {
         ("euid", IdField::Euid),
     ];
 
-    fn json_path(self) -> &'static [&'static str] {
+    fn field(self) -> Field {
         match self {
-            IdField::Uid => &["process", "uid"],
-            IdField::Auid => &["process", "auid"],
-            IdField::Euid => &["process", "euid"],
+            IdField::Uid => Field::Uid,
+            IdField::Auid => Field::Auid,
+            IdField::Euid => Field::Euid,
         }
     }
 }
@@ -272,13 +279,7 @@ pub struct TimeWindow {
 }
 
 impl TimeWindow {
-    fn contains(&self, ts: &str) -> bool {
-        let Ok(time) = chrono::DateTime::parse_from_rfc3339(ts) else {
-            return false;
-        };
-        let time = time.with_timezone(&chrono::Utc);
-        let minute = time.hour() * 60 + time.minute();
-        let day_bit = 1u8 << time.weekday().num_days_from_monday();
+    fn contains(&self, Clock { minute, day_bit }: Clock) -> bool {
         let in_day = if self.from <= self.to {
             (self.from..self.to).contains(&minute)
         } else {
@@ -299,25 +300,48 @@ impl Condition {
                 field.any_value(event, |value| pattern.is_match(value))
             }
             Condition::PathPrefix(prefixes) => event
-                .str_at(TextField::Path.json_path())
+                .text(Field::Path)
                 .is_some_and(|path| prefixes.iter().any(|p| path.starts_with(p.as_str()))),
             Condition::Flag { field, value } => {
-                event.at(field.json_path()).and_then(Value::as_bool) == Some(*value)
+                event.get(field.field()).and_then(Value::as_bool) == Some(*value)
             }
             Condition::Id { field, values } => event
-                .at(field.json_path())
+                .get(field.field())
                 .and_then(Value::as_u64)
                 .is_some_and(|id| values.contains(&id)),
-            Condition::Taint(letters) => {
-                taint_letters(event).is_some_and(|have| have.chars().any(|c| letters.contains(c)))
-            }
-            Condition::Sha256(set) => event
-                .str_at(&["module", "image", "sha256"])
-                .is_some_and(|hash| set.contains(&hash.to_ascii_lowercase())),
+            Condition::Taint(letters) => event
+                .get(Field::Taint)
+                .is_some_and(|taint| has_taint_letter(taint, letters)),
+            Condition::Sha256(set) => event.text(Field::Sha256).is_some_and(|hash| {
+                if hash.bytes().any(|b| b.is_ascii_uppercase()) {
+                    set.contains(&hash.to_ascii_lowercase())
+                } else {
+                    set.contains(hash)
+                }
+            }),
             Condition::Result(outcomes) => event
-                .at(&["result"])
+                .get(Field::Result)
                 .is_some_and(|result| outcomes.iter().any(|o| o.holds(result))),
-            Condition::Time(window) => event.str_at(&["ts"]).is_some_and(|ts| window.contains(ts)),
+            Condition::Time(window) => event.clock().is_some_and(|clock| window.contains(clock)),
+        }
+    }
+
+    /// The fields of a record this condition reads.
+    pub fn reads(&self) -> Fields {
+        match self {
+            Condition::All(items) | Condition::Any(items) => items
+                .iter()
+                .fold(Fields::NONE, |reads, item| reads.or(item.reads())),
+            Condition::Not(inner) => inner.reads(),
+            Condition::Syscall(_) => Fields::NONE,
+            Condition::Text { field, .. } => field.reads(),
+            Condition::PathPrefix(_) => Fields::of(&[Field::Path]),
+            Condition::Flag { field, .. } => Fields::of(&[field.field()]),
+            Condition::Id { field, .. } => Fields::of(&[field.field()]),
+            Condition::Taint(_) => Fields::of(&[Field::Taint]),
+            Condition::Sha256(_) => Fields::of(&[Field::Sha256]),
+            Condition::Result(_) => Fields::of(&[Field::Result]),
+            Condition::Time(_) => Fields::of(&[Field::Time]),
         }
     }
 
@@ -348,13 +372,13 @@ impl Condition {
                 [one] => Value::from(one.as_str()).to_string(),
                 many => Value::from(many.to_vec()).to_string(),
             },
-            Condition::PathPrefix(_) => json_or_absent(event.at(TextField::Path.json_path())),
-            Condition::Flag { field, .. } => json_or_absent(event.at(field.json_path())),
-            Condition::Id { field, .. } => json_or_absent(event.at(field.json_path())),
-            Condition::Taint(_) => json_or_absent(event.at(&["module", "taint"])),
-            Condition::Sha256(_) => json_or_absent(event.at(&["module", "image", "sha256"])),
-            Condition::Result(_) => json_or_absent(event.at(&["result"])),
-            Condition::Time(_) => json_or_absent(event.at(&["ts"])),
+            Condition::PathPrefix(_) => json_or_absent(event.get(Field::Path)),
+            Condition::Flag { field, .. } => json_or_absent(event.get(field.field())),
+            Condition::Id { field, .. } => json_or_absent(event.get(field.field())),
+            Condition::Taint(_) => json_or_absent(event.get(Field::Taint)),
+            Condition::Sha256(_) => json_or_absent(event.get(Field::Sha256)),
+            Condition::Result(_) => json_or_absent(event.get(Field::Result)),
+            Condition::Time(_) => json_or_absent(event.get(Field::Time)),
         };
         format!(" (value: {shown})")
     }
@@ -364,14 +388,20 @@ fn json_or_absent(value: Option<&Value>) -> String {
     value.map_or_else(|| "absent".into(), Value::to_string)
 }
 
-/// `module.taint` as letters: the record's `{"letters":"OE",…}`, or "OE",
-/// or ["O","E"].
-fn taint_letters(event: &Event) -> Option<String> {
-    match event.at(&["module", "taint"])? {
-        Value::Object(taint) => taint.get("letters")?.as_str().map(str::to_owned),
-        Value::String(s) => Some(s.clone()),
-        Value::Array(items) => Some(items.iter().filter_map(Value::as_str).collect()),
-        _ => None,
+/// Whether `module.taint` has any of `letters`; it is the record's
+/// `{"letters":"OE",…}`, or "OE", or ["O","E"].
+fn has_taint_letter(taint: &Value, letters: &str) -> bool {
+    let any_of = |have: &str| have.chars().any(|c| letters.contains(c));
+    match taint {
+        // Of three members, found faster by a walk than by hashing the key.
+        Value::Object(taint) => taint
+            .iter()
+            .find(|(key, _)| *key == "letters")
+            .and_then(|(_, letters)| letters.as_str())
+            .is_some_and(any_of),
+        Value::String(have) => any_of(have),
+        Value::Array(items) => items.iter().filter_map(Value::as_str).any(any_of),
+        _ => false,
     }
 }
 

@@ -4,15 +4,22 @@
 //! the same value `watch` writes and `replay` reads, so that a policy judges a
 //! recorded capture exactly as it would have judged the live events.
 //! The file format is described in docs/policy.md.
+//!
+//! A policy is compiled for speed once: it knows which record fields its
+//! rules read (an [`Event`] takes only those, in one walk over the record),
+//! and it indexes each rule that requires a glob or path prefix by that glob,
+//! so that per event only the rules a value can match, and the few rules
+//! that require nothing indexable, are checked.
 pub mod commands;
 pub mod condition;
 pub mod defaults;
 pub mod event;
+mod glob;
 pub mod modprobe_d;
 mod parse;
 pub mod secure_file;
 
-use std::{collections::HashMap, fmt, path::Path};
+use std::{fmt, path::Path};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -20,8 +27,9 @@ use sha2::{Digest, Sha256};
 
 pub use self::parse::{line_column, Context, ParseError};
 use self::{
-    condition::{Condition, TextField},
-    event::{normalise_module_name, Event, Syscall},
+    condition::{Condition, Matcher, Pattern, TextField},
+    event::{Event, Fields, Syscall},
+    glob::{Glob, GlobIndex, GlobIndexBuilder, Shape},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -186,27 +194,51 @@ impl Rule {
         }
     }
 
-    /// Module names that the rule requires, when its `when` names them as a
-    /// plain list: such a rule can only match events for those names.
-    fn required_modules(&self) -> Option<Vec<String>> {
-        self.conjuncts().iter().find_map(|c| match c {
-            Condition::Text {
-                field: TextField::Module,
-                pattern,
-            } => pattern.literals(),
-            _ => None,
-        })
+    /// The field and globs of a condition that `when` requires, for the
+    /// index: the rule can only match events with a value matching one of
+    /// these. Of several, the one that is cheapest to look up.
+    fn index_entry(&self) -> Option<(TextField, Vec<Glob>)> {
+        self.conjuncts()
+            .iter()
+            .filter_map(|c| match c {
+                Condition::Text {
+                    field,
+                    pattern:
+                        Pattern {
+                            matcher: Matcher::Glob(globs),
+                            ..
+                        },
+                } => Some((*field, globs.globs().to_vec())),
+                Condition::PathPrefix(prefixes) => {
+                    let globs = prefixes.iter().map(|prefix| {
+                        Glob::Simple(Shape::Prefix {
+                            prefix: prefix.clone(),
+                            crosses: true,
+                        })
+                    });
+                    Some((TextField::Path, globs.collect()))
+                }
+                _ => None,
+            })
+            .min_by_key(|(field, globs)| {
+                let compiled = globs.iter().any(|g| matches!(g, Glob::Compiled(_)));
+                (compiled, *field != TextField::Module)
+            })
     }
 
-    /// A glob condition the rule requires: the rule can only match events
-    /// whose field matches one of these globs.
-    fn required_globs(&self) -> Option<(TextField, &[globset::Glob])> {
-        self.conjuncts().iter().find_map(|c| match c {
-            Condition::Text { field, pattern } if !pattern.globs.is_empty() => {
-                Some((*field, pattern.globs.as_slice()))
-            }
-            _ => None,
-        })
+    /// The fields of a record the rule reads.
+    fn reads(&self) -> Fields {
+        let allow = self.allow.as_ref().map_or(Fields::NONE, Condition::reads);
+        self.when.reads().or(allow)
+    }
+
+    fn matched(&self, event: &Event) -> Match {
+        Match {
+            rule: self.id.clone(),
+            severity: self.severity,
+            action: self.action,
+            message: self.message_for(event),
+        }
     }
 
     fn message_for(&self, event: &Event) -> String {
@@ -331,7 +363,7 @@ pub fn preloaded_alerts<'a>(
 ) -> Vec<Alert> {
     let loaded: Vec<String> = loaded
         .into_iter()
-        .map(|name| normalise_module_name(name).into_owned())
+        .map(|name| event::normalise_module_name(name).into_owned())
         .collect();
     policy
         .rules()
@@ -379,46 +411,17 @@ pub enum PolicyError {
 
 pub struct Policy {
     rules: Vec<Rule>,
-    /// Rules that name their modules, by normalised name.
-    by_module: HashMap<String, Vec<usize>>,
-    /// Rules that require a glob on some field, one merged set per field:
-    /// one pass over the field's value finds every such rule worth checking.
-    by_glob: Vec<FieldGlobs>,
+    /// The fields of a record that the enabled rules read.
+    reads: Fields,
+    /// Rules that require a glob or a path prefix on some field, one index
+    /// per field.
+    indexes: Vec<GlobIndex>,
     /// Every other enabled rule, checked for each event.
     scan: Vec<usize>,
     /// Of the policy text, to tell which policy judged a capture.
     pub sha256: String,
     /// The file the policy came from, or "default".
     pub source: String,
-}
-
-struct FieldGlobs {
-    field: TextField,
-    set: globset::GlobSet,
-    /// The rule of each glob in `set`.
-    rules: Vec<usize>,
-}
-
-impl FieldGlobs {
-    fn candidates(&self, event: &Event, matched: &mut Vec<usize>, out: &mut Vec<usize>) {
-        self.field.any_value(event, |value| {
-            self.set.matches_into(value, matched);
-            out.extend(matched.iter().map(|&glob| self.rules[glob]));
-            false
-        });
-    }
-}
-
-/// Merges each field's required globs into one set.
-fn merge_globs(groups: Vec<(TextField, globset::GlobSetBuilder, Vec<usize>)>) -> Vec<FieldGlobs> {
-    groups
-        .into_iter()
-        .filter_map(|(field, builder, rules)| {
-            // Each glob built alone already; the merge cannot fail on them.
-            let set = builder.build().ok()?;
-            Some(FieldGlobs { field, set, rules })
-        })
-        .collect()
 }
 
 impl fmt::Debug for Policy {
@@ -475,38 +478,41 @@ impl Policy {
     }
 
     pub fn from_rules(rules: Vec<Rule>, sha256: &str, source: &str) -> Self {
-        let mut by_module: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut groups: Vec<(TextField, globset::GlobSetBuilder, Vec<usize>)> = Vec::new();
+        let mut reads = Fields::NONE;
+        let mut groups: Vec<(GlobIndexBuilder, Vec<usize>)> = Vec::new();
         let mut scan = Vec::new();
         for (index, rule) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
-            if let Some(names) = rule.required_modules() {
-                for name in names {
-                    let slot = by_module.entry(name).or_default();
-                    if slot.last() != Some(&index) {
-                        slot.push(index);
-                    }
-                }
-            } else if let Some((field, globs)) = rule.required_globs() {
-                let position = match groups.iter().position(|(f, _, _)| *f == field) {
-                    Some(position) => position,
-                    None => {
-                        groups.push((field, globset::GlobSetBuilder::new(), Vec::new()));
-                        groups.len() - 1
-                    }
-                };
-                let (_, builder, owners) = &mut groups[position];
-                for glob in globs {
-                    builder.add(glob.clone());
-                    owners.push(index);
-                }
-            } else {
+            reads = reads.or(rule.reads());
+            let Some((field, globs)) = rule.index_entry() else {
                 scan.push(index);
+                continue;
+            };
+            let position = match groups.iter().position(|(g, _)| g.field() == field) {
+                Some(position) => position,
+                None => {
+                    groups.push((GlobIndexBuilder::new(field), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            let (builder, indexed) = &mut groups[position];
+            for glob in &globs {
+                builder.add(glob, index);
+            }
+            indexed.push(index);
+        }
+        let mut indexes = Vec::new();
+        for (builder, indexed) in groups {
+            match builder.build() {
+                Ok(index) => indexes.push(index),
+                // Past globset's size limits the rules are checked one by one.
+                Err(_) => scan.extend(indexed),
             }
         }
+        scan.sort_unstable();
         Self {
             rules,
-            by_module,
-            by_glob: merge_globs(groups),
+            reads,
+            indexes,
             scan,
             sha256: sha256.to_owned(),
             source: source.to_owned(),
@@ -529,47 +535,40 @@ impl Policy {
         }
     }
 
-    /// The rules worth checking for `event`, ascending, so that matches
-    /// keep the order of the rules in the file.
-    fn candidates(&self, event: &Event) -> Vec<usize> {
-        let mut candidates = self.scan.clone();
-        if let Some(indexed) = event
-            .module()
-            .and_then(|name| self.by_module.get(normalise_module_name(name).as_ref()))
-        {
-            candidates.extend_from_slice(indexed);
-        }
-        let mut matched = Vec::new();
-        for group in &self.by_glob {
-            group.candidates(event, &mut matched, &mut candidates);
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
-        candidates
-    }
-
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
 
     /// Judges one record; `None` for records that are not syscall records.
     pub fn evaluate(&self, record: &Value) -> Option<Evaluation> {
-        let event = Event::new(record)?;
-        let candidates = self.candidates(&event);
-        let mut matches = Vec::new();
-        let mut verdict = Verdict::None;
-        for index in candidates {
-            let rule = &self.rules[index];
-            if rule.matches(&event) {
-                verdict = verdict.max(rule.action.into());
-                matches.push(Match {
-                    rule: rule.id.clone(),
-                    severity: rule.severity,
-                    action: rule.action,
-                    message: rule.message_for(&event),
-                });
+        let event = Event::new(record, self.reads)?;
+        // Nothing is allocated unless a rule matches.
+        let mut matched = Vec::new();
+        let mut check = |index: usize| {
+            if self.rules[index].matches(&event) {
+                matched.push(index);
             }
+        };
+        self.scan.iter().copied().for_each(&mut check);
+        for index in &self.indexes {
+            index.field.any_value(&event, |value| {
+                index.candidates(value, &mut check);
+                false
+            });
         }
+        // An index may offer a rule twice; matches keep the order of the
+        // rules in the file.
+        matched.sort_unstable();
+        matched.dedup();
+        let matches: Vec<Match> = matched
+            .into_iter()
+            .map(|index| self.rules[index].matched(&event))
+            .collect();
+        let verdict = matches
+            .iter()
+            .map(|m| Verdict::from(m.action))
+            .max()
+            .unwrap_or(Verdict::None);
         Some(Evaluation { verdict, matches })
     }
 
@@ -587,7 +586,7 @@ impl Policy {
     /// For each enabled rule: whether it matched `record`, and why, one line
     /// per condition.
     pub fn explain(&self, record: &Value) -> Option<Vec<(String, bool, Vec<String>)>> {
-        let event = Event::new(record)?;
+        let event = Event::new(record, self.reads)?;
         let explained = self
             .rules
             .iter()

@@ -16,6 +16,7 @@ use tracing::warn;
 use super::{
     condition::{Condition, Matcher, Pattern, TextField},
     event::{normalise_module_name, Event, Syscall},
+    glob::{Glob, Globs},
     Action, Message, Rule, Severity,
 };
 
@@ -146,25 +147,18 @@ pub fn rules(directives: &[Directive]) -> Vec<Rule> {
                 DirectiveKind::Blacklist => ("blacklist", "blacklisted"),
                 DirectiveKind::InstallDisabled(_) => ("install", "disabled by install"),
             };
-            let glob = globset::GlobBuilder::new(&d.module.replace('_', "[-_]"))
-                .build()
-                .ok();
-            let set = glob.clone().map(|g| {
-                let mut set = globset::GlobSetBuilder::new();
-                set.add(g);
-                set.build()
-            });
-            let module_condition = match (glob, set) {
-                (Some(glob), Some(Ok(set))) => Condition::Text {
+            let globs =
+                Glob::new(&d.module, TextField::Module).and_then(|glob| Globs::new(vec![glob]));
+            let module_condition = match globs {
+                Ok(globs) => Condition::Text {
                     field: TextField::Module,
                     pattern: Pattern {
                         source: vec![d.module.clone()],
-                        matcher: Matcher::Glob(set),
-                        globs: vec![glob],
+                        matcher: Matcher::Glob(globs),
                     },
                 },
                 // A name no glob can hold matches nothing; keep the rule visible.
-                _ => Condition::Any(Vec::new()),
+                Err(_) => Condition::Any(Vec::new()),
             };
             Rule::new(
                 format!("modprobe.d:{kind}:{}", d.module),
@@ -382,7 +376,7 @@ mod tests {
             ),
         ];
         for (record, expected) in cases {
-            let event = Event::new(&record).unwrap();
+            let event = Event::new(&record, crate::policy::event::Fields::ALL).unwrap();
             assert_eq!(
                 Bypass::classify(&event, "usb_storage"),
                 expected,

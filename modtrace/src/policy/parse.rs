@@ -3,7 +3,6 @@
 //! that one `policy check` run lists them all.
 use std::{borrow::Cow, collections::HashSet, fmt, ops::Range, path::Path, sync::Arc};
 
-use globset::{GlobBuilder, GlobSetBuilder};
 use regex::{RegexBuilder, RegexSetBuilder};
 use toml::{
     de::{DeTable, DeValue},
@@ -13,6 +12,7 @@ use toml::{
 use super::{
     condition::{Condition, FlagField, IdField, Matcher, Outcome, Pattern, TextField, TimeWindow},
     event::Syscall,
+    glob::{dash_underscore_alike, Glob, Globs},
     secure_file, Action, Message, Rule, Severity,
 };
 
@@ -378,18 +378,14 @@ impl Parser<'_> {
     fn text_condition(&mut self, field: TextField, regex: bool, value: &Item) -> Option<Condition> {
         let patterns = self.non_empty_strings(value)?;
         let source: Vec<String> = patterns.iter().map(|p| p.get_ref().to_string()).collect();
-        let (matcher, globs) = if regex {
-            (self.regexes(field, &patterns, value)?, Vec::new())
+        let matcher = if regex {
+            self.regexes(field, &patterns, value)?
         } else {
             self.globs(field, &patterns, value)?
         };
         Some(Condition::Text {
             field,
-            pattern: Pattern {
-                source,
-                matcher,
-                globs,
-            },
+            pattern: Pattern { source, matcher },
         })
     }
 
@@ -398,26 +394,15 @@ impl Parser<'_> {
         field: TextField,
         patterns: &[Spanned<Cow<str>>],
         value: &Item,
-    ) -> Option<(Matcher, Vec<globset::Glob>)> {
-        let mut set = GlobSetBuilder::new();
+    ) -> Option<Matcher> {
         let mut globs = Vec::new();
         let mut ok = true;
         for pattern in patterns {
-            let mut text = pattern
+            let text = pattern
                 .get_ref()
                 .replace("{kernel}", &glob_literal(&self.context.kernel));
-            if field == TextField::Module {
-                text = dash_underscore_alike(&text);
-            }
-            match GlobBuilder::new(&text)
-                .literal_separator(field.is_path())
-                .backslash_escape(true)
-                .build()
-            {
-                Ok(glob) => {
-                    globs.push(glob.clone());
-                    set.add(glob);
-                }
+            match Glob::new(&text, field) {
+                Ok(glob) => globs.push(glob),
                 Err(err) => {
                     ok = false;
                     self.error(
@@ -430,8 +415,8 @@ impl Parser<'_> {
         if !ok {
             return None;
         }
-        match set.build() {
-            Ok(set) => Some((Matcher::Glob(set), globs)),
+        match Globs::new(globs) {
+            Ok(globs) => Some(Matcher::Glob(globs)),
             Err(err) => {
                 self.error(
                     value.span(),
@@ -748,9 +733,6 @@ impl Parser<'_> {
     }
 }
 
-/// The most memory one `*_regex` condition's compiled regexes may take.
-const REGEX_SIZE_LIMIT: usize = 1 << 22;
-
 const CONDITION_KEYS: &[&str] = &[
     "all",
     "any",
@@ -779,52 +761,8 @@ fn text_field(key: &str) -> Option<(TextField, bool)> {
         .map(|(_, f)| (*f, regex))
 }
 
-/// Rewrites a module-name pattern so that `-` and `_` outside character
-/// classes each match either, as the kernel treats them alike.
-fn dash_underscore_alike(pattern: &str) -> String {
-    let mut out = String::with_capacity(pattern.len() + 8);
-    let mut in_class = false;
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                let next = chars.next();
-                match next {
-                    Some('-' | '_') if !in_class => out.push_str("[-_]"),
-                    Some(n) => {
-                        out.push('\\');
-                        out.push(n);
-                    }
-                    None => out.push('\\'),
-                }
-            }
-            '[' if !in_class => {
-                in_class = true;
-                out.push(c);
-            }
-            ']' if in_class => {
-                in_class = false;
-                out.push(c);
-            }
-            '-' | '_' if !in_class => out.push_str("[-_]"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-/// `text` as a glob that matches it literally: a kernel release is a name,
-/// not a pattern (and in replay it comes from the capture).
-fn glob_literal(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if "?*[]{}\\,".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
+/// The most memory one `*_regex` condition's compiled regexes may take.
+const REGEX_SIZE_LIMIT: usize = 1 << 22;
 
 fn glob_reason(err: &globset::Error) -> String {
     err.kind().to_string()
@@ -876,4 +814,17 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// `text` as a glob that matches it literally: a kernel release is a name,
+/// not a pattern (and in replay it comes from the capture).
+fn glob_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "?*[]{}\\,".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

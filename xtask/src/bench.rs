@@ -1,0 +1,67 @@
+//! `cargo xtask bench`: the workspace's criterion benches, then the median of
+//! each benchmark this run measured (criterion's own summary gives the mean).
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+pub fn run(filter: Option<&str>) -> Result<()> {
+    let started = SystemTime::now();
+    // Default members only: the eBPF crate never builds for the host.
+    let mut args = vec!["bench", "--benches"];
+    if let Some(filter) = filter {
+        args.extend(["--", filter]);
+    }
+    crate::run_cargo(&args)?;
+    let medians = medians_since(&criterion_dir(), started)?;
+    println!("\nmedians of this run:");
+    for (name, nanoseconds) in medians {
+        println!("  {name:<60} {}", human(nanoseconds));
+    }
+    Ok(())
+}
+
+fn criterion_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+    Path::new(&target).join("criterion")
+}
+
+/// (benchmark, median in ns) of every benchmark whose estimates were written
+/// after `since`, so that results of earlier runs are not shown as this one's.
+fn medians_since(dir: &Path, since: SystemTime) -> Result<Vec<(String, f64)>> {
+    let mut medians = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let estimates = entry?.path().join("new/estimates.json");
+        let Ok(modified) = fs::metadata(&estimates).and_then(|m| m.modified()) else {
+            continue;
+        };
+        if modified < since {
+            continue;
+        }
+        let read = |path: &Path| -> Result<Value> {
+            let text =
+                fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        };
+        let benchmark = read(&estimates.with_file_name("benchmark.json"))?;
+        let median = read(&estimates)?["median"]["point_estimate"]
+            .as_f64()
+            .with_context(|| format!("no median in {}", estimates.display()))?;
+        let name = benchmark["full_id"].as_str().unwrap_or("?").to_owned();
+        medians.push((name, median));
+    }
+    medians.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(medians)
+}
+
+fn human(nanoseconds: f64) -> String {
+    if nanoseconds >= 1_000.0 {
+        format!("{:.2} µs", nanoseconds / 1_000.0)
+    } else {
+        format!("{nanoseconds:.0} ns")
+    }
+}
