@@ -56,7 +56,7 @@ pub enum Field {
     Comm,
     /// `process.cgroup`
     Cgroup,
-    /// `process.container_id`
+    /// `process.container.id`
     Container,
     /// `process.uid`
     Uid,
@@ -286,11 +286,13 @@ impl<'a> Event<'a> {
     }
 
     fn read_process(&mut self, process: &'a Value, reads: Fields) {
+        if reads.has(Field::Container) {
+            self.put(Field::Container, value_at(process, &["container", "id"]));
+        }
         self.read_members(process, reads.and(Fields::PROCESS), |key| match key {
             "exe" => Some(Field::Exe),
             "comm" => Some(Field::Comm),
             "cgroup" => Some(Field::Cgroup),
-            "container_id" => Some(Field::Container),
             "uid" => Some(Field::Uid),
             "auid" => Some(Field::Auid),
             "euid" => Some(Field::Euid),
@@ -503,7 +505,7 @@ mod tests {
     #[test]
     fn fields_come_from_their_paths() {
         let record = json!({"kind":"finit_module","ts":"t","result":{"ok":true},
-            "process":{"exe":"e","comm":"c","cgroup":"g","container_id":"k","uid":1,"auid":2,
+            "process":{"exe":"e","comm":"c","cgroup":"g","container":{"runtime":"docker","id":"k"},"uid":1,"auid":2,
                 "euid":3,"ancestors":[{"exe":"a"}]},
             "parent":{"exe":"p"},
             "args":{"file":{"path":"/x.ko","memfd":false,"unlinked":true},"params":{"value":"v"}},

@@ -34,7 +34,7 @@ fn finit() -> Value {
         "process":{"pid":812,"tid":812,"ppid":790,"uid":0,"gid":0,"euid":0,"auid":1000,
             "session":3,"comm":"modprobe","exe":"/usr/bin/kmod","cmdline":["modprobe","sctp"],
             "cgroup_id":4242,"cgroup":"/user.slice/user-1000.slice/session-3.scope",
-            "container_id":"abc123",
+            "container":{"runtime":"docker","id":"abc123","pod_uid":null},
             "ancestors":[{"exe":"/usr/bin/bash"},{"exe":"/usr/sbin/sshd"}]},
         "parent":{"pid":790,"comm":"bash","exe":"/usr/bin/bash","cmdline":["-bash"]},
         "args":{"fd":3,"file":{"path":"/lib/modules/6.1.0-28-amd64/kernel/net/sctp/sctp.ko",

@@ -7,7 +7,11 @@ SCOPE=/system.slice/docker-$ID.scope
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /sys/fs/cgroup$SCOPE
 echo $ID > /tmp/container_id
-watch_start main
+mkdir -p /etc/modtrace
+printf '[policy]\nversion = 1\n\n[[rule]]\nid = "load-in-container"\nseverity = "high"\nwhen = { load = true, container = "4c0ffee0*" }\n' \
+    > /etc/modtrace/policy.toml
+chmod 600 /etc/modtrace/policy.toml
+watch_start main --policy /etc/modtrace/policy.toml
 # modtrace is stopped while the container runs: the loader is gone before its
 # record is read, so its cgroup must come from the id the kernel captured.
 kill -STOP $watch_pid

@@ -67,6 +67,13 @@ pub fn container(ctx: &mut Ctx) {
         Some(format!("/system.slice/docker-{id}.scope").as_str()),
     );
     m.eq(
+        "container: the policy's container rule matched",
+        record
+            .pointer("/policy/matches/0/rule")
+            .and_then(Value::as_str),
+        Some("load-in-container"),
+    );
+    m.eq(
         "container: process.container",
         &p["container"],
         &json!({"runtime": "docker", "id": id, "pod_uid": null}),
