@@ -8,6 +8,12 @@ act sha_plain sha256sum $F/dummy.ko
 act sha_xz sha256sum $F/dummy.ko.xz
 act sha_unsigned sha256sum $F/dummy-unsigned.ko
 act tainted_before cat /proc/sys/kernel/tainted
+# kmod's own reading of the files, to hold modtrace's parser against.
+act modinfo_plain /sbin/modinfo $F/dummy.ko
+act modinfo_unsigned /sbin/modinfo $F/dummy-unsigned.ko
+act size_plain wc -c $F/dummy.ko
+act size_xz wc -c $F/dummy.ko.xz
+act size_unsigned wc -c $F/dummy-unsigned.ko
 watch_start main
 act insmod_plain /sbin/insmod $F/dummy.ko
 act rmmod_plain /sbin/rmmod dummy

@@ -13,16 +13,40 @@ const FIXTURES: &str = "/lib/modtrace-fixtures";
 /// TAINT_UNSIGNED_MODULE, bit 13 of /proc/sys/kernel/tainted.
 const TAINT_E: u64 = 1 << 13;
 
-/// (action, file loaded, the sha256 action of that file).
-const LOADS: &[(&str, &str, &str)] = &[
-    ("insmod_plain", "dummy.ko", "sha_plain"),
-    ("insmod_xz", "dummy.ko.xz", "sha_xz"),
-    ("insmod_unsigned", "dummy-unsigned.ko", "sha_unsigned"),
+/// (action, file loaded, the sha256 action of that file, kmod's modinfo of
+/// what it decompresses to, the size action of the file).
+const LOADS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "insmod_plain",
+        "dummy.ko",
+        "sha_plain",
+        "modinfo_plain",
+        "size_plain",
+    ),
+    (
+        "insmod_xz",
+        "dummy.ko.xz",
+        "sha_xz",
+        "modinfo_plain",
+        "size_xz",
+    ),
+    (
+        "insmod_unsigned",
+        "dummy-unsigned.ko",
+        "sha_unsigned",
+        "modinfo_unsigned",
+        "size_unsigned",
+    ),
 ];
 
 pub fn identity(ctx: &mut Ctx) {
     for label in [
         "init_comm",
+        "modinfo_plain",
+        "modinfo_unsigned",
+        "size_plain",
+        "size_xz",
+        "size_unsigned",
         "sha_plain",
         "sha_xz",
         "sha_unsigned",
@@ -42,7 +66,7 @@ pub fn identity(ctx: &mut Ctx) {
         expect_rc(ctx, label, 0);
     }
     let r = ctx.results;
-    for &(label, file, _) in LOADS {
+    for &(label, file, ..) in LOADS {
         expect_rc(ctx, label, 0);
         expect_one_call(ctx, label, kmod_load_syscall(file, r), 0);
     }
@@ -67,7 +91,7 @@ pub fn identity(ctx: &mut Ctx) {
         return;
     };
     let m = &mut ctx.modtrace;
-    for &(label, file, sha) in LOADS {
+    for &(label, file, sha, modinfo, size) in LOADS {
         let Some(a) = r.action(label) else { continue };
         let Some(record) = one_record(m, &w, a) else {
             continue;
@@ -81,6 +105,17 @@ pub fn identity(ctx: &mut Ctx) {
             first_word(sha),
             first_word("sha_plain"),
         );
+        if let Some(modinfo) = r.action(modinfo) {
+            check_modinfo(m, label, &record["module"]["image"], &modinfo.stdout);
+        }
+        // kmod < 31 passes the decompressed image of a .xz: no size to compare.
+        if record["kind"] == "finit_module" {
+            m.eq(
+                &format!("{label}: module.image.size = wc -c {file}"),
+                record.pointer("/module/image/size").and_then(Value::as_u64),
+                first_word(size).and_then(|s| s.parse().ok()),
+            );
+        }
     }
     if let Some(record) = r
         .action("insmod_plain")
@@ -124,6 +159,67 @@ pub fn identity(ctx: &mut Ctx) {
         check_gone_parent(m, &w, a);
     }
     check_orphan(m, &w, orphan, &init_comm);
+}
+
+/// The image's modinfo and signature against kmod's `modinfo` of the same
+/// module, an independent reading of the same bytes.
+fn check_modinfo(m: &mut Checks, label: &str, image: &Value, kmod: &str) {
+    let values = |key: &str| -> Vec<&str> {
+        kmod.lines()
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.trim_start())
+            .collect()
+    };
+    let first = |key: &str| values(key).first().copied();
+    let text = |path: &str| image.pointer(path).and_then(Value::as_str);
+    for (path, key) in [
+        ("/modinfo/name", "name"),
+        ("/modinfo/license", "license"),
+        ("/modinfo/description", "description"),
+        ("/modinfo/srcversion", "srcversion"),
+        ("/modinfo/vermagic", "vermagic"),
+        ("/signature/signer", "signer"),
+        ("/signature/sig_key", "sig_key"),
+        ("/signature/sig_hashalgo", "sig_hashalgo"),
+        ("/signature/id_type", "sig_id"),
+    ] {
+        m.eq(
+            &format!("{label}: module.image{path} = modinfo's {key}"),
+            text(path),
+            first(key),
+        );
+    }
+    for (path, key) in [
+        ("/modinfo/intree", "intree"),
+        ("/modinfo/retpoline", "retpoline"),
+    ] {
+        m.eq(
+            &format!("{label}: module.image{path} = modinfo's {key}"),
+            image.pointer(path).and_then(Value::as_bool),
+            Some(first(key) == Some("Y")),
+        );
+    }
+    let list = |path: &str| -> Vec<&str> {
+        image
+            .pointer(path)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    };
+    let depends: Vec<&str> = first("depends")
+        .map(|d| d.split(',').filter(|d| !d.is_empty()).collect())
+        .unwrap_or_default();
+    m.eq(
+        &format!("{label}: module.image.modinfo.depends"),
+        list("/modinfo/depends"),
+        depends,
+    );
+    m.eq(
+        &format!("{label}: module.image.modinfo.other.alias"),
+        list("/modinfo/other/alias"),
+        values("alias"),
+    );
 }
 
 /// The one load traced for the orphaned loader; returns its comm.
