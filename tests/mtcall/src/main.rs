@@ -14,13 +14,15 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
+mod held;
+
 const USAGE: &str = "\
 usage: mtcall [--uid N] [--gid N] [--repeat K] [--linger-ms MS] <op> [op options]
 
 ops:
-  init-module (--image FILE | --image-len N) [--params S | --params-file F | --params-ptr bad|untouched]
+  init-module (--image FILE | --image-len N) [--params S | --params-file F | --params-ptr bad|untouched|held:FILE]
       init_module(buf, len, params): the image is FILE's bytes, or N zero bytes
-  finit-module (--file FILE | --memfd FILE | --fd N) [--params S | --params-file F | --params-ptr bad|untouched] [--flags N]
+  finit-module (--file FILE | --memfd FILE | --fd N) [--params S | --params-file F | --params-ptr bad|untouched|held:FILE] [--flags N]
       finit_module(fd, params, flags): FILE opened read-only, a memfd named
       \"mtcall\" holding FILE's bytes, or the raw fd number N (e.g. -1)
   delete-module NAME [--flags N]
@@ -35,6 +37,8 @@ ops:
 --uid/--gid drop privileges (setgroups, setgid, then setuid) before the op.
 --repeat K (before or after the op) makes the call K times (default 1).
 --linger-ms MS keeps the process alive MS milliseconds after its calls.
+--params-ptr held:FILE holds the call in the kernel (a userfaultfd page under
+the parameters) until FILE exists; stderr says when the fault is held.
 Numbers may be decimal or 0x-prefixed hex.
 Each call prints one JSON object on stdout.";
 
@@ -63,6 +67,9 @@ enum Params {
     /// An empty string on a mapped page this process never touched: not
     /// resident until the kernel's own copy faults it in.
     Untouched,
+    /// An empty string on a page whose fault is held until the file exists:
+    /// the syscall stays in the kernel until then (see `held`).
+    Held(PathBuf),
 }
 
 enum Image {
@@ -238,11 +245,16 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             "--params-ptr" => match value(&arg, &mut args)?.as_str() {
                 "bad" => set_params(Params::BadPtr)?,
                 "untouched" => set_params(Params::Untouched)?,
-                other => {
-                    return usage(format!(
-                        "--params-ptr takes `bad` or `untouched`, not `{other}`"
-                    ))
-                }
+                other => match other.strip_prefix("held:") {
+                    Some(release) if !release.is_empty() => {
+                        set_params(Params::Held(release.into()))?
+                    }
+                    _ => {
+                        return usage(format!(
+                            "--params-ptr takes `bad`, `untouched` or `held:FILE`, not `{other}`"
+                        ))
+                    }
+                },
             },
             "--file" => set_source(FdSource::File(value(&arg, &mut args)?.into()))?,
             "--memfd" => set_source(FdSource::Memfd(value(&arg, &mut args)?.into()))?,
@@ -533,6 +545,17 @@ fn params_arg(params: &Params, m: &mut Map<String, Value>) -> Res<*const libc::c
             let p = unmapped_page()?;
             m.insert("params_len".into(), Value::Null);
             m.insert("params_ptr".into(), json!(format!("bad:{:#x}", p as usize)));
+            p
+        }
+        Params::Held(release) => {
+            let p = held::held_page(release.clone())
+                .map_err(|e| Failure::Setup(format!("--params-ptr held: {e}")))?;
+            m.insert("params_len".into(), json!(0));
+            m.insert("params".into(), json!(""));
+            m.insert(
+                "params_ptr".into(),
+                json!(format!("held:{}", release.display())),
+            );
             p
         }
         Params::Untouched => {

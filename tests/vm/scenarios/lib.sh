@@ -10,19 +10,31 @@ watch_label=
 # known for matching modtrace's process fields) and records argv, pid, ppid, stdout,
 # stderr and the exit code under $R/actions/NNN-LABEL.
 act() {
+    act_begin "$@"
+    act_end
+}
+
+# act_begin LABEL CMD...: as act, without waiting: the scenario does something
+# while CMD runs (its directory is $act_dir), then calls act_end.
+act_begin() {
     label=$1
     shift
     act_seq=$((act_seq + 1))
-    d=$R/actions/$(printf %03d $act_seq)-$label
-    mkdir -p "$d"
-    printf '%s\n' "$@" > "$d/argv"
-    echo $$ > "$d/ppid"
+    act_dir=$R/actions/$(printf %03d $act_seq)-$label
+    mkdir -p "$act_dir"
+    printf '%s\n' "$@" > "$act_dir/argv"
+    echo $$ > "$act_dir/ppid"
     # CMD inherits this shell's namespaces.
-    { readlink /proc/$$/ns/mnt; readlink /proc/$$/ns/pid; } > "$d/namespaces"
-    "$@" > "$d/stdout" 2> "$d/stderr" &
-    echo $! > "$d/pid"
-    wait $!
-    echo $? > "$d/rc"
+    { readlink /proc/$$/ns/mnt; readlink /proc/$$/ns/pid; } > "$act_dir/namespaces"
+    "$@" > "$act_dir/stdout" 2> "$act_dir/stderr" &
+    act_pid=$!
+    echo $act_pid > "$act_dir/pid"
+}
+
+# act_end: waits for the command act_begin started and records its exit code.
+act_end() {
+    wait $act_pid
+    echo $? > "$act_dir/rc"
 }
 
 # wait_for TENTHS CMD...: polls CMD every 0.1 s until it succeeds, at most TENTHS times.

@@ -4,6 +4,7 @@
 //! pass vacuously: a watch that did not start is a failure that says why.
 mod container;
 mod identity;
+mod inflight;
 mod policy;
 mod scenarios;
 mod watch;

@@ -78,6 +78,8 @@ pub struct TracedCall {
     pub loaded: Option<(String, String)>,
     /// The name of the `module_free` event inside this call.
     pub freed: Option<String>,
+    /// Where the exit came in the trace: the index the next item took.
+    pub exit_at: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -119,6 +121,38 @@ impl ScenarioResults {
             TraceItem::Call(call) => Some(call),
             _ => None,
         })
+    }
+
+    /// Whether `call` returned after watch `label` had ended (it was still in
+    /// the kernel when modtrace stopped).
+    pub fn returned_after(&self, call: &TracedCall, label: &str) -> bool {
+        let end = TraceItem::Marker(format!("watch-end {label}"));
+        let end = self.trace.iter().position(|item| *item == end);
+        matches!((call.exit_at, end), (Some(exit), Some(end)) if exit > end)
+    }
+
+    /// Whether `call` entered before watch `label` began and returned while it
+    /// ran.
+    pub fn straddles_start(&self, call: &TracedCall, label: &str) -> bool {
+        let marker = |text: String| {
+            let marker = TraceItem::Marker(text);
+            self.trace.iter().position(|item| *item == marker)
+        };
+        let entered = self
+            .trace
+            .iter()
+            .position(|item| matches!(item, TraceItem::Call(c) if c == call));
+        match (
+            entered,
+            call.exit_at,
+            marker(format!("watch-begin {label}")),
+            marker(format!("watch-end {label}")),
+        ) {
+            (Some(entered), Some(exit), Some(begin), Some(end)) => {
+                entered < begin && begin < exit && exit <= end
+            }
+            _ => false,
+        }
     }
 
     /// Trace items between `watch-begin LABEL` and `watch-end LABEL`.
@@ -277,9 +311,11 @@ pub fn parse_trace(text: &str) -> Vec<TraceItem> {
             items.push(TraceItem::Marker(text.trim().to_owned()));
         } else if let Some((syscall, ret)) = parse_exit(message) {
             if let Some(index) = open.remove(&tid) {
+                let exit_at = items.len();
                 if let TraceItem::Call(call) = &mut items[index] {
                     if call.syscall == syscall {
                         call.ret = Some(ret);
+                        call.exit_at = Some(exit_at);
                     }
                 }
             }
@@ -294,6 +330,7 @@ pub fn parse_trace(text: &str) -> Vec<TraceItem> {
                 ret: None,
                 loaded: None,
                 freed: None,
+                exit_at: None,
             }));
         }
     }

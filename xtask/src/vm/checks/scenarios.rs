@@ -20,6 +20,7 @@ pub fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
         "identity" => super::identity::identity,
         "policy" => super::policy::policy,
         "container" => super::container::container,
+        "inflight" => super::inflight::inflight,
         _ => return None,
     })
 }

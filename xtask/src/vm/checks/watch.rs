@@ -36,7 +36,23 @@ impl<'a> Watched<'a> {
 
 /// Runs the shared checks of watch `label` and returns its records for the scenario's
 /// own checks, or records why modtrace could not be checked (never a silent pass).
+/// It must have reported no loss.
 pub fn watched<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watched<'a>> {
+    checked_watch(ctx, label, Losses::None)
+}
+
+/// `watched` for a watch whose scenario provokes losses and checks them itself.
+pub fn watched_with_losses<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watched<'a>> {
+    checked_watch(ctx, label, Losses::Expected)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Losses {
+    None,
+    Expected,
+}
+
+fn checked_watch<'a>(ctx: &mut Ctx<'a>, label: &str, losses: Losses) -> Option<Watched<'a>> {
     let r = ctx.results;
     let m = &mut ctx.modtrace;
     let Some(watch) = r.watches.get(label) else {
@@ -52,7 +68,7 @@ pub fn watched<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watched<'a>> {
         ));
         return None;
     }
-    let records = envelope(m, watch, r.meta.get("kernel"))?;
+    let records = envelope(m, watch, r.meta.get("kernel"), losses)?;
     let calls = r
         .watch_window(label)
         .into_iter()
@@ -62,7 +78,7 @@ pub fn watched<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watched<'a>> {
         })
         .collect();
     let watched = Watched { records, calls };
-    match_calls(m, label, &watched);
+    match_calls(m, label, &watched, |call| r.returned_after(call, label));
     Some(watched)
 }
 
@@ -70,6 +86,7 @@ fn envelope<'a>(
     m: &mut Checks,
     watch: &'a Watch,
     kernel: Option<&String>,
+    losses: Losses,
 ) -> Option<Vec<&'a Value>> {
     let label = &watch.label;
     m.eq(
@@ -102,10 +119,12 @@ fn envelope<'a>(
         m.check(fields_ok, format!("watch {label}: record {seq} has schema 1, seq {seq}, host modtrace-vm, RFC 3339 ts: {record}"));
     }
     let loss: Vec<_> = records.iter().filter(|r| r["kind"] == "loss").collect();
-    m.check(
-        loss.is_empty(),
-        format!("watch {label}: no loss records, got {loss:?}"),
-    );
+    if losses == Losses::None {
+        m.check(
+            loss.is_empty(),
+            format!("watch {label}: no loss records, got {loss:?}"),
+        );
+    }
     let start = records.first().filter(|r| r["kind"] == "start")?;
     m.eq(
         &format!("watch {label}: start.module_events (every kernel here has module support)"),
@@ -129,9 +148,15 @@ fn envelope<'a>(
     Some(records)
 }
 
-/// Every traced call has exactly one record (same syscall, tid, return value) and
+/// Every traced call has exactly one record (same syscall, tid, return value, or
+/// `"exited": false` for a call still in the kernel when the watch stopped) and
 /// every syscall record has a traced call.
-fn match_calls(m: &mut Checks, label: &str, watched: &Watched) {
+fn match_calls(
+    m: &mut Checks,
+    label: &str,
+    watched: &Watched,
+    returned_after: impl Fn(&TracedCall) -> bool,
+) {
     let mut unmatched: Vec<&Value> = watched
         .records
         .iter()
@@ -145,8 +170,19 @@ fn match_calls(m: &mut Checks, label: &str, watched: &Watched) {
                 && r.pointer("/process/tid") == Some(&json!(call.tid))
                 && r.pointer("/result/ret") == Some(&json!(call.ret))
         });
+        let in_flight = || {
+            unmatched.iter().position(|r| {
+                r["kind"] == call.syscall.as_str()
+                    && r.pointer("/process/tid") == Some(&json!(call.tid))
+                    && r["exited"] == false
+            })
+        };
         match found {
             Some(index) => record_matches_call(m, label, unmatched.remove(index), call),
+            None if returned_after(call) => match in_flight() {
+                Some(index) => in_flight_record(m, label, unmatched.remove(index), call),
+                None => missing.push(call),
+            },
             None => missing.push(call),
         }
     }
@@ -161,6 +197,23 @@ fn match_calls(m: &mut Checks, label: &str, watched: &Watched) {
     m.check(
         unmatched.is_empty(),
         format!("watch {label}: records the kernel never traced: {unmatched:?}"),
+    );
+}
+
+/// A call modtrace saw enter but not return, because it stopped first.
+fn in_flight_record(m: &mut Checks, label: &str, record: &Value, call: &TracedCall) {
+    let what = format!(
+        "watch {label}: {} by tid {} ({}), in flight at the stop",
+        call.syscall, call.tid, call.comm
+    );
+    m.eq(
+        &format!("{what}: process.pid"),
+        record.pointer("/process/pid").cloned(),
+        call.tgid.map(|p| json!(p)),
+    );
+    m.check(
+        record["result"].is_null() && record["duration_ns"].is_null(),
+        format!("{what}: no result or duration: {record}"),
     );
 }
 
