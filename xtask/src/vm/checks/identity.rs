@@ -178,6 +178,7 @@ fn check_modinfo(m: &mut Checks, label: &str, image: &Value, kmod: &str) {
         ("/modinfo/license", "license"),
         ("/modinfo/description", "description"),
         ("/modinfo/srcversion", "srcversion"),
+        ("/modinfo/version", "version"),
         ("/modinfo/vermagic", "vermagic"),
         ("/signature/signer", "signer"),
         ("/signature/sig_key", "sig_key"),
@@ -214,6 +215,11 @@ fn check_modinfo(m: &mut Checks, label: &str, image: &Value, kmod: &str) {
         &format!("{label}: module.image.modinfo.depends"),
         list("/modinfo/depends"),
         depends,
+    );
+    m.eq(
+        &format!("{label}: module.image.modinfo.author"),
+        list("/modinfo/author"),
+        values("author"),
     );
     m.eq(
         &format!("{label}: module.image.modinfo.other.alias"),

@@ -87,6 +87,17 @@ fn check_default_policy(ctx: &mut Ctx, w: &Watched) {
         w.start().and_then(|s| s.pointer("/policy/source")),
         Some(&json!("default")),
     );
+    let listed = w
+        .start()
+        .and_then(|s| s["loaded_modules"].as_array())
+        .is_some_and(|mods| {
+            mods.iter()
+                .any(|m| m["name"] == "loop" && m["size"].as_u64().is_some_and(|s| s > 0))
+        });
+    m.check(
+        listed,
+        "default: start.loaded_modules lists loop, loaded before modtrace started",
+    );
     // loop was loaded before modtrace started despite `blacklist loop`.
     let start_alerts: Vec<(&str, &str)> = w
         .records
