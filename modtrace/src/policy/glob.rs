@@ -80,17 +80,21 @@ impl Glob {
         if let Some(shape) = simple_shape(pattern, field) {
             return Ok(Glob::Simple(shape));
         }
-        let text = if field == TextField::Module {
-            dash_underscore_alike(pattern)
-        } else {
-            pattern.to_owned()
-        };
-        GlobBuilder::new(&text)
-            .literal_separator(field.is_path())
-            .backslash_escape(true)
-            .build()
-            .map(Glob::Compiled)
+        compiled(pattern, field).map(Glob::Compiled)
     }
+}
+
+/// `pattern` as globset compiles it for `field`.
+fn compiled(pattern: &str, field: TextField) -> Result<globset::Glob, globset::Error> {
+    let text = if field == TextField::Module {
+        dash_underscore_alike(pattern)
+    } else {
+        pattern.to_owned()
+    };
+    GlobBuilder::new(&text)
+        .literal_separator(field.is_path())
+        .backslash_escape(true)
+        .build()
 }
 
 fn simple_shape(pattern: &str, field: TextField) -> Option<Shape> {
@@ -349,15 +353,7 @@ mod tests {
 
     /// What globset alone says, as patterns were matched before shapes.
     fn globset_says(pattern: &str, field: TextField, raw: &str) -> bool {
-        let text = if field == TextField::Module {
-            dash_underscore_alike(pattern)
-        } else {
-            pattern.to_owned()
-        };
-        GlobBuilder::new(&text)
-            .literal_separator(field.is_path())
-            .backslash_escape(true)
-            .build()
+        compiled(pattern, field)
             .unwrap()
             .compile_matcher()
             .is_match(raw)
