@@ -8,7 +8,7 @@
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use modtrace_common::{
     DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LoadEntryEvent,
@@ -63,6 +63,12 @@ static PENDING_FINIT: HashMap<u32, FinitModuleEvent> =
 #[map]
 static PENDING_DELETE: HashMap<u32, DeleteModuleEvent> =
     HashMap::with_max_entries(PENDING_CAPACITY, 0);
+
+/// Threads whose call entered while its pending map was full: that loss is
+/// counted once, as `pending_full`, so their exit must not count it again as
+/// `entry_missing`.
+#[map]
+static OVERFLOWED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(PENDING_CAPACITY, 0);
 
 #[map]
 static SCRATCH_INIT: PerCpuArray<InitModuleEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -127,8 +133,14 @@ pub fn on_exit(call: Syscall, ret: i64) {
 /// Stores the scratch record of the current thread as pending.
 #[inline(always)]
 fn stash<T>(pending: &HashMap<u32, T>, record: &T) {
-    if pending.insert(current_tid(), record, 0).is_err() {
+    let tid = current_tid();
+    if pending.insert(tid, record, 0).is_err() {
         count_loss(LOSS_PENDING_FULL);
+        let _ = OVERFLOWED.insert(tid, 1, 0);
+    } else {
+        // A mark left by a call whose exit was never seen (its task died)
+        // must not swallow a later loss of this thread.
+        let _ = OVERFLOWED.remove(tid);
     }
 }
 
@@ -213,7 +225,9 @@ fn enter_delete([name, flags, _]: [u64; 3]) {
 fn complete<T>(pending: &HashMap<u32, T>, ret: i64, finish: impl Fn(&mut T) -> &mut EventHeader) {
     let tid = current_tid();
     let Some(record) = pending.get_ptr_mut(tid) else {
-        count_loss(LOSS_ENTRY_MISSING);
+        if OVERFLOWED.remove(tid).is_err() {
+            count_loss(LOSS_ENTRY_MISSING);
+        }
         return;
     };
     // SAFETY: the entry belongs to this thread, which is in this syscall.

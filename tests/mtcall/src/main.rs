@@ -10,7 +10,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
@@ -37,6 +37,9 @@ ops:
 --uid/--gid drop privileges (setgroups, setgid, then setuid) before the op.
 --repeat K (before or after the op) makes the call K times (default 1).
 --linger-ms MS keeps the process alive MS milliseconds after its calls.
+held-deletes --threads N --release FILE: N threads each call delete_module with
+the name on a held page, so that N calls are in the kernel at once until FILE
+exists; prints one summary line of their errnos.
 --params-ptr held:FILE holds the call in the kernel (a userfaultfd page under
 the parameters) until FILE exists; stderr says when the fault is held.
 Numbers may be decimal or 0x-prefixed hex.
@@ -102,6 +105,10 @@ enum Op {
         procs: u32,
         calls: u64,
         name: CString,
+    },
+    HeldDeletes {
+        threads: u32,
+        release: PathBuf,
     },
 }
 
@@ -200,6 +207,8 @@ fn parse(args: Vec<String>) -> Res<Cli> {
     let mut procs = None;
     let mut calls = None;
     let mut name = None;
+    let mut threads = None;
+    let mut release = None;
     let mut seen = Vec::new();
     while let Some(arg) = args.next() {
         if !arg.starts_with('-') {
@@ -263,6 +272,8 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             "--procs" => procs = Some(parse_num("--procs", &value(&arg, &mut args)?)?),
             "--calls" => calls = Some(parse_num("--calls", &value(&arg, &mut args)?)?),
             "--name" => name = Some(cstring("--name", value(&arg, &mut args)?.into_bytes())?),
+            "--threads" => threads = Some(parse_num("--threads", &value(&arg, &mut args)?)?),
+            "--release" => release = Some(PathBuf::from(value(&arg, &mut args)?)),
             other => return usage(format!("unknown option {other}")),
         }
     }
@@ -289,6 +300,7 @@ fn parse(args: Vec<String>) -> Res<Cli> {
         "delete-module" => &["--repeat", "--flags"],
         "socket-sctp" => &["--repeat"],
         "flood" => &["--repeat", "--procs", "--calls", "--name"],
+        "held-deletes" => &["--threads", "--release"],
         other => return usage(format!("unknown op `{other}`")),
     };
     if let Some(bad) = seen.iter().find(|s| !allowed.contains(&s.as_str())) {
@@ -331,6 +343,10 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             procs: procs.map_or_else(|| usage("flood needs --procs"), Ok)?,
             calls: calls.map_or_else(|| usage("flood needs --calls"), Ok)?,
             name: name.unwrap_or_else(|| c"mtcall_flood_nonexistent".to_owned()),
+        },
+        "held-deletes" => Op::HeldDeletes {
+            threads: threads.map_or_else(|| usage("held-deletes needs --threads"), Ok)?,
+            release: release.map_or_else(|| usage("held-deletes needs --release"), Ok)?,
         },
         _ => unreachable!("op names were checked above"),
     };
@@ -394,6 +410,7 @@ fn run(cli: Cli) -> Res<()> {
             Op::Delete { name, flags } => delete_module(name, *flags),
             Op::SocketSctp => socket_sctp(),
             Op::Flood { procs, calls, name } => flood(*procs, *calls, name)?,
+            Op::HeldDeletes { threads, release } => held_deletes(*threads, release)?,
         };
         out.insert("call".into(), json!(call));
         emit(out)?;
@@ -742,6 +759,50 @@ fn socket_sctp() -> Map<String, Value> {
         libc::c_long::from(fd)
     });
     m
+}
+
+/// `threads` threads each call delete_module(name, O_NONBLOCK) with the name on
+/// one held page (see `held`): all of them stay inside the kernel until
+/// `release` exists, then fail with ENOENT (the name reads as empty).
+fn held_deletes(threads: u32, release: &Path) -> Res<Map<String, Value>> {
+    let page = held::held_page(release.to_path_buf())
+        .map_err(|e| Failure::Setup(format!("held-deletes: {e}")))? as usize;
+    let mut handles = Vec::new();
+    for _ in 0..threads {
+        let handle = std::thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(move || {
+                // SAFETY: `page` is a mapped page that lives until exit.
+                let ret = unsafe {
+                    libc::syscall(
+                        libc::SYS_delete_module,
+                        page as *const libc::c_char,
+                        libc::O_NONBLOCK,
+                    )
+                };
+                (ret, io::Error::last_os_error().raw_os_error().unwrap_or(0))
+            })
+            .map_err(setup_err("spawning a held-deletes thread"))?;
+        handles.push(handle);
+    }
+    eprintln!("mtcall: {threads} threads started");
+    let mut errnos: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for handle in handles {
+        let (ret, errno) = handle
+            .join()
+            .map_err(|_| Failure::Setup("a held-deletes thread panicked".into()))?;
+        let key = if ret >= 0 {
+            "ok".to_owned()
+        } else {
+            errno_name(errno)
+        };
+        *errnos.entry(key).or_default() += 1;
+    }
+    let mut m = Map::new();
+    m.insert("op".into(), json!("held-deletes"));
+    m.insert("threads".into(), json!(threads));
+    m.insert("results".into(), json!(errnos));
+    Ok(m)
 }
 
 fn flood(procs: u32, calls: u64, name: &CStr) -> Res<Map<String, Value>> {

@@ -5,6 +5,7 @@
 mod container;
 mod identity;
 mod inflight;
+mod pending;
 mod policy;
 mod scenarios;
 mod watch;

@@ -21,6 +21,7 @@ pub fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
         "policy" => super::policy::policy,
         "container" => super::container::container,
         "inflight" => super::inflight::inflight,
+        "pending" => super::pending::pending,
         _ => return None,
     })
 }
