@@ -55,11 +55,15 @@ impl CgroupPaths {
         self.known.get(&id).cloned()
     }
 
+    /// Indexes the cgroups that exist now. The index is rebuilt, not added
+    /// to, so that on a host where containers come and go it holds the
+    /// live cgroups, not every one ever seen.
     fn scan(&mut self) {
         self.last_scan = Some(Instant::now());
         let Some((mount, root)) = &self.mount else {
             return;
         };
+        self.known.clear();
         let mut pending = vec![mount.clone()];
         let mut visited = 0;
         while let Some(dir) = pending.pop() {
@@ -194,8 +198,14 @@ mod tests {
             None,
             "no second walk within a second"
         );
+        let gone = ino("system.slice/a.service");
+        fs::remove_dir(dir.path().join("system.slice/a.service")).unwrap();
         paths.last_scan = None;
         assert_eq!(paths.path_of(ino("late")).as_deref(), Some("/late"));
+        assert!(
+            !paths.known.contains_key(&gone),
+            "a removed cgroup leaves the index"
+        );
         assert_eq!(CgroupPaths::at(None).path_of(1), None);
     }
 
