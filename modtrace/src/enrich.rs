@@ -20,22 +20,45 @@ pub struct ProcInfo {
     pub cgroup: Option<String>,
 }
 
-/// Reads `pid`'s details if that pid still names the process that was running
-/// at `event_boot_ns` (CLOCK_BOOTTIME).
-pub fn process(pid: u32, event_boot_ns: u64) -> ProcInfo {
+/// Which of a process's details to read from /proc: those the kernel's own
+/// records have not already settled.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    pub exe: bool,
+    pub cmdline: bool,
+    pub cgroup: bool,
+}
+
+impl Wanted {
+    pub const ALL: Self = Self {
+        exe: true,
+        cmdline: true,
+        cgroup: true,
+    };
+}
+
+/// Reads the `wanted` details of `pid` if that pid still names the process
+/// that was running at `event_boot_ns` (CLOCK_BOOTTIME).
+pub fn process(pid: u32, event_boot_ns: u64, wanted: Wanted) -> ProcInfo {
     let dir = PathBuf::from(format!("/proc/{pid}"));
     if !started_by(pid, event_boot_ns) {
         return ProcInfo::default();
     }
     let info = ProcInfo {
-        exe: fs::read_link(dir.join("exe"))
-            .ok()
+        exe: wanted
+            .exe
+            .then(|| fs::read_link(dir.join("exe")).ok())
+            .flatten()
             .map(|p| p.to_string_lossy().into_owned()),
-        cmdline: fs::read(dir.join("cmdline"))
-            .ok()
+        cmdline: wanted
+            .cmdline
+            .then(|| fs::read(dir.join("cmdline")).ok())
+            .flatten()
             .and_then(|raw| parse_cmdline(&raw)),
-        cgroup: fs::read_to_string(dir.join("cgroup"))
-            .ok()
+        cgroup: wanted
+            .cgroup
+            .then(|| fs::read_to_string(dir.join("cgroup")).ok())
+            .flatten()
             .and_then(|s| parse_cgroup(&s)),
     };
     // The pid could have been reused while we read; re-check so that a late
@@ -296,7 +319,7 @@ mod tests {
     fn reads_a_live_process_and_refuses_one_that_started_later() {
         let me = std::process::id();
         let now = boot_ns();
-        let info = process(me, now);
+        let info = process(me, now, Wanted::ALL);
         assert_eq!(
             info.exe,
             Some(
@@ -309,8 +332,15 @@ mod tests {
         assert!(info.cmdline.unwrap()[0].contains("modtrace"));
         assert!(info.cgroup.unwrap().starts_with('/'));
         // An event from before this process existed must not get its details.
-        assert_eq!(process(me, 0), ProcInfo::default());
-        assert_eq!(process(u32::MAX - 1, now), ProcInfo::default());
+        assert_eq!(process(me, 0, Wanted::ALL), ProcInfo::default());
+        assert_eq!(process(u32::MAX - 1, now, Wanted::ALL), ProcInfo::default());
+        let only_cmdline = Wanted {
+            exe: false,
+            cmdline: true,
+            cgroup: false,
+        };
+        let info = process(me, now, only_cmdline);
+        assert!(info.exe.is_none() && info.cgroup.is_none() && info.cmdline.is_some());
     }
 
     fn boot_ns() -> u64 {

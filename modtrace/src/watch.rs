@@ -25,7 +25,7 @@ use crate::{
     cgroups::CgroupPaths,
     clock::Clock,
     decode::{self, Decoded, KernelEvent},
-    enrich,
+    enrich::{self, ProcInfo, Wanted},
     execs::{ExeAt, ExecTable},
     policy::{self, Alert, Policy, PolicyReload},
     probes::{self, ProbeOptions, Strategy},
@@ -168,21 +168,30 @@ impl Collector {
     fn on_event(&mut self, event: &KernelEvent) -> Result<(), WatchError> {
         let header = event.header();
         let task = event.task();
-        let mut own = enrich::process(task.pid, header.enter_ns);
-        if let Some(path) = self.cgroups.path_of(task.cgroup_id) {
-            own.cgroup = Some(path);
-        }
-        let own_exe = own.exe.take();
-        own.exe = self.exe_at(task.pid, task.start_ns, header.enter_ns, || own_exe);
-        let mut parent = enrich::process(task.ppid, header.enter_ns);
-        if let Some(first) = task
+        let own = self.process_info(
+            task.pid,
+            task.start_ns,
+            header.enter_ns,
+            Some(task.cgroup_id),
+            Wanted::ALL,
+        );
+        // The parent's start time, which names it among processes that had
+        // its pid, is the first ancestor's.
+        let parent_start = task
             .ancestors
             .first()
             .filter(|a| task.ancestor_count > 0 && a.pid == task.ppid)
-        {
-            let parent_exe = parent.exe.take();
-            parent.exe = self.exe_at(first.pid, first.start_ns, header.enter_ns, || parent_exe);
-        }
+            .map_or(0, |a| a.start_ns);
+        let parent = self.process_info(
+            task.ppid,
+            parent_start,
+            header.enter_ns,
+            None,
+            Wanted {
+                cgroup: false,
+                ..Wanted::ALL
+            },
+        );
         let mut body = record::body(event, own, parent, self.module_events);
         let seq = self.emitter.next_seq();
         match &mut body {
@@ -199,17 +208,20 @@ impl Collector {
                 if let Some(module) = call.module.as_mut().filter(|m| m.taint.is_some()) {
                     module.kernel_taint = enrich::kernel_taint().map(crate::fields::taint);
                 }
-                // The kernel's exec records are cheap to ask; /proc is read
-                // only for loads, which are rare, not for floods of unloads.
+                // The kernel's exec records are cheap to ask; /proc only for loads.
                 let is_load = file.is_some() || matches!(event, KernelEvent::InitModule(_));
+                let exe_only = Wanted {
+                    exe: is_load,
+                    cmdline: false,
+                    cgroup: false,
+                };
                 for (ancestor, captured) in call.process.ancestors.iter_mut().zip(&task.ancestors) {
-                    let pid = ancestor.pid;
-                    ancestor.exe = self.exe_at(pid, captured.start_ns, header.enter_ns, || {
-                        is_load
-                            .then(|| enrich::process(pid, header.enter_ns).exe)
-                            .flatten()
-                    });
+                    let at = header.enter_ns;
+                    ancestor.exe = self
+                        .process_info(ancestor.pid, captured.start_ns, at, None, exe_only)
+                        .exe;
                 }
+
                 if let Some(image) = enrich::module_image(event, file, snapshot) {
                     call.module.get_or_insert_with(Default::default).image = Some(image);
                 }
@@ -234,21 +246,39 @@ impl Collector {
         Ok(())
     }
 
-    /// The exe process `pid` ran at `at_ns`: the kernel's exec record when it
-    /// has one, else what /proc shows (`from_proc`), unless the process has
-    /// exec'd since, when /proc would show the later program.
-    fn exe_at(
-        &self,
+    /// Process `pid`'s details at `at_ns`: its exe and cgroup from what the
+    /// kernel captured when it can, and from /proc only what is left of
+    /// `from_proc`. No exe when the process has exec'd since the call: /proc
+    /// would show the later program. `cgroup_id` is absent when the caller
+    /// has no use for the cgroup.
+    fn process_info(
+        &mut self,
         pid: u32,
         start_ns: u64,
         at_ns: u64,
-        from_proc: impl FnOnce() -> Option<String>,
-    ) -> Option<String> {
-        match self.execs.exe_at(pid, start_ns, at_ns) {
-            ExeAt::Known(exe) => Some(exe),
-            ExeAt::ExecdSince => None,
-            ExeAt::NotSeen => from_proc(),
+        cgroup_id: Option<u64>,
+        from_proc: Wanted,
+    ) -> ProcInfo {
+        let cgroup = cgroup_id.and_then(|id| self.cgroups.path_of(id));
+        let exe = self.execs.exe_at(pid, start_ns, at_ns);
+        let mut info = enrich::process(
+            pid,
+            at_ns,
+            Wanted {
+                exe: from_proc.exe && exe == ExeAt::NotSeen,
+                cgroup: from_proc.cgroup && cgroup.is_none(),
+                ..from_proc
+            },
+        );
+        match exe {
+            ExeAt::Known(path) => info.exe = Some(path),
+            ExeAt::ExecdSince => info.exe = None,
+            ExeAt::NotSeen => {}
         }
+        if cgroup.is_some() {
+            info.cgroup = cgroup;
+        }
+        info
     }
 
     /// SIGHUP: a policy that fails to load is reported and the one in force
