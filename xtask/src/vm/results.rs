@@ -126,18 +126,13 @@ impl ScenarioResults {
     /// Whether `call` returned after watch `label` had ended (it was still in
     /// the kernel when modtrace stopped).
     pub fn returned_after(&self, call: &TracedCall, label: &str) -> bool {
-        let end = TraceItem::Marker(format!("watch-end {label}"));
-        let end = self.trace.iter().position(|item| *item == end);
+        let end = self.marker("watch-end", label);
         matches!((call.exit_at, end), (Some(exit), Some(end)) if exit > end)
     }
 
     /// Whether `call` entered before watch `label` began and returned while it
     /// ran.
     pub fn straddles_start(&self, call: &TracedCall, label: &str) -> bool {
-        let marker = |text: String| {
-            let marker = TraceItem::Marker(text);
-            self.trace.iter().position(|item| *item == marker)
-        };
         let entered = self
             .trace
             .iter()
@@ -145,8 +140,8 @@ impl ScenarioResults {
         match (
             entered,
             call.exit_at,
-            marker(format!("watch-begin {label}")),
-            marker(format!("watch-end {label}")),
+            self.marker("watch-begin", label),
+            self.marker("watch-end", label),
         ) {
             (Some(entered), Some(exit), Some(begin), Some(end)) => {
                 entered < begin && begin < exit && exit <= end
@@ -155,15 +150,23 @@ impl ScenarioResults {
         }
     }
 
-    /// Trace items between `watch-begin LABEL` and `watch-end LABEL`.
+    /// Where lib.sh marked `watch-begin LABEL` or `watch-end LABEL` in the trace.
+    fn marker(&self, phase: &str, label: &str) -> Option<usize> {
+        let marker = TraceItem::Marker(format!("{phase} {label}"));
+        self.trace.iter().position(|item| *item == marker)
+    }
+
+    /// Trace items between `watch-begin LABEL` and `watch-end LABEL` (or the
+    /// trace's end, when the watch was never stopped).
     pub fn watch_window(&self, label: &str) -> Vec<&TraceItem> {
-        let begin = TraceItem::Marker(format!("watch-begin {label}"));
-        let end = TraceItem::Marker(format!("watch-end {label}"));
+        let Some(begin) = self.marker("watch-begin", label) else {
+            return Vec::new();
+        };
+        let end = self.marker("watch-end", label).unwrap_or(self.trace.len());
         self.trace
+            .get(begin + 1..end)
+            .unwrap_or_default()
             .iter()
-            .skip_while(|item| **item != begin)
-            .skip(1)
-            .take_while(|item| **item != end)
             .collect()
     }
 }
