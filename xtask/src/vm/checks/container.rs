@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use super::{
     scenarios::{expect_rc, mtcall_report},
-    watch::watched,
+    watch::{child_record, watched},
     Ctx,
 };
 
@@ -39,22 +39,14 @@ pub fn container(ctx: &mut Ctx) {
     };
     let m = &mut ctx.modtrace;
     // unshare forks mtcall: its parent is the action's process.
-    let records: Vec<&Value> = w
-        .records
-        .iter()
-        .copied()
-        .filter(|rec| {
-            rec["kind"] == "finit_module"
-                && rec.pointer("/process/ppid") == a.pid.map(|p| json!(p)).as_ref()
-        })
-        .collect();
-    let [record] = records.as_slice() else {
-        m.fail(format!(
-            "container: one finit_module record with ppid {:?}, got {records:?}",
-            a.pid
-        ));
+    let Some(record) = child_record(m, &w, a) else {
         return;
     };
+    m.eq(
+        "container: kind",
+        record["kind"].as_str(),
+        Some("finit_module"),
+    );
     let p = &record["process"];
     m.eq(
         "container: process.namespaces (mtcall's own)",

@@ -1,10 +1,10 @@
 //! tests/vm/scenarios/identity.sh: the module's file, hashes, signature and
 //! taint, and the ancestry of loaders whose parents are gone.
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{
     scenarios::{expect_one_call, expect_rc, kmod_load_syscall, kmod_tool, one_record},
-    watch::{check_process, watched, Watched},
+    watch::{check_process, child_record, watched, Watched},
     Checks, Ctx,
 };
 use crate::vm::results::Action;
@@ -329,26 +329,6 @@ fn check_gone_parent(m: &mut Checks, w: &Watched, a: &Action) {
             (a.ppid.map(u64::from), Some("/bin/busybox")),
         ],
     );
-}
-
-/// The one record of a process that action `a`'s process started.
-fn child_record<'a>(m: &mut Checks, w: &Watched<'a>, a: &Action) -> Option<&'a Value> {
-    let records: Vec<&Value> = w
-        .records
-        .iter()
-        .copied()
-        .filter(|r| a.pid.is_some() && r.pointer("/process/ppid") == Some(&json!(a.pid)))
-        .collect();
-    match records.as_slice() {
-        [record] => Some(record),
-        _ => {
-            m.fail(format!(
-                "{}: one record with ppid {:?}, got {records:?}",
-                a.label, a.pid
-            ));
-            None
-        }
-    }
 }
 
 /// insmod's parent, a shell that exits right after it, and that shell's

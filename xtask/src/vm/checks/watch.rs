@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::{Checks, Ctx};
-use crate::vm::results::{TraceItem, TracedCall, Watch};
+use crate::vm::results::{Action, TraceItem, TracedCall, Watch};
 
 const SYSCALL_KINDS: &[&str] = &["init_module", "finit_module", "delete_module"];
 pub const STRATEGIES: &[&str] = &["fentry", "syscall-tracepoints", "raw-syscalls"];
@@ -467,6 +467,26 @@ pub fn check_process(m: &mut Checks, what: &str, record: &Value, who: &Who) {
             got.is_null() || *got == json!(cmdline),
             format!("{what}: process.cmdline is {cmdline:?} (or null if the process was gone): got {got}"),
         );
+    }
+}
+
+/// The one record of a process that action `a`'s process started.
+pub fn child_record<'a>(m: &mut Checks, w: &Watched<'a>, a: &Action) -> Option<&'a Value> {
+    let records: Vec<&Value> = w
+        .records
+        .iter()
+        .copied()
+        .filter(|r| a.pid.is_some() && r.pointer("/process/ppid") == Some(&json!(a.pid)))
+        .collect();
+    match records.as_slice() {
+        [record] => Some(record),
+        _ => {
+            m.fail(format!(
+                "{}: one record with ppid {:?}, got {records:?}",
+                a.label, a.pid
+            ));
+            None
+        }
     }
 }
 
