@@ -1,11 +1,19 @@
-//! Policy evaluation cost per event, from the record's JSON as `watch` and
-//! `replay` hold it: the embedded default policy, and a 1,000-rule policy of
-//! the shapes people write (named deny lists, globs, loader and path
-//! conditions, allow-lists).
+//! Policy evaluation cost per event: the embedded default policy, and a
+//! 1,000-rule policy of the shapes people write (named deny lists, globs,
+//! loader and path conditions, allow-lists). Each as `watch` evaluates a
+//! record it has just made (its values taken from the record in memory), and
+//! as `replay` evaluates one read back (its values read from the JSON).
 use std::{fmt::Write as _, hint::black_box};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use modtrace::policy::{Context, Policy};
+use modtrace::{
+    policy::{
+        event::{Event, Live},
+        Context, Policy, Syscall,
+    },
+    record::Call,
+    samples::{ordinary_finit, render, TS},
+};
 use serde_json::{json, Value};
 
 fn context() -> Context {
@@ -13,38 +21,6 @@ fn context() -> Context {
         kernel: "6.1.0-28-amd64".into(),
         check_owner: false,
     }
-}
-
-/// A finit_module of ext4 by modprobe from the module tree, whole as `watch`
-/// writes it (docs/output.md), module analysis included: an ordinary load
-/// that most rules have to look at and reject.
-fn ordinary_load() -> Value {
-    json!({"kind":"finit_module","schema":1,"ts":"2026-11-27T21:00:00.123456789Z","seq":3,
-        "host":"web1","duration_ns":81234,"exited":true,
-        "process":{"pid":812,"tid":812,"ppid":790,"uid":0,"gid":0,"euid":0,"auid":1000,
-            "session":3,"comm":"modprobe","exe":"/usr/bin/kmod","cmdline":["modprobe","ext4"],
-            "cgroup_id":4242,"cgroup":"/user.slice/user-1000.slice/session-3.scope",
-            "container":null,"systemd_unit":null,
-            "ancestors":[{"pid":790,"comm":"bash","uid":0,"exe":"/usr/bin/bash"},
-                {"pid":700,"comm":"sshd","uid":0,"exe":"/usr/sbin/sshd"},
-                {"pid":1,"comm":"systemd","uid":0,"exe":"/usr/lib/systemd/systemd"}]},
-        "parent":{"pid":790,"comm":"bash","exe":"/usr/bin/bash","cmdline":["-bash"]},
-        "args":{"fd":3,"file":{"path":"/lib/modules/6.1.0-28-amd64/kernel/fs/ext4/ext4.ko",
-            "truncated":false,"ino":131733,"unlinked":false,"memfd":false},
-            "params":{"value":"","truncated":false},"flags":{"raw":0,"names":[]}},
-        "result":{"ret":0,"errno":null,"ok":true},
-        "module":{"name":"ext4","taint":{"raw":0,"letters":"","names":[]},
-            "kernel_taint":{"raw":0,"letters":"","names":[]},
-            "image":{"source":"fd","during_call":true,"sha256":"3f1c".repeat(16),
-                "decompressed_sha256":null,"compression":null,"size":1138840,
-                "modinfo":{"name":"ext4","license":"GPL","description":"Fourth Extended Filesystem",
-                    "author":["Remy Card, Stephen Tweedie, Andrew Morton, Andreas Dilger, Theodore Ts'o and others"],
-                    "version":null,"srcversion":"0AB1C2D3E4F5A6B7C8D9E0F","vermagic":"6.1.0-28-amd64 SMP preempt mod_unload modversions ",
-                    "depends":["mbcache","jbd2","crc16"],"intree":true,"retpoline":true,
-                    "other":{"alias":["fs-ext4","ext3","fs-ext3","ext2","fs-ext2"]}},
-                "signature":{"signed":true,"signer":"Debian Secure Boot CA","sig_key":"4B:6E:F5",
-                    "sig_hashalgo":"sha256","id_type":"PKCS#7","error":null},
-                "this_module_name":"ext4","warnings":[]}}})
 }
 
 /// 1,000 rules: 700 naming modules, 100 module globs, 100 on loader or path,
@@ -71,8 +47,17 @@ fn thousand_rules() -> String {
     text
 }
 
+/// What `watch` pays: the event made from the record in memory, evaluated.
+fn live(policy: &Policy, json: &Value, call: &Call) -> usize {
+    let event = Event::from_live(json, Syscall::FinitModule, Live { ts: TS, call });
+    policy.evaluate_event(&event).matches.len()
+}
+
 fn bench(c: &mut Criterion) {
-    let record = ordinary_load();
+    // A finit_module of ext4 by modprobe from the module tree, module analysis
+    // included: an ordinary load that most rules have to look at and reject.
+    let call = ordinary_finit();
+    let record = render(Syscall::FinitModule, &call);
     let mut quiet_default = Policy::default_policy(&context());
     // The host's modprobe.d would change the count from one machine to the
     // next; measure the embedded rules alone.
@@ -85,34 +70,50 @@ fn bench(c: &mut Criterion) {
     quiet_default = Policy::from_rules(rules, "", "default");
     let large = Policy::from_text(&thousand_rules(), "bench", &context()).unwrap();
     assert_eq!(large.rules().len(), 1000);
-
-    // What every evaluation pays before any rule: reading the record.
     let empty = Policy::from_rules(Vec::new(), "", "empty");
-    c.bench_function("empty policy, ordinary load", |b| {
+    assert_eq!(live(&quiet_default, &record, &call), 0);
+
+    // What every evaluation pays before any rule: making the event.
+    c.bench_function("empty policy, ordinary load, as watch", |b| {
+        b.iter(|| live(&empty, black_box(&record), black_box(&call)))
+    });
+    c.bench_function("empty policy, ordinary load, from JSON as replay", |b| {
         b.iter(|| empty.evaluate(black_box(&record)))
     });
-    c.bench_function("default policy, ordinary load", |b| {
+    c.bench_function("default policy, ordinary load, as watch", |b| {
+        b.iter(|| live(&quiet_default, black_box(&record), black_box(&call)))
+    });
+    c.bench_function("default policy, ordinary load, from JSON as replay", |b| {
         b.iter(|| quiet_default.evaluate(black_box(&record)))
     });
-    // What `watch` and `replay` call: the evaluation written into a fresh
-    // record as its `policy` object.
+    // What `watch` calls: the evaluation written into the record as its
+    // `policy` object.
     c.bench_function(
-        "default policy, ordinary load, judged into the record",
+        "default policy, ordinary load, judged into the record as watch",
         |b| {
             b.iter_batched_ref(
                 || record.clone(),
-                |fresh| quiet_default.judge(black_box(fresh)),
+                |fresh| quiet_default.judge_call(black_box(fresh), Syscall::FinitModule, TS, &call),
                 BatchSize::SmallInput,
             )
         },
     );
-    c.bench_function("1000-rule policy, ordinary load", |b| {
-        b.iter(|| large.evaluate(black_box(&record)))
+    c.bench_function("1000-rule policy, ordinary load, as watch", |b| {
+        b.iter(|| live(&large, black_box(&record), black_box(&call)))
     });
-    let mut denied = record.clone();
-    denied["module"]["name"] = json!("deny-5");
-    c.bench_function("1000-rule policy, a denied module", |b| {
-        b.iter(|| large.evaluate(black_box(&denied)))
+    c.bench_function(
+        "1000-rule policy, ordinary load, from JSON as replay",
+        |b| b.iter(|| large.evaluate(black_box(&record))),
+    );
+    let mut denied_call = call.clone();
+    if let Some(module) = &mut denied_call.module {
+        module.name = Some("deny-5-b".into());
+    }
+    let denied = render(Syscall::FinitModule, &denied_call);
+    assert_eq!(denied["module"]["name"], json!("deny-5-b"));
+    assert_eq!(live(&large, &denied, &denied_call), 1);
+    c.bench_function("1000-rule policy, a denied module, as watch", |b| {
+        b.iter(|| live(&large, black_box(&denied), black_box(&denied_call)))
     });
 }
 

@@ -18,6 +18,8 @@ pub mod policy;
 pub mod probes;
 pub mod record;
 pub mod replay;
+#[cfg(any(test, feature = "samples"))]
+pub mod samples;
 pub mod sink;
 pub mod snapshot;
 pub mod watch;

@@ -27,7 +27,7 @@ use crate::{
     decode::{self, Decoded, KernelEvent},
     enrich::{self, ProcInfo, Wanted},
     execs::{ExeAt, ExecTable},
-    policy::{self, Alert, Policy, PolicyReload},
+    policy::{self, Alert, Policy, PolicyReload, Syscall},
     probes::{self, ProbeOptions, Strategy},
     record::{self, Body, EventCounts, Loss, LossCounts, LostTotals, Start, Stop},
     sink::{self, Emitter, Format, SinkError},
@@ -237,8 +237,13 @@ impl Collector {
         *count += 1;
         self.counts.total += 1;
         let ts = self.clock.rfc3339(Some(header.enter_ns));
-        let mut json = self.emitter.render(event.kind(), ts, &body);
-        let evaluation = self.policy.judge(&mut json);
+        let mut json = self.emitter.render(event.kind(), ts.clone(), &body);
+        let evaluation = match (&body, Syscall::from_name(event.kind())) {
+            (Body::Call(call), Some(syscall)) => {
+                Some(self.policy.judge_call(&mut json, syscall, &ts, call))
+            }
+            _ => None,
+        };
         self.emitter.write(&json)?;
         for alert in evaluation.map_or_else(Vec::new, |e| Alert::all_for(&json, &e)) {
             self.emit("alert", None, &Body::Alert(alert))?;

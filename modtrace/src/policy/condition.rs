@@ -53,6 +53,13 @@ pub enum Matcher {
 }
 
 impl Pattern {
+    /// Whether a value of `field` in `event` matches. Kept out of
+    /// `Condition::eval` for the stack frame globset's matching needs.
+    #[inline(never)]
+    fn holds_for(&self, field: TextField, event: &Event) -> bool {
+        field.any_value(event, |value| self.is_match(value))
+    }
+
     fn is_match(&self, text: Text) -> bool {
         match &self.matcher {
             Matcher::Glob(globs) => globs.is_match(text),
@@ -133,6 +140,23 @@ impl TextField {
         }
     }
 
+    /// The value of [`TextField::field`].
+    fn value<'a>(self, event: &Event<'a>) -> Option<&'a str> {
+        match self {
+            TextField::Module => event.module_name(),
+            TextField::Path => event.path(),
+            TextField::Exe => event.exe(),
+            TextField::Comm => event.comm(),
+            TextField::ParentExe | TextField::AncestorExe => event.parent_exe(),
+            TextField::Cgroup => event.cgroup(),
+            TextField::Container => event.container(),
+            TextField::Request => event.request(),
+            TextField::Params => event.params(),
+            TextField::Signer => event.signer(),
+            TextField::License => event.license(),
+        }
+    }
+
     fn reads(self) -> Fields {
         match self {
             TextField::AncestorExe => Fields::of(&[Field::ParentExe, Field::Ancestors]),
@@ -155,21 +179,13 @@ impl TextField {
                 .module()
                 .zip(event.module_key())
                 .is_some_and(|(raw, key)| test(Text { raw, key })),
-            TextField::AncestorExe => {
-                let parent = event.text(Field::ParentExe);
-                let ancestors = event
-                    .get(Field::Ancestors)
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a.get("exe")?.as_str());
-                parent
-                    .into_iter()
-                    .chain(ancestors)
-                    .map(Text::plain)
-                    .any(test)
-            }
-            _ => event.text(self.field()).map(Text::plain).is_some_and(test),
+            TextField::AncestorExe => event
+                .parent_exe()
+                .into_iter()
+                .chain(event.ancestors().exes())
+                .map(Text::plain)
+                .any(test),
+            _ => self.value(event).map(Text::plain).is_some_and(test),
         }
     }
 
@@ -207,6 +223,15 @@ impl FlagField {
             FlagField::Unlinked => Field::Unlinked,
         }
     }
+
+    fn value(self, event: &Event) -> Option<bool> {
+        match self {
+            FlagField::Signed => event.signed(),
+            FlagField::Intree => event.intree(),
+            FlagField::Memfd => event.memfd(),
+            FlagField::Unlinked => event.unlinked(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +253,14 @@ impl IdField {
             IdField::Uid => Field::Uid,
             IdField::Auid => Field::Auid,
             IdField::Euid => Field::Euid,
+        }
+    }
+
+    fn value(self, event: &Event) -> Option<u64> {
+        match self {
+            IdField::Uid => event.uid(),
+            IdField::Auid => event.auid(),
+            IdField::Euid => event.euid(),
         }
     }
 }
@@ -257,12 +290,11 @@ impl Outcome {
         }
     }
 
-    fn holds(&self, result: &Value) -> bool {
-        let ok = result.get("ok").and_then(Value::as_bool);
+    fn holds(&self, event: &Event) -> bool {
         match self {
-            Outcome::Ok => ok == Some(true),
-            Outcome::Error => ok == Some(false),
-            Outcome::Errno(name) => result.get("errno").and_then(Value::as_str) == Some(name),
+            Outcome::Ok => event.ok() == Some(true),
+            Outcome::Error => event.ok() == Some(false),
+            Outcome::Errno(name) => event.errno() == Some(name),
         }
     }
 }
@@ -296,33 +328,18 @@ impl Condition {
             Condition::Any(any) => any.iter().any(|c| c.eval(event)),
             Condition::Not(inner) => !inner.eval(event),
             Condition::Syscall(mask) => mask & event.syscall.bit() != 0,
-            Condition::Text { field, pattern } => {
-                field.any_value(event, |value| pattern.is_match(value))
-            }
+            Condition::Text { field, pattern } => pattern.holds_for(*field, event),
             Condition::PathPrefix(prefixes) => event
-                .text(Field::Path)
+                .path()
                 .is_some_and(|path| prefixes.iter().any(|p| path.starts_with(p.as_str()))),
-            Condition::Flag { field, value } => {
-                event.get(field.field()).and_then(Value::as_bool) == Some(*value)
+            Condition::Flag { field, value } => field.value(event) == Some(*value),
+            Condition::Id { field, values } => {
+                field.value(event).is_some_and(|id| values.contains(&id))
             }
-            Condition::Id { field, values } => event
-                .get(field.field())
-                .and_then(Value::as_u64)
-                .is_some_and(|id| values.contains(&id)),
-            Condition::Taint(letters) => event
-                .get(Field::Taint)
-                .is_some_and(|taint| has_taint_letter(taint, letters)),
-            Condition::Sha256(set) => event.text(Field::Sha256).is_some_and(|hash| {
-                if hash.bytes().any(|b| b.is_ascii_uppercase()) {
-                    set.contains(&hash.to_ascii_lowercase())
-                } else {
-                    set.contains(hash)
-                }
-            }),
-            Condition::Result(outcomes) => event
-                .get(Field::Result)
-                .is_some_and(|result| outcomes.iter().any(|o| o.holds(result))),
-            Condition::Time(window) => event.clock().is_some_and(|clock| window.contains(clock)),
+            Condition::Taint(letters) => event.taint().is_some_and(|have| has_any(have, letters)),
+            Condition::Sha256(set) => event.sha256().is_some_and(|hash| has_hash(set, hash)),
+            Condition::Result(outcomes) => outcomes.iter().any(|o| o.holds(event)),
+            Condition::Time(window) => in_window(window, event),
         }
     }
 
@@ -372,37 +389,50 @@ impl Condition {
                 [one] => Value::from(one.as_str()).to_string(),
                 many => Value::from(many.to_vec()).to_string(),
             },
-            Condition::PathPrefix(_) => json_or_absent(event.get(Field::Path)),
-            Condition::Flag { field, .. } => json_or_absent(event.get(field.field())),
-            Condition::Id { field, .. } => json_or_absent(event.get(field.field())),
-            Condition::Taint(_) => json_or_absent(event.get(Field::Taint)),
-            Condition::Sha256(_) => json_or_absent(event.get(Field::Sha256)),
-            Condition::Result(_) => json_or_absent(event.get(Field::Result)),
-            Condition::Time(_) => json_or_absent(event.get(Field::Time)),
+            Condition::PathPrefix(_) => json_or_absent(event.path()),
+            Condition::Flag { field, .. } => json_or_absent(field.value(event)),
+            Condition::Id { field, .. } => json_or_absent(field.value(event)),
+            Condition::Taint(_) => json_or_absent(event.taint()),
+            Condition::Sha256(_) => json_or_absent(event.sha256()),
+            Condition::Result(_) => {
+                let (ok, errno) = (event.ok(), event.errno());
+                match (ok, errno) {
+                    (None, None) => "absent".into(),
+                    _ => serde_json::json!({ "ok": ok, "errno": errno }).to_string(),
+                }
+            }
+            Condition::Time(_) => json_or_absent(event.time()),
         };
         format!(" (value: {shown})")
     }
 }
 
-fn json_or_absent(value: Option<&Value>) -> String {
-    value.map_or_else(|| "absent".into(), Value::to_string)
+fn json_or_absent(value: Option<impl Into<Value>>) -> String {
+    value.map_or_else(|| "absent".into(), |v| v.into().to_string())
 }
 
-/// Whether `module.taint` has any of `letters`; it is the record's
-/// `{"letters":"OE",…}`, or "OE", or ["O","E"].
-fn has_taint_letter(taint: &Value, letters: &str) -> bool {
-    let any_of = |have: &str| have.chars().any(|c| letters.contains(c));
-    match taint {
-        // Of three members, found faster by a walk than by hashing the key.
-        Value::Object(taint) => taint
-            .iter()
-            .find(|(key, _)| *key == "letters")
-            .and_then(|(_, letters)| letters.as_str())
-            .is_some_and(any_of),
-        Value::String(have) => any_of(have),
-        Value::Array(items) => items.iter().filter_map(Value::as_str).any(any_of),
-        _ => false,
+// The two conditions below are kept out of `Condition::eval`, which every
+// condition of every rule goes through, as `Pattern::holds_for` is: inlined,
+// their temporaries (a lowercased hash, a parsed timestamp) would make each
+// call of it pay for a larger stack frame.
+
+#[inline(never)]
+fn has_any(have: &str, letters: &str) -> bool {
+    have.chars().any(|c| letters.contains(c))
+}
+
+#[inline(never)]
+fn has_hash(set: &HashSet<String>, hash: &str) -> bool {
+    if hash.bytes().any(|b| b.is_ascii_uppercase()) {
+        set.contains(&hash.to_ascii_lowercase())
+    } else {
+        set.contains(hash)
     }
+}
+
+#[inline(never)]
+fn in_window(window: &TimeWindow, event: &Event) -> bool {
+    event.clock().is_some_and(|clock| window.contains(clock))
 }
 
 impl fmt::Display for Condition {

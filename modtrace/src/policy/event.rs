@@ -1,15 +1,20 @@
-//! Read access to one syscall record as JSON (docs/output.md), the only input
-//! of policy evaluation: live records and replayed ones go through here alike.
+//! The input of policy evaluation: the values of one syscall record that
+//! conditions test (docs/output.md names them by their JSON paths).
 //!
-//! The values conditions test are taken from the record in one pass when the
-//! event is made, by walking each object's members rather than looking keys
-//! up one hash at a time, and only from the objects the policy's rules read.
-//! A field that is absent or null is `None`, so that a rule about a field this
-//! capture lacks simply does not match.
+//! `watch` takes them from the record it has just made, as it is in memory;
+//! replay and `policy test` read them from the record's JSON, walking each
+//! object's members rather than looking keys up one hash at a time, and only
+//! the objects the policy's rules read. Either way conditions see the same
+//! typed [`Values`], and everything after that is one code path.
 use std::{borrow::Cow, cell::OnceCell};
 
 use chrono::{Datelike, Timelike};
 use serde_json::Value;
+
+use crate::{
+    module_image::Analysis,
+    record::{AncestorRecord, Args, Call, FileArg},
+};
 
 /// The traced syscalls; the discriminants are bits of a rule's prefilter mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,11 +164,165 @@ impl Fields {
     }
 }
 
-/// One syscall record with the values of the fields a policy reads.
+/// Defines [`Values`], one typed value per field that conditions test, and
+/// for each the accessor of [`Event`] that takes it from the record in
+/// memory (`live`, a [`Live`]) or from the values read from JSON: the one
+/// place that says where `watch`'s records keep each value.
+macro_rules! values {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty = |$live:ident| $from_live:expr;)*) => {
+        /// The values of a record that conditions test, typed. A field that
+        /// is absent, null or of another type is `None`, so that a rule
+        /// about a field this record lacks simply does not match.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct Values<'a> {
+            $($(#[$doc])* pub $name: $ty,)*
+            /// The letters of `module.taint`.
+            pub taint: Option<Cow<'a, str>>,
+        }
+
+        impl<'a> Event<'a> {
+            $($(#[$doc])* pub fn $name(&self) -> $ty {
+                match &self.source {
+                    Source::Json(values) => values.$name,
+                    Source::Live($live) => $from_live,
+                }
+            })*
+
+            /// All the values, however they are read.
+            pub fn values(&self) -> Values<'_> {
+                Values {
+                    $($name: self.$name(),)*
+                    taint: self.taint().map(Cow::Borrowed),
+                }
+            }
+        }
+    };
+}
+
+values! {
+    /// `ts`
+    time: Option<&'a str> = |live| Some(live.ts);
+    /// `result.ok`
+    ok: Option<bool> = |live| live.call.result.as_ref().map(|r| r.ok);
+    /// `result.errno`
+    errno: Option<&'a str> = |live| live.call.result.as_ref()?.errno.as_deref();
+    /// `process.exe`
+    exe: Option<&'a str> = |live| live.call.process.exe.as_deref();
+    /// `process.comm`
+    comm: Option<&'a str> = |live| Some(&live.call.process.comm);
+    /// `process.cgroup`
+    cgroup: Option<&'a str> = |live| live.call.process.cgroup.as_deref();
+    /// `process.container.id`
+    container: Option<&'a str> = |live| Some(&live.call.process.container.as_ref()?.id);
+    /// `process.uid`
+    uid: Option<u64> = |live| Some(live.call.process.uid.into());
+    /// `process.auid`
+    auid: Option<u64> = |live| live.call.process.auid.map(u64::from);
+    /// `process.euid`
+    euid: Option<u64> = |live| live.call.process.euid.map(u64::from);
+    /// `process.ancestors[].exe`
+    ancestors: Ancestors<'a> = |live| Ancestors::Typed(&live.call.process.ancestors);
+    /// `parent.exe`
+    parent_exe: Option<&'a str> = |live| live.call.parent.exe.as_deref();
+    /// `args.file.path`
+    path: Option<&'a str> = |live| live.file()?.path.as_deref();
+    /// `args.file.memfd`
+    memfd: Option<bool> = |live| Some(live.file()?.memfd);
+    /// `args.file.unlinked`
+    unlinked: Option<bool> = |live| Some(live.file()?.unlinked);
+    /// `args.params.value`
+    params: Option<&'a str> = |live| match &live.call.args {
+        Args::Init { params, .. } | Args::Finit { params, .. } => params.value.as_deref(),
+        Args::Delete { .. } => None,
+    };
+    /// `args.name.value`, the name delete_module was given
+    delete_name: Option<&'a str> = |live| match &live.call.args {
+        Args::Delete { name, .. } => name.value.as_deref(),
+        _ => None,
+    };
+    /// `cause.request`
+    request: Option<&'a str> = |live| Some(&live.call.cause.as_ref()?.request);
+    /// `module.name`
+    module_name: Option<&'a str> = |live| live.call.module.as_ref()?.name.as_deref();
+    /// `module.image.sha256`
+    sha256: Option<&'a str> = |live| Some(&live.analysis()?.sha256);
+    /// `module.image.signature.signer`
+    signer: Option<&'a str> = |live| live.analysis()?.signature.signer.as_deref();
+    /// `module.image.signature.signed`
+    signed: Option<bool> = |live| Some(live.analysis()?.signature.signed);
+    /// `module.image.modinfo.license`
+    license: Option<&'a str> = |live| live.analysis()?.modinfo.license.as_deref();
+    /// `module.image.modinfo.intree`
+    intree: Option<bool> = |live| Some(live.analysis()?.modinfo.intree);
+}
+
+/// A syscall record as `watch` holds it before writing it.
+#[derive(Clone, Copy)]
+pub struct Live<'a> {
+    /// The record's `ts`.
+    pub ts: &'a str,
+    pub call: &'a Call,
+}
+
+impl<'a> Live<'a> {
+    fn file(self) -> Option<&'a FileArg> {
+        match &self.call.args {
+            Args::Finit { file, .. } => Some(file),
+            _ => None,
+        }
+    }
+
+    fn analysis(self) -> Option<&'a Analysis> {
+        self.call.module.as_ref()?.image.as_ref()?.analysis.as_ref()
+    }
+}
+
+enum Source<'a> {
+    /// Boxed: the values of a record read from JSON are many, and an event
+    /// of `watch` should not carry room for them.
+    Json(Box<Values<'a>>),
+    Live(Live<'a>),
+}
+
+/// `process.ancestors`, as the record's JSON or the collector's own list.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Ancestors<'a> {
+    #[default]
+    Absent,
+    Json(&'a [Value]),
+    Typed(&'a [AncestorRecord]),
+}
+
+impl<'a> Ancestors<'a> {
+    /// The exes the ancestors have, nearest first.
+    pub fn exes(self) -> impl Iterator<Item = &'a str> {
+        let (json, typed) = match self {
+            Ancestors::Absent => (&[][..], &[][..]),
+            Ancestors::Json(json) => (json, &[][..]),
+            Ancestors::Typed(typed) => (&[][..], typed),
+        };
+        json.iter()
+            .filter_map(|a| a.get("exe")?.as_str())
+            .chain(typed.iter().filter_map(|a| a.exe.as_deref()))
+    }
+}
+
+/// Conditions see ancestors only through their exes.
+impl PartialEq for Ancestors<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.exes().eq(other.exes())
+    }
+}
+
+impl Eq for Ancestors<'_> {}
+
+/// One syscall record, with the values a policy tests.
 pub struct Event<'a> {
+    /// The record as JSON, for messages: they are formatted only for rules
+    /// that matched, and may name any field.
     pub record: &'a Value,
     pub syscall: Syscall,
-    values: [Option<&'a Value>; FIELD_COUNT],
+    source: Source<'a>,
     module: Option<&'a str>,
     /// `module` as names are compared: `-` spelled `_`.
     module_key: Option<Cow<'a, str>>,
@@ -181,62 +340,82 @@ pub struct Clock {
 }
 
 impl<'a> Event<'a> {
+    /// The event of a record read back from JSON (replay, `policy test`);
     /// `None` for records that are not syscall records (start, loss, …).
     /// Fields outside `reads` are left absent; the module's name is always
     /// read, for the index of rules and for messages.
-    pub fn new(record: &'a Value, reads: Fields) -> Option<Self> {
+    pub fn from_json(record: &'a Value, reads: Fields) -> Option<Self> {
         let top = TopLevel::of(record);
         let syscall = Syscall::from_name(top.kind?)?;
-        let mut event = Self {
-            record,
-            syscall,
-            values: [None; FIELD_COUNT],
-            module: None,
-            module_key: None,
-            clock: OnceCell::new(),
-        };
-        event.put(Field::Time, top.ts);
-        event.put(Field::Result, top.result);
+        let mut reader = JsonReader::default();
+        reader.put(Field::Time, top.ts);
+        reader.put(Field::Result, top.result);
         if let Some(module) = top.module {
-            event.read_module(module, reads);
+            reader.read_module(module, reads);
         }
-        let reads = if event.text(Field::ModuleName).is_none() {
+        let reads = if reader.values.module_name.is_none() {
             reads.or(Fields::of(&[Field::Path, Field::DeleteName]))
         } else {
             reads
         };
         if let Some(args) = top.args.filter(|_| reads.meets(Fields::ARGS)) {
-            event.read_args(args, reads);
+            reader.read_args(args, reads);
         }
         if let Some(process) = top.process {
-            event.read_process(process, reads);
+            reader.read_process(process, reads);
         }
         if let Some(parent) = top.parent {
-            event.read_members(parent, reads.and(Fields::PARENT), |key| {
+            reader.read_members(parent, reads.and(Fields::PARENT), |key| {
                 (key == "exe").then_some(Field::ParentExe)
             });
         }
         if let Some(cause) = top.cause {
-            event.read_members(cause, reads.and(Fields::CAUSE), |key| {
+            reader.read_members(cause, reads.and(Fields::CAUSE), |key| {
                 (key == "request").then_some(Field::Request)
             });
         }
-        event.module = event.module_name();
+        Some(Self::new(
+            record,
+            syscall,
+            Source::Json(Box::new(reader.values)),
+        ))
+    }
+
+    /// The event of a record `watch` has just made: `record` is its JSON,
+    /// and the values are taken from `live` as they are.
+    pub fn from_live(record: &'a Value, syscall: Syscall, live: Live<'a>) -> Self {
+        Self::new(record, syscall, Source::Live(live))
+    }
+
+    fn new(record: &'a Value, syscall: Syscall, source: Source<'a>) -> Self {
+        let mut event = Self {
+            record,
+            syscall,
+            source,
+            module: None,
+            module_key: None,
+            clock: OnceCell::new(),
+        };
+        event.module = event.module_name().or_else(|| match syscall {
+            // Until module analysis names it: the name delete_module was
+            // given, or the file name of a finit_module path.
+            Syscall::DeleteModule => event.delete_name(),
+            Syscall::FinitModule => event.path().and_then(name_from_path),
+            Syscall::InitModule => None,
+        });
         event.module_key = event.module.map(normalise_module_name);
-        Some(event)
+        event
     }
 
-    /// The value of `field`; `None` when absent or null.
-    pub fn get(&self, field: Field) -> Option<&'a Value> {
-        self.values[field as usize]
+    /// The letters of `module.taint`.
+    pub fn taint(&self) -> Option<&str> {
+        match &self.source {
+            Source::Json(values) => values.taint.as_deref(),
+            Source::Live(live) => Some(&live.call.module.as_ref()?.taint.as_ref()?.letters),
+        }
     }
 
-    pub fn text(&self, field: Field) -> Option<&'a str> {
-        self.get(field)?.as_str()
-    }
-
-    /// Any value of the record, by path, for messages: they are formatted
-    /// only for rules that matched, so they read the record directly.
+    /// Any value of the record, by path, for messages.
     pub fn at(&self, path: &[&str]) -> Option<&'a Value> {
         value_at(self.record, path)
     }
@@ -245,7 +424,8 @@ impl<'a> Event<'a> {
         self.at(path)?.as_str()
     }
 
-    /// The module's name as the record gives it (not normalised).
+    /// The module's name as the record gives it, or failing that as the
+    /// arguments do (not normalised).
     pub fn module(&self) -> Option<&str> {
         self.module
     }
@@ -256,11 +436,59 @@ impl<'a> Event<'a> {
     }
 
     pub fn clock(&self) -> Option<Clock> {
-        *self.clock.get_or_init(|| clock_of(self.text(Field::Time)?))
+        *self.clock.get_or_init(|| clock_of(self.time()?))
     }
+}
 
+/// Takes [`Values`] from a record's JSON in one walk over each object the
+/// policy reads, stopping in each once it has what it wants.
+#[derive(Default)]
+struct JsonReader<'a> {
+    values: Values<'a>,
+}
+
+impl<'a> JsonReader<'a> {
     fn put(&mut self, field: Field, value: Option<&'a Value>) {
-        self.values[field as usize] = value.filter(|v| !v.is_null());
+        let Some(value) = value else { return };
+        let v = &mut self.values;
+        match field {
+            Field::Time => v.time = value.as_str(),
+            Field::Result => {
+                for (key, value) in members(value) {
+                    match key {
+                        "ok" => v.ok = value.as_bool(),
+                        "errno" => v.errno = value.as_str(),
+                        _ => {}
+                    }
+                }
+            }
+            Field::Exe => v.exe = value.as_str(),
+            Field::Comm => v.comm = value.as_str(),
+            Field::Cgroup => v.cgroup = value.as_str(),
+            Field::Container => v.container = value.as_str(),
+            Field::Uid => v.uid = value.as_u64(),
+            Field::Auid => v.auid = value.as_u64(),
+            Field::Euid => v.euid = value.as_u64(),
+            Field::Ancestors => {
+                v.ancestors = value
+                    .as_array()
+                    .map_or(Ancestors::Absent, |a| Ancestors::Json(a))
+            }
+            Field::ParentExe => v.parent_exe = value.as_str(),
+            Field::Path => v.path = value.as_str(),
+            Field::Memfd => v.memfd = value.as_bool(),
+            Field::Unlinked => v.unlinked = value.as_bool(),
+            Field::Params => v.params = value.as_str(),
+            Field::DeleteName => v.delete_name = value.as_str(),
+            Field::Request => v.request = value.as_str(),
+            Field::ModuleName => v.module_name = value.as_str(),
+            Field::Taint => v.taint = taint_letters(value),
+            Field::Sha256 => v.sha256 = value.as_str(),
+            Field::Signer => v.signer = value.as_str(),
+            Field::Signed => v.signed = value.as_bool(),
+            Field::License => v.license = value.as_str(),
+            Field::Intree => v.intree = value.as_bool(),
+        }
     }
 
     /// Stores each member of `object` that `field_of` names as a field in
@@ -355,18 +583,19 @@ impl<'a> Event<'a> {
             }
         }
     }
+}
 
-    /// `module.name` once module analysis provides it; until then the name
-    /// that delete_module was given, or the file name of a finit_module path.
-    fn module_name(&self) -> Option<&'a str> {
-        if let Some(name) = self.text(Field::ModuleName) {
-            return Some(name);
-        }
-        match self.syscall {
-            Syscall::DeleteModule => self.text(Field::DeleteName),
-            Syscall::FinitModule => self.text(Field::Path).and_then(name_from_path),
-            Syscall::InitModule => None,
-        }
+/// The letters of `module.taint`: the record's `{"letters":"OE",…}`, or, as
+/// people write events for `policy test`, "OE" or ["O","E"].
+fn taint_letters(taint: &Value) -> Option<Cow<'_, str>> {
+    match taint {
+        Value::Object(_) => members(taint)
+            .find(|(key, _)| *key == "letters")
+            .and_then(|(_, letters)| letters.as_str())
+            .map(Cow::Borrowed),
+        Value::String(letters) => Some(Cow::Borrowed(letters)),
+        Value::Array(items) => Some(Cow::Owned(items.iter().filter_map(Value::as_str).collect())),
+        _ => None,
     }
 }
 
@@ -464,7 +693,7 @@ mod tests {
         let record = json!({"kind":"finit_module","module":{"name":"real"},
             "args":{"file":{"path":"/tmp/other.ko"}}});
         assert_eq!(
-            Event::new(&record, Fields::ALL).unwrap().module(),
+            Event::from_json(&record, Fields::ALL).unwrap().module(),
             Some("real")
         );
     }
@@ -473,33 +702,36 @@ mod tests {
     fn module_name_falls_back_to_the_path_or_the_delete_argument() {
         let finit = json!({"kind":"finit_module","args":{"file":{"path":"/x/usb-storage.ko.zst"}}});
         assert_eq!(
-            Event::new(&finit, Fields::ALL).unwrap().module(),
+            Event::from_json(&finit, Fields::ALL).unwrap().module(),
             Some("usb-storage")
         );
         let memfd = json!({"kind":"finit_module","args":{"file":{"path":"/memfd:x"}}});
-        assert_eq!(Event::new(&memfd, Fields::ALL).unwrap().module(), None);
+        assert_eq!(
+            Event::from_json(&memfd, Fields::ALL).unwrap().module(),
+            None
+        );
         let delete = json!({"kind":"delete_module","args":{"name":{"value":"dummy"}}});
         assert_eq!(
-            Event::new(&delete, Fields::ALL).unwrap().module(),
+            Event::from_json(&delete, Fields::ALL).unwrap().module(),
             Some("dummy")
         );
         let init = json!({"kind":"init_module","args":{}});
-        assert_eq!(Event::new(&init, Fields::ALL).unwrap().module(), None);
+        assert_eq!(Event::from_json(&init, Fields::ALL).unwrap().module(), None);
     }
 
     #[test]
     fn other_records_are_not_events() {
-        assert!(Event::new(&json!({"kind":"start"}), Fields::ALL).is_none());
-        assert!(Event::new(&json!({"kind":5}), Fields::ALL).is_none());
-        assert!(Event::new(&json!([]), Fields::ALL).is_none());
+        assert!(Event::from_json(&json!({"kind":"start"}), Fields::ALL).is_none());
+        assert!(Event::from_json(&json!({"kind":5}), Fields::ALL).is_none());
+        assert!(Event::from_json(&json!([]), Fields::ALL).is_none());
     }
 
     #[test]
     fn null_is_absent() {
         let record = json!({"kind":"init_module","process":{"exe":null}});
-        let event = Event::new(&record, Fields::ALL).unwrap();
+        let event = Event::from_json(&record, Fields::ALL).unwrap();
         assert!(event.at(&["process", "exe"]).is_none());
-        assert!(event.get(Field::Exe).is_none());
+        assert_eq!(event.exe(), None);
     }
 
     #[test]
@@ -512,51 +744,178 @@ mod tests {
             "cause":{"request":"r"},
             "module":{"name":"m","taint":"O","image":{"sha256":"h",
                 "signature":{"signer":"s","signed":true},"modinfo":{"license":"l","intree":false}}}});
-        let event = Event::new(&record, Fields::ALL).unwrap();
-        let strings = [
-            (Field::Time, "t"),
-            (Field::Exe, "e"),
-            (Field::Comm, "c"),
-            (Field::Cgroup, "g"),
-            (Field::Container, "k"),
-            (Field::ParentExe, "p"),
-            (Field::Path, "/x.ko"),
-            (Field::Params, "v"),
-            (Field::Request, "r"),
-            (Field::ModuleName, "m"),
-            (Field::Taint, "O"),
-            (Field::Sha256, "h"),
-            (Field::Signer, "s"),
-            (Field::License, "l"),
-        ];
-        for (field, expected) in strings {
-            assert_eq!(event.text(field), Some(expected), "{field:?}");
-        }
-        for (field, expected) in [(Field::Uid, 1), (Field::Auid, 2), (Field::Euid, 3)] {
-            assert_eq!(event.get(field).and_then(Value::as_u64), Some(expected));
-        }
-        for (field, expected) in [
-            (Field::Memfd, false),
-            (Field::Unlinked, true),
-            (Field::Signed, true),
-            (Field::Intree, false),
+        let event = Event::from_json(&record, Fields::ALL).unwrap();
+        let values = event.values();
+        let ancestors = [json!({"exe":"a"})];
+        let expected = Values {
+            time: Some("t"),
+            ok: Some(true),
+            errno: None,
+            exe: Some("e"),
+            comm: Some("c"),
+            cgroup: Some("g"),
+            container: Some("k"),
+            uid: Some(1),
+            auid: Some(2),
+            euid: Some(3),
+            ancestors: Ancestors::Json(&ancestors),
+            parent_exe: Some("p"),
+            path: Some("/x.ko"),
+            memfd: Some(false),
+            unlinked: Some(true),
+            params: Some("v"),
+            delete_name: None,
+            request: Some("r"),
+            module_name: Some("m"),
+            taint: Some("O".into()),
+            sha256: Some("h"),
+            signer: Some("s"),
+            signed: Some(true),
+            license: Some("l"),
+            intree: Some(false),
+        };
+        assert_eq!(values, expected);
+        assert_eq!(values.ancestors.exes().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn taint_letters_come_from_the_record_or_as_people_write_them() {
+        for taint in [
+            json!({"raw":12288,"letters":"OE"}),
+            json!("OE"),
+            json!(["O", "E"]),
         ] {
-            assert_eq!(event.get(field).and_then(Value::as_bool), Some(expected));
+            let record = json!({"kind":"finit_module","module":{"taint":taint}});
+            let event = Event::from_json(&record, Fields::ALL).unwrap();
+            let values = event.values();
+            assert_eq!(values.taint.as_deref(), Some("OE"), "{taint}");
         }
-        assert_eq!(event.get(Field::Result), Some(&json!({"ok":true})));
-        assert_eq!(event.get(Field::Ancestors), Some(&json!([{"exe":"a"}])));
+    }
+
+    #[test]
+    fn values_of_another_type_are_absent() {
+        let record = json!({"kind":"finit_module","process":{"uid":"0","exe":7},
+            "args":{"file":{"memfd":"yes"}},"result":{"ok":1,"errno":5}});
+        let event = Event::from_json(&record, Fields::ALL).unwrap();
+        let values = event.values();
+        assert_eq!(values, Values::default());
+    }
+
+    mod live_and_json_agree {
+        use super::*;
+        use crate::{
+            enrich::ImageReport,
+            fields,
+            record::{FileArg, ModuleInfo},
+            samples::{captured, ordinary_finit as finit, render, TS},
+        };
+
+        /// The same load by a process of which little is known, from memory,
+        /// failing, its image unreadable.
+        fn failed_init() -> Call {
+            let mut call = finit();
+            call.process.exe = None;
+            call.process.cgroup = None;
+            call.process.container = None;
+            call.process.auid = None;
+            call.process.ancestors.clear();
+            call.parent.exe = None;
+            call.args = Args::Init {
+                image_addr: "0x7f0000".into(),
+                image_len: 4096,
+                params: captured(None),
+            };
+            call.result = Some(fields::call_result(-1));
+            call.module = Some(ModuleInfo {
+                taint: Some(fields::taint(1 << 12 | 1 << 13)),
+                image: Some(ImageReport {
+                    source: "caller-memory",
+                    during_call: true,
+                    analysis: None,
+                    error: Some("unreadable".into()),
+                }),
+                ..ModuleInfo::default()
+            });
+            call.cause = None;
+            call
+        }
+
+        /// A memfd load whose path was not captured, the task died inside.
+        fn memfd_unfinished() -> Call {
+            let mut call = finit();
+            call.args = Args::Finit {
+                fd: 4,
+                file: FileArg {
+                    path: None,
+                    truncated: false,
+                    ino: None,
+                    unlinked: true,
+                    memfd: true,
+                    error: Some("unresolved"),
+                },
+                params: captured(Some("")),
+                flags: fields::decode_flags(0, fields::FINIT_FLAGS),
+            };
+            call.exited = false;
+            call.duration_ns = None;
+            call.result = None;
+            call.module = None;
+            call
+        }
+
+        fn delete() -> Call {
+            let mut call = finit();
+            call.args = Args::Delete {
+                name: captured(Some("usb-storage")),
+                flags: fields::decode_flags(0, fields::DELETE_FLAGS),
+            };
+            call.result = Some(fields::call_result(-2));
+            call.module = Some(ModuleInfo {
+                name: Some("usb-storage".into()),
+                freed: Some(false),
+                ..ModuleInfo::default()
+            });
+            call
+        }
+
+        #[test]
+        fn for_every_kind_of_call() {
+            let calls = [
+                (Syscall::FinitModule, finit()),
+                (Syscall::InitModule, failed_init()),
+                (Syscall::FinitModule, memfd_unfinished()),
+                (Syscall::DeleteModule, delete()),
+            ];
+            for (syscall, call) in calls {
+                let json = render(syscall, &call);
+                let live = Event::from_live(
+                    &json,
+                    syscall,
+                    Live {
+                        ts: TS,
+                        call: &call,
+                    },
+                );
+                let read = Event::from_json(&json, Fields::ALL).unwrap();
+                assert_eq!(live.values(), read.values(), "{json}");
+                assert_eq!(live.syscall, read.syscall);
+                assert_eq!(live.module(), read.module());
+                assert_eq!(live.module_key(), read.module_key());
+                assert_ne!(live.values(), Values::default());
+            }
+        }
     }
 
     #[test]
     fn only_the_fields_read_are_taken_but_always_the_module_name() {
         let record = json!({"kind":"finit_module","process":{"exe":"e"},
             "args":{"file":{"path":"/x/usb-storage.ko"}}});
-        let event = Event::new(&record, Fields::of(&[Field::Request])).unwrap();
-        assert_eq!(event.get(Field::Exe), None);
-        assert_eq!(event.get(Field::Path), Some(&json!("/x/usb-storage.ko")));
+        let event = Event::from_json(&record, Fields::of(&[Field::Request])).unwrap();
+        assert_eq!(event.exe(), None);
+        assert_eq!(event.path(), Some("/x/usb-storage.ko"));
         assert_eq!(event.module(), Some("usb-storage"));
         assert_eq!(event.module_key(), Some("usb_storage"));
-        let event = Event::new(&record, Fields::NONE).unwrap();
+        let event = Event::from_json(&record, Fields::NONE).unwrap();
         assert_eq!(event.module(), Some("usb-storage"));
     }
 }

@@ -6,11 +6,15 @@
 //! globset prepares a candidate (file name, extension) and runs a strategy per
 //! kind of glob on every call; the shapes policies are mostly written in need
 //! one comparison, or one hash lookup per distinct length in the index.
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::condition::TextField;
+
+/// Keyed by policy strings and looked up with event values: a fast hash,
+/// seeded per process so that crafted values cannot collide on purpose.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 
 /// A value as globs test it. Simple shapes compare `key`, the value in the
 /// field's spelling for comparison (module names with `_` for `-`, as the
@@ -69,7 +73,11 @@ impl Shape {
 }
 
 fn basename(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
+    // Values are short: a plain scan beats the generic string searcher.
+    match path.bytes().rposition(|b| b == b'/') {
+        Some(slash) => &path[slash + 1..],
+        None => path,
+    }
 }
 
 impl Glob {
@@ -193,13 +201,18 @@ impl Globs {
     }
 
     pub fn is_match(&self, text: Text) -> bool {
-        self.globs
-            .iter()
-            .any(|glob| matches!(glob, Glob::Simple(shape) if shape.matches(text.key)))
-            || self
-                .compiled
-                .as_ref()
-                .is_some_and(|set| set.is_match(text.raw))
+        // Lists of program names (`**/kmod`, `**/insmod`) share one basename.
+        let mut base = None;
+        self.globs.iter().any(|glob| match glob {
+            Glob::Simple(Shape::Basename(name)) => {
+                *base.get_or_insert_with(|| basename(text.key)) == name
+            }
+            Glob::Simple(shape) => shape.matches(text.key),
+            Glob::Compiled(_) => false,
+        }) || self
+            .compiled
+            .as_ref()
+            .is_some_and(|set| set.is_match(text.raw))
     }
 }
 
@@ -211,8 +224,8 @@ impl Globs {
 #[derive(Debug)]
 pub struct GlobIndex {
     pub field: TextField,
-    exact: HashMap<String, Vec<usize>>,
-    basenames: HashMap<String, Vec<usize>>,
+    exact: RulesBy,
+    basenames: RulesBy,
     prefixes: Affixes,
     suffixes: Affixes,
     compiled: GlobSet,
@@ -220,23 +233,45 @@ pub struct GlobIndex {
     compiled_rules: Vec<usize>,
 }
 
+/// Rules by a string their globs require.
+#[derive(Debug, Default)]
+struct RulesBy(HashMap<String, Vec<usize>>);
+
+impl RulesBy {
+    /// Lists a rule once per string, even when several of its globs share it.
+    fn add(&mut self, key: &str, rule: usize) {
+        let rules = self.0.entry(key.to_owned()).or_default();
+        if rules.last() != Some(&rule) {
+            rules.push(rule);
+        }
+    }
+
+    fn get(&self, key: &str) -> &[usize] {
+        // Most hold a handful of strings: comparing them costs less than
+        // hashing the key.
+        let rules = if self.0.len() <= 4 {
+            self.0.iter().find(|(k, _)| k.as_str() == key).map(|(_, r)| r)
+        } else {
+            self.0.get(key)
+        };
+        rules.map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Prefixes or suffixes by their length in bytes.
 #[derive(Debug, Default)]
-struct Affixes(Vec<(usize, HashMap<String, Vec<usize>>)>);
+struct Affixes(Vec<(usize, RulesBy)>);
 
 impl Affixes {
     fn add(&mut self, affix: &str, rule: usize) {
         let position = match self.0.iter().position(|(len, _)| *len == affix.len()) {
             Some(position) => position,
             None => {
-                self.0.push((affix.len(), HashMap::new()));
+                self.0.push((affix.len(), RulesBy::default()));
                 self.0.len() - 1
             }
         };
-        add_rule(
-            self.0[position].1.entry(affix.to_owned()).or_default(),
-            rule,
-        );
+        self.0[position].1.add(affix, rule);
     }
 
     /// Calls `found` for the rules of each affix that `part_of(key, length)`
@@ -248,17 +283,10 @@ impl Affixes {
         found: &mut impl FnMut(usize),
     ) {
         for (len, rules) in &self.0 {
-            if let Some(rules) = part_of(key, *len).and_then(|part| rules.get(part)) {
-                rules.iter().copied().for_each(&mut *found);
+            if let Some(part) = part_of(key, *len) {
+                rules.get(part).iter().copied().for_each(&mut *found);
             }
         }
-    }
-}
-
-/// A rule listed once per entry, even when several of its globs share it.
-fn add_rule(rules: &mut Vec<usize>, rule: usize) {
-    if rules.last() != Some(&rule) {
-        rules.push(rule);
     }
 }
 
@@ -273,8 +301,8 @@ impl GlobIndexBuilder {
         Self {
             index: GlobIndex {
                 field,
-                exact: HashMap::new(),
-                basenames: HashMap::new(),
+                exact: RulesBy::default(),
+                basenames: RulesBy::default(),
                 prefixes: Affixes::default(),
                 suffixes: Affixes::default(),
                 compiled: GlobSet::empty(),
@@ -291,12 +319,8 @@ impl GlobIndexBuilder {
     pub fn add(&mut self, glob: &Glob, rule: usize) {
         let index = &mut self.index;
         match glob {
-            Glob::Simple(Shape::Exact(exact)) => {
-                add_rule(index.exact.entry(exact.clone()).or_default(), rule);
-            }
-            Glob::Simple(Shape::Basename(name)) => {
-                add_rule(index.basenames.entry(name.clone()).or_default(), rule);
-            }
+            Glob::Simple(Shape::Exact(exact)) => index.exact.add(exact, rule),
+            Glob::Simple(Shape::Basename(name)) => index.basenames.add(name, rule),
             Glob::Simple(Shape::Prefix { prefix, .. }) => index.prefixes.add(prefix, rule),
             Glob::Simple(Shape::Suffix { suffix, .. }) => index.suffixes.add(suffix, rule),
             Glob::Compiled(compiled) => {
@@ -319,18 +343,12 @@ impl GlobIndex {
     /// than once.
     pub fn candidates(&self, text: Text, found: &mut impl FnMut(usize)) {
         let key = text.key;
-        let mut look_up = |map: &HashMap<String, Vec<usize>>, part: &str| {
-            if let Some(rules) = map.get(part) {
-                rules.iter().copied().for_each(&mut *found);
-            }
-        };
-        // Hashing costs more than the test for an empty map.
-        if !self.exact.is_empty() {
-            look_up(&self.exact, key);
-        }
-        if !self.basenames.is_empty() {
-            look_up(&self.basenames, basename(key));
-        }
+        self.exact.get(key).iter().copied().for_each(&mut *found);
+        self.basenames
+            .get(basename(key))
+            .iter()
+            .copied()
+            .for_each(&mut *found);
         self.prefixes.find(key, |key, len| key.get(..len), found);
         self.suffixes.find(
             key,

@@ -25,11 +25,16 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-pub use self::parse::{line_column, Context, ParseError};
+use crate::record::Call;
+
 use self::{
     condition::{Condition, Matcher, Pattern, TextField},
-    event::{Event, Fields, Syscall},
+    event::{Event, Fields, Live},
     glob::{Glob, GlobIndex, GlobIndexBuilder, Shape},
+};
+pub use self::{
+    event::Syscall,
+    parse::{line_column, Context, ParseError},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -152,6 +157,8 @@ pub struct Rule {
     pub enabled: bool,
     /// Syscalls the rule can match at all, checked before anything else.
     syscalls: u8,
+    /// `when` without the conditions on the syscall that `syscalls` decides.
+    rest: Condition,
 }
 
 impl Rule {
@@ -166,7 +173,7 @@ impl Rule {
         allow: Option<Condition>,
         enabled: bool,
     ) -> Self {
-        let syscalls = syscall_mask(&when);
+        let (syscalls, rest) = split_syscalls(&when);
         Self {
             id,
             description,
@@ -177,12 +184,13 @@ impl Rule {
             allow,
             enabled,
             syscalls,
+            rest,
         }
     }
 
     pub fn matches(&self, event: &Event) -> bool {
         self.syscalls & event.syscall.bit() != 0
-            && self.when.eval(event)
+            && self.rest.eval(event)
             && !self.allow.as_ref().is_some_and(|allow| allow.eval(event))
     }
 
@@ -261,17 +269,26 @@ impl Rule {
     }
 }
 
-/// The syscalls a condition can hold for, as far as a top-level `syscall`
-/// or `load` condition says; everything otherwise.
-fn syscall_mask(when: &Condition) -> u8 {
+/// The syscalls a condition can hold for, as far as its top-level `syscall`
+/// or `load` conditions say (everything otherwise), and the rest of it.
+fn split_syscalls(when: &Condition) -> (u8, Condition) {
     let conjuncts = match when {
         Condition::All(all) => all.as_slice(),
         single => std::slice::from_ref(single),
     };
-    conjuncts.iter().fold(Syscall::ANY, |mask, c| match c {
-        Condition::Syscall(bits) => mask & bits,
-        _ => mask,
-    })
+    let mut mask = Syscall::ANY;
+    let mut rest = Vec::new();
+    for conjunct in conjuncts {
+        match conjunct {
+            Condition::Syscall(bits) => mask &= bits,
+            other => rest.push(other.clone()),
+        }
+    }
+    let rest = match <[Condition; 1]>::try_from(rest) {
+        Ok([single]) => single,
+        Err(rest) => Condition::All(rest),
+    };
+    (mask, rest)
 }
 
 fn display(event: &Event, path: &[&str]) -> String {
@@ -539,22 +556,33 @@ impl Policy {
         &self.rules
     }
 
-    /// Judges one record; `None` for records that are not syscall records.
+    /// Judges one record read back from JSON; `None` for records that are
+    /// not syscall records.
     pub fn evaluate(&self, record: &Value) -> Option<Evaluation> {
-        let event = Event::new(record, self.reads)?;
+        Some(self.evaluate_event(&Event::from_json(record, self.reads)?))
+    }
+
+    /// Judges one event, however its values were read.
+    pub fn evaluate_event(&self, event: &Event) -> Evaluation {
         // Nothing is allocated unless a rule matches.
         let mut matched = Vec::new();
         let mut check = |index: usize| {
-            if self.rules[index].matches(&event) {
+            if self.rules[index].matches(event) {
                 matched.push(index);
             }
         };
         self.scan.iter().copied().for_each(&mut check);
         for index in &self.indexes {
-            index.field.any_value(&event, |value| {
+            index.field.any_value(event, |value| {
                 index.candidates(value, &mut check);
                 false
             });
+        }
+        if matched.is_empty() {
+            return Evaluation {
+                verdict: Verdict::None,
+                matches: Vec::new(),
+            };
         }
         // An index may offer a rule twice; matches keep the order of the
         // rules in the file.
@@ -562,31 +590,41 @@ impl Policy {
         matched.dedup();
         let matches: Vec<Match> = matched
             .into_iter()
-            .map(|index| self.rules[index].matched(&event))
+            .map(|index| self.rules[index].matched(event))
             .collect();
         let verdict = matches
             .iter()
             .map(|m| Verdict::from(m.action))
             .max()
             .unwrap_or(Verdict::None);
-        Some(Evaluation { verdict, matches })
+        Evaluation { verdict, matches }
     }
 
-    /// Evaluates `record` and stores the result in its `policy` key,
-    /// replacing any earlier judgement.
+    /// Evaluates `record`, read back from JSON, and stores the result in its
+    /// `policy` key, replacing any earlier judgement.
     pub fn judge(&self, record: &mut Value) -> Option<Evaluation> {
         let evaluation = self.evaluate(record)?;
-        if let Value::Object(map) = record {
-            let value = serde_json::to_value(&evaluation).expect("evaluations serialize");
-            map.insert("policy".into(), value);
-        }
-        Some(evaluation)
+        Some(store(record, evaluation))
+    }
+
+    /// [`Policy::judge`] for a record `watch` has just made: `record` is the
+    /// JSON of `call`, whose values the policy takes as they are.
+    pub fn judge_call(
+        &self,
+        record: &mut Value,
+        syscall: Syscall,
+        ts: &str,
+        call: &Call,
+    ) -> Evaluation {
+        let live = Live { ts, call };
+        let evaluation = self.evaluate_event(&Event::from_live(record, syscall, live));
+        store(record, evaluation)
     }
 
     /// For each enabled rule: whether it matched `record`, and why, one line
     /// per condition.
     pub fn explain(&self, record: &Value) -> Option<Vec<(String, bool, Vec<String>)>> {
-        let event = Event::new(record, self.reads)?;
+        let event = Event::from_json(record, self.reads)?;
         let explained = self
             .rules
             .iter()
@@ -603,6 +641,15 @@ impl Policy {
             .collect();
         Some(explained)
     }
+}
+
+/// Writes `evaluation` into `record` as its `policy` object.
+fn store(record: &mut Value, evaluation: Evaluation) -> Evaluation {
+    if let Value::Object(map) = record {
+        let value = serde_json::to_value(&evaluation).expect("evaluations serialize");
+        map.insert("policy".into(), value);
+    }
+    evaluation
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

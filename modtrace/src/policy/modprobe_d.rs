@@ -376,7 +376,7 @@ mod tests {
             ),
         ];
         for (record, expected) in cases {
-            let event = Event::new(&record, crate::policy::event::Fields::ALL).unwrap();
+            let event = Event::from_json(&record, crate::policy::event::Fields::ALL).unwrap();
             assert_eq!(
                 Bypass::classify(&event, "usb_storage"),
                 expected,

@@ -1,0 +1,156 @@
+//! Records of typical calls, built as `watch` builds them, for tests and
+//! benchmarks: the typed record and, from it, its JSON.
+use serde_json::Value;
+
+use crate::{
+    container::Container,
+    enrich::ImageReport,
+    fields::{self, Captured},
+    module_image::{Analysis, Modinfo, Signature},
+    policy::Syscall,
+    record::{
+        AncestorRecord, Args, Body, Call, Cause, FileArg, ModuleInfo, Namespaces, Parent, Process,
+        Record, Requester, SCHEMA_VERSION,
+    },
+};
+
+/// The time of every sample record.
+pub const TS: &str = "2026-11-28T04:30:00.123456789Z";
+
+pub fn captured(value: Option<&str>) -> Captured {
+    Captured {
+        value: value.map(Into::into),
+        truncated: false,
+        error: None,
+    }
+}
+
+/// `call` as `watch` renders it (sink.rs), at [`TS`].
+pub fn render(syscall: Syscall, call: &Call) -> Value {
+    let body = Body::Call(Box::new(call.clone()));
+    serde_json::to_value(Record {
+        kind: syscall.name(),
+        schema: SCHEMA_VERSION,
+        ts: TS.into(),
+        seq: 7,
+        host: "web1",
+        body: &body,
+    })
+    .expect("records serialize to JSON")
+}
+
+/// A finit_module of ext4 by modprobe from the module tree, signed and
+/// untainting, autoloaded for a mount in a container: every field a policy
+/// condition reads is set, and the default policy flags nothing.
+pub fn ordinary_finit() -> Call {
+    Call {
+        duration_ns: Some(81234),
+        exited: true,
+        process: Process {
+            pid: 812,
+            tid: 812,
+            ppid: Some(790),
+            uid: 0,
+            gid: 0,
+            euid: Some(0),
+            auid: Some(1000),
+            session: Some(3),
+            comm: "modprobe".into(),
+            exe: Some("/usr/bin/kmod".into()),
+            cmdline: Some(vec!["modprobe".into(), "ext4".into()]),
+            cgroup_id: 4242,
+            cgroup: Some("/system.slice/docker-abc.scope".into()),
+            container: Some(Container {
+                runtime: "docker",
+                id: "abc".into(),
+                pod_uid: None,
+            }),
+            systemd_unit: None,
+            namespaces: Namespaces {
+                mnt: Some(4026531841),
+                pid: None,
+            },
+            ancestors: vec![
+                AncestorRecord {
+                    pid: 790,
+                    comm: "bash".into(),
+                    uid: 0,
+                    exe: Some("/usr/bin/bash".into()),
+                },
+                AncestorRecord {
+                    pid: 700,
+                    comm: "gone".into(),
+                    uid: 0,
+                    exe: None,
+                },
+                AncestorRecord {
+                    pid: 1,
+                    comm: "systemd".into(),
+                    uid: 0,
+                    exe: Some("/usr/lib/systemd/systemd".into()),
+                },
+            ],
+        },
+        parent: Parent {
+            pid: Some(790),
+            comm: Some("bash".into()),
+            exe: Some("/usr/bin/bash".into()),
+            cmdline: None,
+        },
+        args: Args::Finit {
+            fd: 3,
+            file: FileArg {
+                path: Some("/lib/modules/6.1.0-28-amd64/kernel/fs/ext4/ext4.ko".into()),
+                truncated: false,
+                ino: Some(131733),
+                unlinked: false,
+                memfd: false,
+                error: None,
+            },
+            params: captured(Some("debug=1")),
+            flags: fields::decode_flags(0, fields::FINIT_FLAGS),
+        },
+        result: Some(fields::call_result(0)),
+        module: Some(ModuleInfo {
+            name: Some("ext4".into()),
+            taint: Some(fields::taint(0)),
+            kernel_taint: Some(fields::taint(1)),
+            freed: None,
+            image: Some(ImageReport {
+                source: "fd",
+                during_call: true,
+                analysis: Some(Analysis {
+                    sha256: "3f".repeat(32),
+                    decompressed_sha256: None,
+                    compression: None,
+                    size: 1138840,
+                    modinfo: Modinfo {
+                        license: Some("GPL".into()),
+                        intree: true,
+                        ..Modinfo::default()
+                    },
+                    signature: Signature {
+                        signed: true,
+                        signer: Some("Debian Secure Boot CA".into()),
+                        ..Signature::default()
+                    },
+                    this_module_name: Some("ext4".into()),
+                    warnings: Vec::new(),
+                }),
+                error: None,
+            }),
+        }),
+        cause: Some(Cause {
+            request_seq: 2,
+            request: "fs-ext4".into(),
+            process: Requester {
+                pid: 600,
+                comm: "mount".into(),
+                uid: 0,
+                exe: None,
+                cgroup: None,
+            },
+            matched_by: "cmdline",
+        }),
+    }
+}
