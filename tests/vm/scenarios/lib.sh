@@ -99,7 +99,7 @@ watch_start() {
     echo "watch-begin $watch_label" > $T/trace_marker
 }
 
-# watch_stop: SIGTERM, wait, record the exit status.
+# watch_stop: SIGTERM, wait, record the exit status, then replay the capture.
 watch_stop() {
     w=$R/watch/$watch_label
     echo "watch-end $watch_label" > $T/trace_marker
@@ -108,4 +108,26 @@ watch_stop() {
     wait $watch_pid
     echo $? > "$w/exit_code"
     watch_pid=
+    replay_capture
+}
+
+# replay_capture: re-judges the capture in $w with `modtrace replay` and the
+# policy the watch was started with, so that the host can check that replay
+# judges every record as the live watch did.
+replay_capture() {
+    set --
+    policy_follows=
+    while IFS= read -r arg; do
+        if [ -n "$policy_follows" ]; then
+            set -- --policy "$arg"
+            policy_follows=
+        fi
+        case $arg in
+        --policy) policy_follows=1 ;;
+        --policy=*) set -- "$arg" ;;
+        esac
+    done < "$w/argv"
+    /usr/bin/modtrace replay --format json "$@" "$w/out.ndjson" \
+        > "$w/replayed.ndjson" 2> "$w/replay.stderr"
+    echo $? > "$w/replay_exit_code"
 }

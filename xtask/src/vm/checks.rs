@@ -7,6 +7,7 @@ mod identity;
 mod inflight;
 mod pending;
 mod policy;
+mod replay;
 mod scenarios;
 mod watch;
 
@@ -17,8 +18,8 @@ use super::{image::GuestBinaries, results::ScenarioResults};
 /// The result of one (kernel, scenario) run.
 pub struct Outcome {
     label: String,
-    ground: Vec<Finding>,
-    modtrace: Vec<Finding>,
+    ground: Checks,
+    modtrace: Checks,
     vm_error: Option<String>,
 }
 
@@ -31,17 +32,22 @@ impl Outcome {
     pub fn vm_failed(label: &str, err: &anyhow::Error) -> Self {
         Self {
             label: label.to_owned(),
-            ground: Vec::new(),
-            modtrace: Vec::new(),
+            ground: Checks::default(),
+            modtrace: Checks::default(),
             vm_error: Some(format!("{err:#}")),
         }
     }
 
     pub fn passed(&self) -> bool {
         self.vm_error.is_none()
-            && !self.ground.is_empty()
-            && !self.modtrace.is_empty()
-            && self.ground.iter().chain(&self.modtrace).all(|f| f.ok)
+            && !self.ground.findings.is_empty()
+            && !self.modtrace.findings.is_empty()
+            && self
+                .ground
+                .findings
+                .iter()
+                .chain(&self.modtrace.findings)
+                .all(|f| f.ok)
     }
 
     pub fn print(&self) {
@@ -50,7 +56,8 @@ impl Outcome {
             eprintln!("{verdict} {}: the VM run failed: {err}", self.label);
             return;
         }
-        for (area, findings) in [("ground truth", &self.ground), ("modtrace", &self.modtrace)] {
+        for (area, checks) in [("ground truth", &self.ground), ("modtrace", &self.modtrace)] {
+            let findings = &checks.findings;
             let failed: Vec<_> = findings.iter().filter(|f| !f.ok).collect();
             eprintln!(
                 "{verdict} {} {area}: {} checks, {} failed{}",
@@ -66,6 +73,9 @@ impl Outcome {
             for finding in failed {
                 eprintln!("    - {}", finding.what);
             }
+            for note in &checks.unchecked {
+                eprintln!("    not checked: {note}");
+            }
         }
     }
 }
@@ -74,6 +84,9 @@ impl Outcome {
 #[derive(Default)]
 pub struct Checks {
     findings: Vec<Finding>,
+    /// What a check could not be run on, and why: shown with the outcome,
+    /// never counted as a check, so it cannot make a run pass.
+    unchecked: Vec<String>,
 }
 
 impl Checks {
@@ -86,6 +99,10 @@ impl Checks {
 
     pub fn fail(&mut self, what: impl Into<String>) {
         self.check(false, what);
+    }
+
+    pub fn not_checked(&mut self, what: impl Into<String>) {
+        self.unchecked.push(what.into());
     }
 
     pub fn eq<T: PartialEq + Debug>(&mut self, what: &str, actual: T, expected: T) {
@@ -121,8 +138,8 @@ pub fn run(
     }
     Outcome {
         label: label.to_owned(),
-        ground: ctx.ground.findings,
-        modtrace: ctx.modtrace.findings,
+        ground: ctx.ground,
+        modtrace: ctx.modtrace,
         vm_error: None,
     }
 }

@@ -1,5 +1,5 @@
 //! Boots one guest per scenario and brings its results back over the second serial
-//! port (`/dev/ttyS1`), which carries nothing but the framed, base64-encoded tar.
+//! port (`/dev/ttyS1`), which carries nothing but the framed, base64-encoded tar.gz.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -93,7 +93,7 @@ pub fn run(boot: &Boot) -> Result<(PathBuf, Duration)> {
     Ok((results, elapsed))
 }
 
-/// Extracts the base64 tar between the markers and unpacks it.
+/// Extracts the base64 tar.gz between the markers and unpacks it.
 fn unpack_results(channel: &Path, dest: &Path) -> Result<()> {
     let raw = fs::read(channel).with_context(|| format!("reading {}", channel.display()))?;
     let text = String::from_utf8_lossy(&raw);
@@ -105,7 +105,7 @@ fn unpack_results(channel: &Path, dest: &Path) -> Result<()> {
     })?;
     let encoded = channel.with_extension("b64");
     fs::write(&encoded, payload)?;
-    let tar = channel.with_extension("tar");
+    let tar = channel.with_extension("tar.gz");
     let decoded = Command::new("base64")
         .arg("-d")
         .arg(&encoded)
@@ -120,7 +120,13 @@ fn unpack_results(channel: &Path, dest: &Path) -> Result<()> {
     }
     fs::write(&tar, decoded.stdout)?;
     fs::create_dir_all(dest)?;
-    status(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(dest))
+    status(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(dest),
+    )
 }
 
 fn framed_payload(text: &str) -> Option<String> {

@@ -59,6 +59,16 @@ pub struct Watch {
     pub lines: Vec<Result<Value, String>>,
     pub stderr: String,
     pub exit_code: Option<i32>,
+    /// `modtrace replay` of the capture, run by lib.sh once the watch stopped.
+    pub replay: Replayed,
+}
+
+/// A capture re-judged by `modtrace replay --format json`.
+pub struct Replayed {
+    pub lines: Vec<Result<Value, String>>,
+    pub stderr: String,
+    /// None when the replay did not run (the watch never started).
+    pub exit_code: Option<i32>,
 }
 
 /// A module syscall as the kernel's ftrace saw it (entry and exit paired per thread).
@@ -247,20 +257,28 @@ fn load_watches(dir: &Path) -> Result<BTreeMap<String, Watch>> {
         .map(|d| {
             let read = |name: &str| read_text(&d.join(name));
             let label = file_name(&d);
-            let lines = read("out.ndjson")?
-                .lines()
-                .map(|l| serde_json::from_str(l).map_err(|e| format!("{l:?}: {e}")))
-                .collect();
             let watch = Watch {
                 label: label.clone(),
                 status: read("status")?.trim().to_owned(),
                 argv: lines_of(&read("argv")?),
-                lines,
+                lines: ndjson(&read("out.ndjson")?),
                 stderr: read("stderr")?,
                 exit_code: read("exit_code")?.trim().parse().ok(),
+                replay: Replayed {
+                    lines: ndjson(&read("replayed.ndjson")?),
+                    stderr: read("replay.stderr")?,
+                    exit_code: read("replay_exit_code")?.trim().parse().ok(),
+                },
             };
             Ok((label, watch))
         })
+        .collect()
+}
+
+/// Each line parsed, or why it is not JSON.
+fn ndjson(text: &str) -> Vec<Result<Value, String>> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("{l:?}: {e}")))
         .collect()
 }
 

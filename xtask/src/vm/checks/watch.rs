@@ -1,12 +1,13 @@
 //! Checks of one `modtrace watch` run shared by all scenarios: the envelope of
-//! docs/output.md, and a one-to-one match between modtrace's syscall records and the
-//! module syscalls the kernel's ftrace saw while the watch ran.
+//! docs/output.md, a one-to-one match between modtrace's syscall records and the
+//! module syscalls the kernel's ftrace saw while the watch ran, and the replay of
+//! its capture agreeing with its live judgement (`replay.rs`).
 use serde_json::{json, Value};
 
-use super::{Checks, Ctx};
+use super::{replay::check_replay, Checks, Ctx};
 use crate::vm::results::{Action, TraceItem, TracedCall, Watch};
 
-const SYSCALL_KINDS: &[&str] = &["init_module", "finit_module", "delete_module"];
+pub(super) const SYSCALL_KINDS: &[&str] = &["init_module", "finit_module", "delete_module"];
 pub const STRATEGIES: &[&str] = &["fentry", "syscall-tracepoints", "raw-syscalls"];
 
 /// A watch whose output passed the envelope checks, with the ground-truth calls
@@ -69,6 +70,7 @@ fn checked_watch<'a>(ctx: &mut Ctx<'a>, label: &str, losses: Losses) -> Option<W
         return None;
     }
     let records = envelope(m, watch, r.meta.get("kernel"), losses)?;
+    check_replay(m, watch, &records);
     let calls = r
         .watch_window(label)
         .into_iter()
