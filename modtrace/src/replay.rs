@@ -3,8 +3,9 @@
 //!
 //! Syscall records get a fresh `policy` object; the `alert` records of the
 //! capture are dropped, as they were raised by the policy of the time; every
-//! other record passes unchanged. In text output each alert of the new
-//! judgement follows its event.
+//! other record passes unchanged. Each alert of the new judgement follows
+//! the record that raised it, as in `watch`'s output: a syscall record's, and
+//! the `start` record's for modules already loaded that modprobe.d disables.
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, Write},
@@ -209,6 +210,10 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
                         kernel = captured.to_owned();
                         policy = source.load(&kernel)?;
                     }
+                    self.write(&record)?;
+                    let alerts = preloaded_alerts(&policy, &record);
+                    self.write_alerts(&record, alerts, &mut summary)?;
+                    continue;
                 }
                 _ => {}
             }
@@ -224,20 +229,33 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
                     *summary.rules.entry(m.rule.clone()).or_default() += 1;
                 }
                 let alerts = Alert::all_for(&record, &evaluation);
-                summary.alerts += alerts.len() as u64;
-                if self.format == Format::Text {
-                    for alert in alerts {
-                        let mut alert = serde_json::to_value(alert)
-                            .map_err(io::Error::other)
-                            .map_err(ReplayError::Write)?;
-                        alert["kind"] = json!("alert");
-                        alert["ts"] = record["ts"].clone();
-                        self.write(&alert)?;
-                    }
-                }
+                self.write_alerts(&record, alerts, &mut summary)?;
             }
         }
         Ok(summary)
+    }
+
+    /// Writes the alerts that `record` raised, as `alert` records with its
+    /// time and host (they have no `seq`: the capture's numbers are kept).
+    fn write_alerts(
+        &mut self,
+        record: &Value,
+        alerts: Vec<Alert>,
+        summary: &mut Summary,
+    ) -> Result<(), ReplayError> {
+        summary.alerts += alerts.len() as u64;
+        for alert in alerts {
+            let mut line = json!({"kind": "alert", "schema": SCHEMA_VERSION,
+                "ts": record["ts"], "host": record["host"]});
+            let body = serde_json::to_value(alert)
+                .map_err(io::Error::other)
+                .map_err(ReplayError::Write)?;
+            if let (Some(line), Value::Object(body)) = (line.as_object_mut(), body) {
+                line.extend(body);
+            }
+            self.write(&line)?;
+        }
+        Ok(())
     }
 
     fn check_schema(&self, record: &Value, line: u64) -> Result<(), ReplayError> {
@@ -269,6 +287,18 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
             .write_all(text.as_bytes())
             .map_err(ReplayError::Write)
     }
+}
+
+/// The alerts `watch` raised at start for the modules of the `start` record
+/// that a modprobe.d directive of `policy` disables.
+fn preloaded_alerts(policy: &Policy, start: &Value) -> Vec<Alert> {
+    let loaded = start["loaded_modules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|module| module["name"].as_str());
+    let seq = start["seq"].as_u64().unwrap_or_default();
+    policy::preloaded_alerts(policy, loaded, seq)
 }
 
 /// A line that is a JSON object with a string `kind` and a numeric `schema`.
@@ -324,7 +354,8 @@ mod tests {
         assert_eq!(summary.malformed, 4, "{diagnostics}");
         assert_eq!(summary.events, 2);
         assert_eq!(summary.lines, 7);
-        assert_eq!(out.lines().count(), 2);
+        // Each unload and its module-unload alert.
+        assert_eq!(out.lines().count(), 4);
         for line in [2, 3, 4, 6] {
             assert!(
                 diagnostics.contains(&format!("cap.ndjson:{line}: malformed line skipped")),
@@ -392,10 +423,58 @@ mod tests {
         assert_eq!(summary.dropped_alerts, 1);
         assert_eq!(summary.rules.get("module-unload"), Some(&1));
         assert_eq!(summary.verdicts.get("alert"), Some(&1));
-        let record: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        let lines: Vec<Value> = out
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let [record, alert] = lines.as_slice() else {
+            panic!("the event and its new alert only: {out}")
+        };
         assert_eq!(record["policy"]["verdict"], "alert");
         assert_eq!(record["policy"]["matches"][0]["rule"], "module-unload");
-        assert_eq!(out.lines().count(), 1);
+        assert_eq!(
+            *alert,
+            json!({"kind":"alert","schema":1,"ts":"2026-11-27T21:00:00Z","host":"h",
+                "event_seq":0,"event_kind":"delete_module","rule":"module-unload",
+                "severity":"low","message":record["policy"]["matches"][0]["message"]})
+        );
+    }
+
+    #[test]
+    fn the_start_record_raises_the_alerts_of_modules_loaded_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let modprobe_d = dir.path().join("modprobe.d");
+        std::fs::create_dir(&modprobe_d).unwrap();
+        std::fs::write(modprobe_d.join("deny.conf"), "blacklist cramfs\n").unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[policy]\nmodprobe_d = true\nmodprobe_d_dirs = [{:?}]\n",
+                modprobe_d.display().to_string()
+            ),
+        )
+        .unwrap();
+        let start = r#"{"kind":"start","schema":1,"ts":"t0","seq":0,"host":"h","kernel":"6.1.0-28-amd64","loaded_modules":[{"name":"ext4"},{"name":"cramfs"}]}"#;
+        let (summary, out, _) = replay(&format!("{start}\n"), Some(path));
+        assert_eq!(summary.unwrap().alerts, 1);
+        let lines: Vec<Value> = out
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let [record, alert] = lines.as_slice() else {
+            panic!("the start record and one alert: {out}")
+        };
+        assert_eq!(record["kind"], "start");
+        assert_eq!(
+            (&alert["event_kind"], &alert["event_seq"], &alert["rule"]),
+            (
+                &json!("start"),
+                &json!(0),
+                &json!("modprobe.d:blacklist:cramfs")
+            )
+        );
+        assert_eq!(alert["ts"], "t0");
     }
 
     #[test]

@@ -250,7 +250,10 @@ impl RulesBy {
         // Most hold a handful of strings: comparing them costs less than
         // hashing the key.
         let rules = if self.0.len() <= 4 {
-            self.0.iter().find(|(k, _)| k.as_str() == key).map(|(_, r)| r)
+            self.0
+                .iter()
+                .find(|(k, _)| k.as_str() == key)
+                .map(|(_, r)| r)
         } else {
             self.0.get(key)
         };
