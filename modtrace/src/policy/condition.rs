@@ -48,7 +48,9 @@ pub struct Pattern {
 
 #[derive(Debug, Clone)]
 pub enum Matcher {
-    Glob(Globs),
+    /// Boxed: it holds sets of names, and every condition is as large as
+    /// its largest kind.
+    Glob(Box<Globs>),
     Regex(RegexSet),
 }
 
@@ -322,11 +324,22 @@ impl TimeWindow {
 }
 
 impl Condition {
+    /// The condition evaluated as written, walking the tree: for explaining
+    /// it. Rules are judged by their [`super::program::Program`].
+    #[inline(never)]
     pub fn eval(&self, event: &Event) -> bool {
         match self {
             Condition::All(all) => all.iter().all(|c| c.eval(event)),
             Condition::Any(any) => any.iter().any(|c| c.eval(event)),
             Condition::Not(inner) => !inner.eval(event),
+            test => test.test(event),
+        }
+    }
+
+    /// A condition other than `all`, `any` and `not`, decided by one field.
+    pub fn test(&self, event: &Event) -> bool {
+        match self {
+            Condition::All(_) | Condition::Any(_) | Condition::Not(_) => self.eval(event),
             Condition::Syscall(mask) => mask & event.syscall.bit() != 0,
             Condition::Text { field, pattern } => pattern.holds_for(*field, event),
             Condition::PathPrefix(prefixes) => event
@@ -340,6 +353,44 @@ impl Condition {
             Condition::Sha256(set) => event.sha256().is_some_and(|hash| has_hash(set, hash)),
             Condition::Result(outcomes) => outcomes.iter().any(|o| o.holds(event)),
             Condition::Time(window) => in_window(window, event),
+        }
+    }
+
+    /// The same condition with the conjuncts of each `all` and the
+    /// alternatives of each `any` in order of the work they take, cheapest
+    /// first, so that a flag decides before a glob is matched. Conditions
+    /// have no effects, so the order changes only how soon an answer comes;
+    /// ties keep the order they were written in.
+    pub fn cheapest_first(&self) -> Condition {
+        let reordered = |items: &[Condition]| {
+            let mut items: Vec<Condition> = items.iter().map(Condition::cheapest_first).collect();
+            items.sort_by_key(Condition::cost);
+            items
+        };
+        match self {
+            Condition::All(items) => Condition::All(reordered(items)),
+            Condition::Any(items) => Condition::Any(reordered(items)),
+            Condition::Not(inner) => Condition::Not(Box::new(inner.cheapest_first())),
+            leaf => leaf.clone(),
+        }
+    }
+
+    /// Rough work of evaluating the condition, in units of a field lookup.
+    fn cost(&self) -> u32 {
+        match self {
+            Condition::All(items) | Condition::Any(items) => items.iter().map(Self::cost).sum(),
+            Condition::Not(inner) => inner.cost(),
+            Condition::Syscall(_)
+            | Condition::Flag { .. }
+            | Condition::Id { .. }
+            | Condition::Taint(_)
+            | Condition::Result(_) => 1,
+            Condition::PathPrefix(_) | Condition::Time(_) => 2,
+            Condition::Sha256(_) => 3,
+            Condition::Text { pattern, .. } => match pattern.matcher {
+                Matcher::Glob(_) => 4,
+                Matcher::Regex(_) => 8,
+            },
         }
     }
 

@@ -6,7 +6,7 @@
 //! globset prepares a candidate (file name, extension) and runs a strategy per
 //! kind of glob on every call; the shapes policies are mostly written in need
 //! one comparison, or one hash lookup per distinct length in the index.
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
@@ -15,6 +15,7 @@ use super::condition::TextField;
 /// Keyed by policy strings and looked up with event values: a fast hash,
 /// seeded per process so that crafted values cannot collide on purpose.
 type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 
 /// A value as globs test it. Simple shapes compare `key`, the value in the
 /// field's spelling for comparison (module names with `_` for `-`, as the
@@ -177,23 +178,41 @@ pub fn dash_underscore_alike(pattern: &str) -> String {
 /// The globs of one condition: does a value match any of them?
 #[derive(Debug, Clone)]
 pub struct Globs {
+    /// As written, for the index of rules.
     globs: Vec<Glob>,
+    exact: Names,
+    basenames: Names,
+    affixes: Vec<Shape>,
     /// The compiled ones merged, when there are any.
     compiled: Option<GlobSet>,
 }
 
 impl Globs {
     pub fn new(globs: Vec<Glob>) -> Result<Self, globset::Error> {
+        let mut exact = Vec::new();
+        let mut basenames = Vec::new();
+        let mut affixes = Vec::new();
         let mut set = GlobSetBuilder::new();
         let mut any_compiled = false;
         for glob in &globs {
-            if let Glob::Compiled(compiled) = glob {
-                set.add(compiled.clone());
-                any_compiled = true;
+            match glob {
+                Glob::Simple(Shape::Exact(name)) => exact.push(name.clone()),
+                Glob::Simple(Shape::Basename(name)) => basenames.push(name.clone()),
+                Glob::Simple(affix) => affixes.push(affix.clone()),
+                Glob::Compiled(compiled) => {
+                    set.add(compiled.clone());
+                    any_compiled = true;
+                }
             }
         }
         let compiled = any_compiled.then(|| set.build()).transpose()?;
-        Ok(Self { globs, compiled })
+        Ok(Self {
+            globs,
+            exact: Names::new(exact),
+            basenames: Names::new(basenames),
+            affixes,
+            compiled,
+        })
     }
 
     pub fn globs(&self) -> &[Glob] {
@@ -201,18 +220,47 @@ impl Globs {
     }
 
     pub fn is_match(&self, text: Text) -> bool {
-        // Lists of program names (`**/kmod`, `**/insmod`) share one basename.
-        let mut base = None;
-        self.globs.iter().any(|glob| match glob {
-            Glob::Simple(Shape::Basename(name)) => {
-                *base.get_or_insert_with(|| basename(text.key)) == name
+        self.exact.contains(text.key)
+            || (!self.basenames.is_empty() && self.basenames.contains(basename(text.key)))
+            || self.affixes.iter().any(|affix| affix.matches(text.key))
+            || self
+                .compiled
+                .as_ref()
+                .is_some_and(|set| set.is_match(text.raw))
+    }
+}
+
+/// A set of strings, such as the names of a deny list.
+#[derive(Debug, Clone)]
+struct Names {
+    /// A handful is compared in turn, which costs less than hashing the key.
+    few: Vec<String>,
+    many: HashSet<String>,
+}
+
+impl Names {
+    const FEW: usize = 4;
+
+    fn new(names: Vec<String>) -> Self {
+        if names.len() <= Self::FEW {
+            Self {
+                few: names,
+                many: HashSet::default(),
             }
-            Glob::Simple(shape) => shape.matches(text.key),
-            Glob::Compiled(_) => false,
-        }) || self
-            .compiled
-            .as_ref()
-            .is_some_and(|set| set.is_match(text.raw))
+        } else {
+            Self {
+                few: Vec::new(),
+                many: names.into_iter().collect(),
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.few.is_empty() && self.many.is_empty()
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.few.iter().any(|name| name == key) || self.many.contains(key)
     }
 }
 

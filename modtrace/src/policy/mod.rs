@@ -17,6 +17,7 @@ pub mod event;
 mod glob;
 pub mod modprobe_d;
 mod parse;
+mod program;
 pub mod secure_file;
 
 use std::{fmt, path::Path};
@@ -31,6 +32,7 @@ use self::{
     condition::{Condition, Matcher, Pattern, TextField},
     event::{Event, Fields, Live},
     glob::{Glob, GlobIndex, GlobIndexBuilder, Shape},
+    program::Program,
 };
 pub use self::{
     event::Syscall,
@@ -157,8 +159,8 @@ pub struct Rule {
     pub enabled: bool,
     /// Syscalls the rule can match at all, checked before anything else.
     syscalls: u8,
-    /// `when` without the conditions on the syscall that `syscalls` decides.
-    rest: Condition,
+    /// The rest of `when`, and not `allow`, laid out cheapest test first.
+    program: Program,
 }
 
 impl Rule {
@@ -173,7 +175,11 @@ impl Rule {
         allow: Option<Condition>,
         enabled: bool,
     ) -> Self {
-        let (syscalls, rest) = split_syscalls(&when);
+        let (syscalls, mut rest) = split_syscalls(&when);
+        if let Some(allow) = &allow {
+            rest.push(Condition::Not(Box::new(allow.clone())));
+        }
+        let program = Program::new(&Condition::All(rest).cheapest_first());
         Self {
             id,
             description,
@@ -184,14 +190,12 @@ impl Rule {
             allow,
             enabled,
             syscalls,
-            rest,
+            program,
         }
     }
 
     pub fn matches(&self, event: &Event) -> bool {
-        self.syscalls & event.syscall.bit() != 0
-            && self.rest.eval(event)
-            && !self.allow.as_ref().is_some_and(|allow| allow.eval(event))
+        self.syscalls & event.syscall.bit() != 0 && self.program.holds(event)
     }
 
     /// The conditions of `when` that must all hold.
@@ -270,8 +274,8 @@ impl Rule {
 }
 
 /// The syscalls a condition can hold for, as far as its top-level `syscall`
-/// or `load` conditions say (everything otherwise), and the rest of it.
-fn split_syscalls(when: &Condition) -> (u8, Condition) {
+/// or `load` conditions say (everything otherwise), and its other conjuncts.
+fn split_syscalls(when: &Condition) -> (u8, Vec<Condition>) {
     let conjuncts = match when {
         Condition::All(all) => all.as_slice(),
         single => std::slice::from_ref(single),
@@ -284,10 +288,6 @@ fn split_syscalls(when: &Condition) -> (u8, Condition) {
             other => rest.push(other.clone()),
         }
     }
-    let rest = match <[Condition; 1]>::try_from(rest) {
-        Ok([single]) => single,
-        Err(rest) => Condition::All(rest),
-    };
     (mask, rest)
 }
 
@@ -426,6 +426,10 @@ pub enum PolicyError {
     Invalid(Vec<ParseError>),
 }
 
+/// Fewer rules on one field are checked one by one: looking a value up in an
+/// index costs about as much as checking four rules whole.
+const MIN_INDEXED_RULES: usize = 4;
+
 pub struct Policy {
     rules: Vec<Rule>,
     /// The fields of a record that the enabled rules read.
@@ -519,6 +523,10 @@ impl Policy {
         }
         let mut indexes = Vec::new();
         for (builder, indexed) in groups {
+            if indexed.len() < MIN_INDEXED_RULES {
+                scan.extend(indexed);
+                continue;
+            }
             match builder.build() {
                 Ok(index) => indexes.push(index),
                 // Past globset's size limits the rules are checked one by one.

@@ -154,7 +154,7 @@ pub fn rules(directives: &[Directive]) -> Vec<Rule> {
                     field: TextField::Module,
                     pattern: Pattern {
                         source: vec![d.module.clone()],
-                        matcher: Matcher::Glob(globs),
+                        matcher: Matcher::Glob(Box::new(globs)),
                     },
                 },
                 // A name no glob can hold matches nothing; keep the rule visible.

@@ -416,7 +416,7 @@ impl Parser<'_> {
             return None;
         }
         match Globs::new(globs) {
-            Ok(globs) => Some(Matcher::Glob(globs)),
+            Ok(globs) => Some(Matcher::Glob(Box::new(globs))),
             Err(err) => {
                 self.error(
                     value.span(),

@@ -372,10 +372,24 @@ fn explain_marks_each_condition_with_the_value_seen() {
 
 #[test]
 fn indexed_and_scanned_rules_give_the_same_answers() {
-    let p = policy(
-        "[[rule]]\nid = \"named\"\nseverity = \"low\"\nwhen = { module = [\"usb-storage\", \"sctp\"] }\n\
-         [[rule]]\nid = \"globbed\"\nseverity = \"low\"\nwhen = { module = \"sct*\" }\n",
+    let rules = "[[rule]]\nid = \"named\"\nseverity = \"low\"\nwhen = { module = [\"usb-storage\", \"sctp\"] }\n\
+         [[rule]]\nid = \"globbed\"\nseverity = \"low\"\nwhen = { module = \"sct*\" }\n";
+    let scanned = policy(rules);
+    assert!(
+        scanned.indexes.is_empty(),
+        "two rules are checked one by one"
     );
+    // Enough other rules on module names for an index to pay.
+    let padding: String = (0..MIN_INDEXED_RULES)
+        .map(|i| {
+            format!(
+                "[[rule]]\nid = \"pad{i}\"\nseverity = \"low\"\nwhen = {{ module = \"pad{i}\" }}\n"
+            )
+        })
+        .collect();
+    let indexed = policy(&format!("{rules}{padding}"));
+    assert_eq!(indexed.indexes.len(), 1);
+    assert!(indexed.scan.is_empty());
     let mut record = finit();
     for (name, expected) in [
         ("sctp", 2),
@@ -384,11 +398,13 @@ fn indexed_and_scanned_rules_give_the_same_answers() {
         ("ext4", 0),
     ] {
         record["module"]["name"] = json!(name);
-        assert_eq!(
-            p.evaluate(&record).unwrap().matches.len(),
-            expected,
-            "{name}"
-        );
+        for p in [&scanned, &indexed] {
+            assert_eq!(
+                p.evaluate(&record).unwrap().matches.len(),
+                expected,
+                "{name}"
+            );
+        }
     }
 }
 
