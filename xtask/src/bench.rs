@@ -26,8 +26,7 @@ pub fn run(filter: Option<&str>) -> Result<()> {
 }
 
 fn criterion_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
-    Path::new(&target).join("criterion")
+    crate::target_dir().join("criterion")
 }
 
 /// (benchmark, median in ns) of every benchmark whose estimates were written

@@ -5,7 +5,10 @@ mod setup;
 mod sh;
 mod vm;
 
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
@@ -50,11 +53,12 @@ fn main() -> Result<()> {
         Task::Watch { args } => {
             setup::run()?;
             run_cargo(&["build", "--release", "--package", "modtrace"])?;
-            let status = Command::new("target/release/modtrace")
+            let modtrace = target_dir().join("release/modtrace");
+            let status = Command::new(&modtrace)
                 .arg("watch")
                 .args(&args)
                 .status()
-                .context("running target/release/modtrace")?;
+                .with_context(|| format!("running {}", modtrace.display()))?;
             if !status.success() {
                 bail!("modtrace watch exited with {status}");
             }
@@ -75,4 +79,20 @@ fn main() -> Result<()> {
 pub fn run_cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     sh::status(Command::new(cargo).args(args))
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (a relative one
+/// from the current directory, as cargo reads it), else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::env::current_dir().unwrap_or_default().join(dir),
+        None => workspace_root().join("target"),
+    }
 }
