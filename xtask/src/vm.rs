@@ -191,34 +191,26 @@ fn run_kernel(
             );
             continue;
         }
-        outcomes.push(run_scenario(
-            kernel,
-            &prepared.unpacked,
-            &prepared.initramfs,
-            scenario,
-            vm_dir,
-            binaries,
-        ));
+        outcomes.push(run_scenario(prepared, scenario, vm_dir, binaries));
     }
     outcomes
 }
 
 fn run_scenario(
-    kernel: &Kernel,
-    unpacked: &kernels::UnpackedKernel,
-    initramfs: &Path,
+    prepared: &PreparedKernel,
     scenario: &Scenario,
     vm_dir: &Path,
     binaries: &image::GuestBinaries,
 ) -> checks::Outcome {
+    let kernel = prepared.kernel;
     let label = format!("{}/{}", kernel.name, scenario.name);
     let out_dir = vm_dir
         .join("results")
         .join(kernel.name)
         .join(&scenario.name);
     let boot = qemu::Boot {
-        vmlinuz: &unpacked.vmlinuz,
-        initramfs,
+        vmlinuz: &prepared.unpacked.vmlinuz,
+        initramfs: &prepared.initramfs,
         scenario: &scenario.name,
         timeout: VM_TIMEOUT,
         out_dir: &out_dir,
