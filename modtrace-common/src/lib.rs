@@ -10,7 +10,7 @@ use core::mem::{offset_of, size_of};
 
 /// Bumped whenever any record below changes shape. Userspace refuses records of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u16 = 4;
+pub const ABI_VERSION: u16 = 5;
 
 /// Record kinds. Values are never reused.
 pub const KIND_INIT_MODULE: u16 = 1;
@@ -125,6 +125,10 @@ pub struct EventHeader {
     pub exit_ns: u64,
     /// The syscall's return value (valid when `exit_ns != 0`).
     pub ret: i64,
+    /// A hash of the call's arguments (never 0 once set): with the caller,
+    /// the syscall and the result, the key under which its repeats are
+    /// counted in `AGGREGATES` instead of reported.
+    pub digest: u64,
 }
 
 /// The module as the kernel registered it, from the `module_load` tracepoint,
@@ -252,8 +256,16 @@ pub const LOSS_ENTRY_MISSING: u32 = 1;
 pub const LOSS_PENDING_FULL: u32 = 2;
 pub const LOSS_REASONS: u32 = 3;
 
-/// Number of in-flight calls tracked at once (per syscall kind).
+/// Number of in-flight calls of callers holding CAP_SYS_MODULE tracked at
+/// once (per syscall kind).
 pub const PENDING_CAPACITY: u32 = 4096;
+/// The same for callers without it, in maps of their own so that they cannot
+/// take a privileged call's place. Their calls fail at the kernel's first
+/// check, so few are ever in flight at once.
+pub const UNPRIVILEGED_PENDING_CAPACITY: u32 = 1024;
+/// Entries of `AGGREGATES`. When it is full, a failing call is reported in
+/// full rather than left uncounted.
+pub const AGGREGATE_CAPACITY: u32 = 16384;
 /// Processes whose last exec the kernel side remembers (`ExecEntry`, 4.4 KiB
 /// each): the least recently exec'd are forgotten first.
 pub const EXEC_CAPACITY: u32 = 1024;
@@ -310,6 +322,9 @@ pub struct KernelOffsets {
     pub upid_size: u32,
     pub task_start_boottime: u32,
     pub linux_binprm_file: u32,
+    pub cred_cap_effective: u32,
+    pub cred_user_ns: u32,
+    pub user_namespace_level: u32,
 }
 
 impl KernelOffsets {
@@ -360,6 +375,9 @@ impl KernelOffsets {
         upid_size: OFFSET_NONE,
         task_start_boottime: OFFSET_NONE,
         linux_binprm_file: OFFSET_NONE,
+        cred_cap_effective: OFFSET_NONE,
+        cred_user_ns: OFFSET_NONE,
+        user_namespace_level: OFFSET_NONE,
     };
 }
 
@@ -376,6 +394,18 @@ pub struct ProbeConfig {
     /// `sys_exit_*` of `ret`, read from the tracepoints' format files.
     pub tp_enter_args: u32,
     pub tp_exit_ret: u32,
+    /// The bit of CAP_SYS_MODULE in `cred.cap_effective`; `u32::MAX` when
+    /// unknown, and then every caller counts as privileged.
+    pub cap_sys_module: u32,
+    /// Full reports of each distinct failing call (same caller, syscall,
+    /// arguments and result) per window; its further repeats are counted.
+    pub aggregate_threshold: u32,
+    /// Full reports of failing calls with distinct arguments per process,
+    /// syscall and result per window; beyond it they are only counted.
+    pub aggregate_budget: u32,
+    pub _reserved: u32,
+    /// Length of an aggregation window; 0 reports every call in full.
+    pub aggregate_window_ns: u64,
 }
 
 impl ProbeConfig {
@@ -386,10 +416,53 @@ impl ProbeConfig {
         nr_delete_module: u32::MAX,
         tp_enter_args: OFFSET_NONE,
         tp_exit_ret: OFFSET_NONE,
+        cap_sys_module: u32::MAX,
+        aggregate_threshold: 1,
+        aggregate_budget: 16,
+        _reserved: 0,
+        aggregate_window_ns: 0,
     };
 }
 
-// SAFETY (all six): repr(C) plain old data whose every bit pattern is valid and
+/// Key of `AGGREGATES`: failing calls (and autoload requests, with `ret` 0)
+/// of one process, kind and result in one window. `digest` 0 is the
+/// process's own entry, which counts its full reports against the budget and
+/// the calls elided beyond it; any other digest counts the repeats of one
+/// reported call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AggregateKey {
+    pub tgid: u32,
+    /// `KIND_INIT_MODULE`, `KIND_FINIT_MODULE`, `KIND_DELETE_MODULE` or
+    /// `KIND_MODULE_REQUEST`.
+    pub kind: u16,
+    pub _reserved: u16,
+    pub ret: i64,
+    /// `enter_ns / aggregate_window_ns` of the calls counted.
+    pub window: u64,
+    pub digest: u64,
+}
+
+/// Value of `AGGREGATES`. Counters are added to atomically: threads of one
+/// process on several CPUs share an entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AggregateCount {
+    /// Calls counted here instead of reported.
+    pub elided: u64,
+    /// Calls reported in full under this key.
+    pub reported: u64,
+    /// CLOCK_BOOTTIME of the entry's first call and of its last elided one.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// The process's `start_boottime`, uid and comm at its first call.
+    pub start_ns: u64,
+    pub uid: u32,
+    pub _reserved: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+// SAFETY (all eight): repr(C) plain old data whose every bit pattern is valid and
 // which has no implicit padding (see the layout pins below).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ProbeConfig {}
@@ -403,12 +476,17 @@ unsafe impl aya::Pod for DeleteModuleEvent {}
 unsafe impl aya::Pod for ModuleRequestEvent {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ExecEntry {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for AggregateKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for AggregateCount {}
 
 // Layout pins, checked on both the BPF and the host build. `T` is what the
 // namespaces and ancestors add to `TaskInfo`.
 const _: () = {
     const T: usize = 16 + 32 * MAX_ANCESTORS;
-    assert!(size_of::<EventHeader>() == 32);
+    assert!(size_of::<EventHeader>() == 40);
+    assert!(offset_of!(EventHeader, digest) == 32);
     assert!(offset_of!(EventHeader, enter_ns) == 8);
     assert!(offset_of!(EventHeader, ret) == 24);
     assert!(size_of::<Ancestor>() == 32);
@@ -422,24 +500,27 @@ const _: () = {
     assert!(offset_of!(TaskInfo, parent_comm) == 64);
     assert!(size_of::<BoundedStr<PARAMS_CAP>>() == 8 + PARAMS_CAP);
     assert!(size_of::<LoadedModule>() == 16 + KERNEL_MODULE_NAME_LEN);
-    assert!(offset_of!(InitModuleEvent, module) == 136 + T);
-    assert!(offset_of!(InitModuleEvent, params) == 136 + T + 72);
-    assert!(size_of::<InitModuleEvent>() == 136 + T + 72 + 8 + PARAMS_CAP);
-    assert!(offset_of!(FinitModuleEvent, fd) == 112 + T);
-    assert!(offset_of!(FinitModuleEvent, ino) == 120 + T);
-    assert!(offset_of!(FinitModuleEvent, params_addr) == 136 + T);
-    assert!(offset_of!(FinitModuleEvent, module) == 144 + T);
-    assert!(offset_of!(FinitModuleEvent, params) == 144 + T + 72);
-    assert!(offset_of!(FinitModuleEvent, path) == 144 + T + 72 + 8 + PARAMS_CAP);
-    assert!(size_of::<FinitModuleEvent>() == 144 + T + 72 + 8 + PARAMS_CAP + 8 + PATH_BUF);
-    assert!(offset_of!(DeleteModuleEvent, flags) == 112 + T);
-    assert!(offset_of!(DeleteModuleEvent, name_addr) == 120 + T);
-    assert!(offset_of!(DeleteModuleEvent, name) == 128 + T);
-    assert!(size_of::<DeleteModuleEvent>() == 128 + T + 8 + MODULE_NAME_CAP);
-    assert!(offset_of!(ModuleRequestEvent, name) == 120 + T);
-    assert!(size_of::<LoadEntryEvent>() == 32 + 32);
-    assert!(size_of::<ModuleRequestEvent>() == 120 + T + 8 + MODULE_NAME_CAP);
-    assert!(size_of::<KernelOffsets>() == 44 * 4);
-    assert!(size_of::<ProbeConfig>() == 44 * 4 + 20);
+    assert!(offset_of!(InitModuleEvent, module) == 144 + T);
+    assert!(offset_of!(InitModuleEvent, params) == 144 + T + 72);
+    assert!(size_of::<InitModuleEvent>() == 144 + T + 72 + 8 + PARAMS_CAP);
+    assert!(offset_of!(FinitModuleEvent, fd) == 120 + T);
+    assert!(offset_of!(FinitModuleEvent, ino) == 128 + T);
+    assert!(offset_of!(FinitModuleEvent, params_addr) == 144 + T);
+    assert!(offset_of!(FinitModuleEvent, module) == 152 + T);
+    assert!(offset_of!(FinitModuleEvent, params) == 152 + T + 72);
+    assert!(offset_of!(FinitModuleEvent, path) == 152 + T + 72 + 8 + PARAMS_CAP);
+    assert!(size_of::<FinitModuleEvent>() == 152 + T + 72 + 8 + PARAMS_CAP + 8 + PATH_BUF);
+    assert!(offset_of!(DeleteModuleEvent, flags) == 120 + T);
+    assert!(offset_of!(DeleteModuleEvent, name_addr) == 128 + T);
+    assert!(offset_of!(DeleteModuleEvent, name) == 136 + T);
+    assert!(size_of::<DeleteModuleEvent>() == 136 + T + 8 + MODULE_NAME_CAP);
+    assert!(offset_of!(ModuleRequestEvent, name) == 128 + T);
+    assert!(size_of::<LoadEntryEvent>() == 40 + 32);
+    assert!(size_of::<ModuleRequestEvent>() == 128 + T + 8 + MODULE_NAME_CAP);
+    assert!(size_of::<KernelOffsets>() == 47 * 4);
+    assert!(size_of::<ProbeConfig>() == 47 * 4 + 36 + 8);
+    assert!(offset_of!(ProbeConfig, aggregate_window_ns) == 47 * 4 + 36);
+    assert!(size_of::<AggregateKey>() == 32);
+    assert!(size_of::<AggregateCount>() == 48 + COMM_LEN);
     assert!(PARAMS_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
 };

@@ -3,8 +3,14 @@
 //!
 //! At entry the record is built in a per-CPU scratch slot (records are far
 //! larger than the 512-byte stack) and stored in a bounded per-thread pending
-//! map; at exit the return value is added and the record goes to the ring
-//! buffer. Every record that cannot be delivered is counted in `LOSSES`.
+//! map; at exit the return value is added and the record is delivered. Every
+//! record that cannot be delivered is counted in `LOSSES`.
+//!
+//! Delivery is split so that no flood can hide a load: a call that succeeded
+//! (only a holder of CAP_SYS_MODULE can make one) goes to `LOADS`, which
+//! nothing else writes; failing calls and requests go to `EVENTS`, through
+//! `aggregate`, which counts their repeats. Callers with and without
+//! CAP_SYS_MODULE have pending maps of their own.
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_boot_ns,
     macros::map,
@@ -15,9 +21,10 @@ use modtrace_common::{
     LoadedModule, ModuleRequestEvent, ABI_VERSION, KERNEL_MODULE_NAME_LEN, KIND_DELETE_MODULE,
     KIND_FINIT_MODULE, KIND_INIT_MODULE, KIND_LOAD_ENTRY, KIND_MODULE_REQUEST, LOSS_ENTRY_MISSING,
     LOSS_PENDING_FULL, LOSS_REASONS, LOSS_RINGBUF_FULL, PENDING_CAPACITY,
+    UNPRIVILEGED_PENDING_CAPACITY,
 };
 
-use crate::capture;
+use crate::{aggregate, capture};
 
 #[derive(Clone, Copy)]
 /// The traced module syscalls.
@@ -45,9 +52,17 @@ impl Syscall {
     }
 }
 
-/// Sized by the loader (`set_max_entries`) from the command line.
+/// Failing calls reported in full, and autoload requests. Sized by the
+/// loader (`set_max_entries`) from the command line.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+/// Calls that succeeded: loads and unloads, which only a caller holding
+/// CAP_SYS_MODULE can make, so no unprivileged flood can fill it.
+#[map]
+static LOADS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+/// Notices that a privileged caller's load began (`LoadEntryEvent`).
+#[map]
+static NOTICES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map]
 static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_REASONS, 0);
@@ -63,6 +78,54 @@ static PENDING_FINIT: HashMap<u32, FinitModuleEvent> =
 #[map]
 static PENDING_DELETE: HashMap<u32, DeleteModuleEvent> =
     HashMap::with_max_entries(PENDING_CAPACITY, 0);
+#[map]
+static PENDING_INIT_UNPRIVILEGED: HashMap<u32, InitModuleEvent> =
+    HashMap::with_max_entries(UNPRIVILEGED_PENDING_CAPACITY, 0);
+#[map]
+static PENDING_FINIT_UNPRIVILEGED: HashMap<u32, FinitModuleEvent> =
+    HashMap::with_max_entries(UNPRIVILEGED_PENDING_CAPACITY, 0);
+#[map]
+static PENDING_DELETE_UNPRIVILEGED: HashMap<u32, DeleteModuleEvent> =
+    HashMap::with_max_entries(UNPRIVILEGED_PENDING_CAPACITY, 0);
+
+/// A syscall's two pending maps: for callers with and without CAP_SYS_MODULE.
+struct Pending<T: 'static> {
+    privileged: &'static HashMap<u32, T>,
+    unprivileged: &'static HashMap<u32, T>,
+}
+
+impl<T> Pending<T> {
+    #[inline(always)]
+    fn for_caller(&self, privileged: bool) -> &'static HashMap<u32, T> {
+        if privileged {
+            self.privileged
+        } else {
+            self.unprivileged
+        }
+    }
+
+    /// The current thread's pending call and the map that holds it.
+    #[inline(always)]
+    fn find(&self, tid: u32) -> Option<(&'static HashMap<u32, T>, &'static mut T)> {
+        let (map, record) = match self.privileged.get_ptr_mut(tid) {
+            Some(record) => (self.privileged, record),
+            None => (self.unprivileged, self.unprivileged.get_ptr_mut(tid)?),
+        };
+        // SAFETY: the entry belongs to this thread, which is in the syscall.
+        Some((map, unsafe { &mut *record }))
+    }
+}
+
+// Built where they are used, never stored: a BPF program names a map only
+// through the instruction that loads its address.
+macro_rules! pending {
+    ($privileged:ident, $unprivileged:ident) => {
+        Pending {
+            privileged: &$privileged,
+            unprivileged: &$unprivileged,
+        }
+    };
+}
 
 /// Threads whose call entered while its pending map was full: that loss is
 /// counted once, as `pending_full`, so their exit must not count it again as
@@ -76,6 +139,8 @@ static SCRATCH_INIT: PerCpuArray<InitModuleEvent> = PerCpuArray::with_max_entrie
 static SCRATCH_FINIT: PerCpuArray<FinitModuleEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SCRATCH_DELETE: PerCpuArray<DeleteModuleEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCRATCH_REQUEST: PerCpuArray<ModuleRequestEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn count_loss(reason: u32) {
@@ -95,6 +160,7 @@ fn header(kind: u16, size: usize) -> EventHeader {
         enter_ns: unsafe { bpf_ktime_get_boot_ns() },
         exit_ns: 0,
         ret: 0,
+        digest: 0,
     }
 }
 
@@ -114,20 +180,77 @@ pub fn on_enter(call: Syscall, args: [u64; 3]) {
 
 #[inline(always)]
 pub fn on_exit(call: Syscall, ret: i64) {
+    use aggregate::{digest_bytes, digest_word, DIGEST_SEED};
     match call {
-        Syscall::Init => complete(&PENDING_INIT, ret, |e| {
-            capture::retry_user_str(e.params_addr, &mut e.params);
-            &mut e.header
-        }),
-        Syscall::Finit => complete(&PENDING_FINIT, ret, |e| {
-            capture::retry_user_str(e.params_addr, &mut e.params);
-            &mut e.header
-        }),
-        Syscall::Delete => complete(&PENDING_DELETE, ret, |e| {
-            capture::retry_user_str(e.name_addr, &mut e.name);
-            &mut e.header
-        }),
+        Syscall::Init => complete(
+            &pending!(PENDING_INIT, PENDING_INIT_UNPRIVILEGED),
+            ret,
+            |e| {
+                capture::retry_user_str(e.params_addr, &mut e.params);
+                let hash = digest_word(DIGEST_SEED, e.image_len);
+                e.header.digest = digest_str(hash, &e.params.bytes, e.params.len);
+                (&mut e.header, &e.task)
+            },
+        ),
+        Syscall::Finit => complete(
+            &pending!(PENDING_FINIT, PENDING_FINIT_UNPRIVILEGED),
+            ret,
+            |e| {
+                capture::retry_user_str(e.params_addr, &mut e.params);
+                let hash = digest_word(DIGEST_SEED, e.ino);
+                let hash = digest_word(hash, u64::from(e.flags));
+                let hash = digest_bytes(hash, &e.path.bytes);
+                e.header.digest = digest_str(hash, &e.params.bytes, e.params.len);
+                (&mut e.header, &e.task)
+            },
+        ),
+        Syscall::Delete => complete(
+            &pending!(PENDING_DELETE, PENDING_DELETE_UNPRIVILEGED),
+            ret,
+            |e| {
+                capture::retry_user_str(e.name_addr, &mut e.name);
+                let hash = digest_word(DIGEST_SEED, u64::from(e.flags));
+                e.header.digest = digest_str(hash, &e.name.bytes, e.name.len);
+                (&mut e.header, &e.task)
+            },
+        ),
     }
+}
+
+/// A string's digest: its length and the prefix `digest_bytes` reads. Bytes
+/// past the length are stale scratch data, but the same stale data for the
+/// same thread repeating a call; at worst two equal calls count as distinct.
+#[inline(always)]
+fn digest_str<const N: usize>(hash: u64, bytes: &[u8; N], len: u32) -> u64 {
+    let hash = aggregate::digest_bytes(aggregate::digest_word(hash, u64::from(len)), bytes);
+    // 0 is the process's own entry in `AGGREGATES`.
+    hash | 1
+}
+
+/// Whether the current task holds CAP_SYS_MODULE in the initial user
+/// namespace, as the kernel's `capable()` requires of every module syscall.
+/// When the kernel's layout is unknown every caller counts as privileged:
+/// delivery is then as before the split, never worse.
+#[inline(always)]
+fn caller_is_privileged() -> bool {
+    let bit = config!(cap_sys_module);
+    if bit >= 64 {
+        return true;
+    }
+    // SAFETY: helper call without arguments.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
+    let Some(cred) = capture::read_ptr(task, config!(offsets.task_cred)) else {
+        return true;
+    };
+    let Some(caps) = capture::read_at::<u64>(cred, config!(offsets.cred_cap_effective)) else {
+        return true;
+    };
+    if (caps >> bit) & 1 == 0 {
+        return false;
+    }
+    let level = capture::read_ptr(cred, config!(offsets.cred_user_ns))
+        .and_then(|ns| capture::read_at::<u32>(ns, config!(offsets.user_namespace_level)));
+    level.is_none_or(|level| level == 0)
 }
 
 /// Stores the scratch record of the current thread as pending.
@@ -160,15 +283,21 @@ fn enter_init([image_addr, image_len, params]: [u64; 3]) {
     event.module.seen = 0;
     event.module.taints = 0;
     capture::user_str(params, &mut event.params);
-    notify_load_entry(
-        KIND_INIT_MODULE,
-        -1,
-        image_addr,
-        image_len,
-        &event.header,
-        &event.task,
+    let privileged = caller_is_privileged();
+    if privileged {
+        notify_load_entry(
+            KIND_INIT_MODULE,
+            -1,
+            image_addr,
+            image_len,
+            &event.header,
+            &event.task,
+        );
+    }
+    stash(
+        pending!(PENDING_INIT, PENDING_INIT_UNPRIVILEGED).for_caller(privileged),
+        event,
     );
-    stash(&PENDING_INIT, event);
 }
 
 #[inline(always)]
@@ -189,15 +318,21 @@ fn enter_finit([fd, params, flags]: [u64; 3]) {
     let file = capture::resolve_fd(event.fd, &mut event.path);
     event.file_flags = file.flags;
     event.ino = file.ino;
-    notify_load_entry(
-        KIND_FINIT_MODULE,
-        event.fd,
-        0,
-        0,
-        &event.header,
-        &event.task,
+    let privileged = caller_is_privileged();
+    if privileged {
+        notify_load_entry(
+            KIND_FINIT_MODULE,
+            event.fd,
+            0,
+            0,
+            &event.header,
+            &event.task,
+        );
+    }
+    stash(
+        pending!(PENDING_FINIT, PENDING_FINIT_UNPRIVILEGED).for_caller(privileged),
+        event,
     );
-    stash(&PENDING_FINIT, event);
 }
 
 #[inline(always)]
@@ -216,30 +351,44 @@ fn enter_delete([name, flags, _]: [u64; 3]) {
     event.freed = 0;
     event.name_addr = name;
     capture::user_str(name, &mut event.name);
-    stash(&PENDING_DELETE, event);
+    let privileged = caller_is_privileged();
+    stash(
+        pending!(PENDING_DELETE, PENDING_DELETE_UNPRIVILEGED).for_caller(privileged),
+        event,
+    );
 }
 
 /// Adds the return value to the current thread's pending record and delivers
-/// it. `finish` completes what entry could not capture and gives the header.
+/// it. `finish` completes what entry could not capture (the digest among it)
+/// and gives the header and the caller.
 #[inline(always)]
-fn complete<T>(pending: &HashMap<u32, T>, ret: i64, finish: impl Fn(&mut T) -> &mut EventHeader) {
+fn complete<T>(
+    pending: &Pending<T>,
+    ret: i64,
+    finish: impl Fn(&mut T) -> (&mut EventHeader, &modtrace_common::TaskInfo),
+) {
     let tid = current_tid();
-    let Some(record) = pending.get_ptr_mut(tid) else {
+    let Some((map, record)) = pending.find(tid) else {
         if OVERFLOWED.remove(tid).is_err() {
             count_loss(LOSS_ENTRY_MISSING);
         }
         return;
     };
-    // SAFETY: the entry belongs to this thread, which is in this syscall.
-    let record = unsafe { &mut *record };
-    let head = finish(record);
+    let (head, task) = finish(record);
     // SAFETY: helper call without arguments.
     head.exit_ns = unsafe { bpf_ktime_get_boot_ns() };
     head.ret = ret;
-    if EVENTS.output::<T>(&*record, 0).is_err() {
+    let delivered = if ret == 0 {
+        LOADS.output::<T>(&*record, 0).is_ok()
+    } else if aggregate::report_in_full(head.kind, ret, head.digest, task, head.enter_ns) {
+        EVENTS.output::<T>(&*record, 0).is_ok()
+    } else {
+        true
+    };
+    if !delivered {
         count_loss(LOSS_RINGBUF_FULL);
     }
-    let _ = pending.remove(tid);
+    let _ = map.remove(tid);
 }
 
 /// `module_load` fires inside the loading syscall, after the kernel has named
@@ -248,6 +397,7 @@ fn complete<T>(pending: &HashMap<u32, T>, ret: i64, finish: impl Fn(&mut T) -> &
 #[inline(always)]
 pub fn on_module_load(module: *const u8) {
     let tid = current_tid();
+    // Only a privileged caller loads, so only its maps are looked at.
     let target = match PENDING_FINIT.get_ptr_mut(tid) {
         // SAFETY: the entry belongs to this thread, which is in the syscall.
         Some(event) => unsafe { &mut (*event).module },
@@ -284,13 +434,14 @@ pub fn on_module_free() {
 /// `module_request`: the kernel is about to run modprobe for `name` on behalf
 /// of the current task. Delivered at once; there is no exit to wait for.
 #[inline(always)]
+/// Any local user can cause requests (a socket of an unloaded protocol), so
+/// they are aggregated like failing calls.
 pub fn on_module_request(name: u64, wait: bool) {
-    let Some(mut entry) = EVENTS.reserve::<ModuleRequestEvent>(0) else {
-        count_loss(LOSS_RINGBUF_FULL);
+    let Some(event) = SCRATCH_REQUEST.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: the reservation is exclusively ours until submitted.
-    let event = unsafe { &mut *entry.as_mut_ptr() };
+    // SAFETY: per-CPU scratch slot, used by one program at a time.
+    let event = unsafe { &mut *event };
     event.header = header(
         KIND_MODULE_REQUEST,
         core::mem::size_of::<ModuleRequestEvent>(),
@@ -300,7 +451,14 @@ pub fn on_module_request(name: u64, wait: bool) {
     event.wait = wait as u32;
     event._reserved = 0;
     capture::kernel_str(name, &mut event.name);
-    entry.submit(0);
+    let hash = aggregate::digest_word(aggregate::DIGEST_SEED, u64::from(event.wait));
+    event.header.digest = digest_str(hash, &event.name.bytes, event.name.len);
+    let head = &event.header;
+    if aggregate::report_in_full(head.kind, 0, head.digest, &event.task, head.enter_ns)
+        && EVENTS.output::<ModuleRequestEvent>(&*event, 0).is_err()
+    {
+        count_loss(LOSS_RINGBUF_FULL);
+    }
 }
 
 /// Tells userspace a load has begun, so that it can copy the image (or open
@@ -315,7 +473,7 @@ fn notify_load_entry(
     call: &EventHeader,
     task: &modtrace_common::TaskInfo,
 ) {
-    let Some(mut entry) = EVENTS.reserve::<LoadEntryEvent>(0) else {
+    let Some(mut entry) = NOTICES.reserve::<LoadEntryEvent>(0) else {
         return;
     };
     // SAFETY: the reservation is exclusively ours until submitted.

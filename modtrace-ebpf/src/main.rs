@@ -3,9 +3,16 @@
 //! exit and hands them to `calls`, which owns the records and their delivery.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: see `aggregate::add`.
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only atomic add the BPF target has"
+)]
 
 #[macro_use]
 mod config;
+mod aggregate;
 mod calls;
 mod capture;
 mod execs;

@@ -141,6 +141,9 @@ pub const FIELDS: &[FieldSpec] = fields![
     upid.ns => upid_ns,
     task_struct.start_boottime => task_start_boottime,
     linux_binprm.file => linux_binprm_file,
+    cred.cap_effective => cred_cap_effective,
+    cred.user_ns => cred_user_ns,
+    user_namespace.level => user_namespace_level,
 ];
 
 /// A struct whose size the programs need, as the stride of an array they index.

@@ -135,6 +135,7 @@ mod tests {
                 enter_ns: 10,
                 exit_ns: 20,
                 ret: -2,
+                digest: 0x5eed,
             },
             task: TaskInfo {
                 pid: 7,
@@ -190,7 +191,7 @@ mod tests {
     fn rejects_short_unknown_and_foreign_records() {
         assert_eq!(
             decode(&[0; 4]).err(),
-            Some(DecodeError::ShortHeader { len: 4, need: 32 })
+            Some(DecodeError::ShortHeader { len: 4, need: 40 })
         );
         let mut event = delete_event();
         event.header.abi_version = ABI_VERSION + 1;

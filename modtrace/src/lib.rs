@@ -3,6 +3,7 @@
 //! The data path, one module per stage: [`probes`] (attach the kernel programs)
 //! → ring buffer → [`decode`] → [`enrich`] → [`record`] → [`sink`], driven by
 //! [`watch`].
+pub mod aggregates;
 pub mod btf;
 pub mod cause;
 pub mod cgroups;

@@ -81,6 +81,40 @@ struct WatchArgs {
     /// it [default: the embedded default policy]
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// Count repeated failing calls and autoload requests in the kernel and
+    /// report them as `summary` records; `off` reports every call in full.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    aggregate: Switch,
+    /// Length of an aggregation window, in seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..=3600))]
+    aggregate_window: u32,
+    /// Full reports of each distinct failing call per process and window.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    aggregate_threshold: u32,
+    /// Failing calls with distinct arguments reported in full per process,
+    /// syscall, result and window; beyond it they are only counted.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    aggregate_budget: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+impl WatchArgs {
+    fn aggregation(&self) -> modtrace::probes::Aggregation {
+        let window = match self.aggregate {
+            Switch::On => std::time::Duration::from_secs(self.aggregate_window.into()),
+            Switch::Off => std::time::Duration::ZERO,
+        };
+        modtrace::probes::Aggregation {
+            window,
+            threshold: self.aggregate_threshold,
+            budget: self.aggregate_budget,
+        }
+    }
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
@@ -114,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Watch(args) => {
             let terminal = std::io::stdout().is_terminal();
+            let aggregation = args.aggregation();
             let options = watch::WatchOptions {
                 format: args
                     .format
@@ -123,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 strategy: args.strategy,
                 btf: args.btf,
                 ring_buffer_bytes: args.ring_buffer_size,
+                aggregation,
                 lock_file: args.lock_file,
                 policy: args.policy,
             };

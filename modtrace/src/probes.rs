@@ -106,6 +106,36 @@ pub struct ProbeOptions {
     pub forced: Option<Strategy>,
     pub btf_path: PathBuf,
     pub ring_buffer_bytes: u32,
+    pub aggregation: Aggregation,
+}
+
+/// How the kernel side counts repeated failing calls instead of reporting
+/// each (see modtrace-ebpf/src/aggregate.rs and docs/output.md, `summary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aggregation {
+    /// Zero reports every call in full.
+    pub window: std::time::Duration,
+    /// Full reports of each distinct failing call per process and window.
+    pub threshold: u32,
+    /// Distinct failing calls reported in full per process, syscall and
+    /// result and window.
+    pub budget: u32,
+}
+
+impl Aggregation {
+    pub const DEFAULT: Self = Self {
+        window: std::time::Duration::from_secs(10),
+        threshold: 1,
+        budget: 16,
+    };
+    pub const OFF: Self = Self {
+        window: std::time::Duration::ZERO,
+        ..Self::DEFAULT
+    };
+
+    pub fn enabled(&self) -> bool {
+        !self.window.is_zero()
+    }
 }
 
 /// The loaded object with its programs attached; dropping it detaches them.
@@ -126,6 +156,8 @@ struct KernelSupport {
     offsets: Option<ResolvedOffsets>,
     tracefs: Option<PathBuf>,
     tp_offsets: Option<(u32, u32)>,
+    /// /proc/modules exists: the kernel was built with module support.
+    modules: bool,
 }
 
 fn has_capability(cap_eff: u64, bit: u32) -> bool {
@@ -234,6 +266,7 @@ impl KernelSupport {
             offsets,
             tracefs,
             tp_offsets,
+            modules: Path::new("/proc/modules").exists(),
         }
     }
 
@@ -242,6 +275,12 @@ impl KernelSupport {
         match strategy {
             Strategy::Fentry => match &self.btf {
                 None => Some("no kernel BTF".into()),
+                // Without module support the syscalls are stubs
+                // (sys_ni_syscall), which the kernel refuses fentry on
+                // (EPERM): not worth loading the object to learn it again.
+                Some(_) if !self.modules => {
+                    Some("this kernel has no module support (no /proc/modules)".into())
+                }
                 Some(btf) if !btf.has_function(&syscall.kernel_function()) => Some(format!(
                     "the kernel has no function {}",
                     syscall.kernel_function()
@@ -280,8 +319,13 @@ impl KernelSupport {
         (!known).then(|| "the pt_regs layout is unknown (no BTF)".into())
     }
 
-    fn config(&self, plan: &[Strategy; 3]) -> ProbeConfig {
+    fn config(&self, plan: &[Strategy; 3], aggregation: &Aggregation) -> ProbeConfig {
         let mut config = ProbeConfig::DEFAULT;
+        config.aggregate_window_ns =
+            u64::try_from(aggregation.window.as_nanos()).unwrap_or(u64::MAX);
+        config.aggregate_threshold = aggregation.threshold;
+        config.aggregate_budget = aggregation.budget;
+        config.cap_sys_module = u32::from(caps::Capability::CAP_SYS_MODULE.index());
         if let Some(resolved) = &self.offsets {
             config.offsets = resolved.offsets;
         }
@@ -372,23 +416,20 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
                     exec_tracking,
                 });
             }
-            Err(AttachFailure {
-                index,
-                strategy,
-                detail,
-            }) if options.forced.is_none() => {
-                warn!(
-                    "{} for {} failed ({detail}); falling back",
-                    strategy.as_str(),
-                    SYSCALLS[index].name
+            Err(failures) if options.forced.is_none() => {
+                warn_once(&failures);
+                refused.extend(
+                    failures
+                        .into_iter()
+                        .map(|f| (f.index, f.strategy, f.detail)),
                 );
-                refused.push((index, strategy, detail));
             }
-            Err(AttachFailure {
-                index,
-                strategy,
-                detail,
-            }) => {
+            Err(mut failures) => {
+                let AttachFailure {
+                    index,
+                    strategy,
+                    detail,
+                } = failures.swap_remove(0);
                 return Err(ProbeError::Attach {
                     syscall: SYSCALLS[index].name,
                     strategy: strategy.as_str(),
@@ -396,6 +437,29 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
                 });
             }
         }
+    }
+}
+
+/// One warning for the failures of one attempt: the syscalls a strategy
+/// failed for with the same reason are named together.
+fn warn_once(failures: &[AttachFailure]) {
+    let mut grouped: Vec<(Strategy, &str, Vec<&str>)> = Vec::new();
+    for f in failures {
+        let name = SYSCALLS[f.index].name;
+        match grouped
+            .iter_mut()
+            .find(|(s, d, _)| *s == f.strategy && *d == f.detail)
+        {
+            Some((_, _, names)) => names.push(name),
+            None => grouped.push((f.strategy, &f.detail, vec![name])),
+        }
+    }
+    for (strategy, detail, names) in grouped {
+        warn!(
+            "{} for {} failed ({detail}); falling back",
+            strategy.as_str(),
+            names.join(", ")
+        );
     }
 }
 
@@ -437,8 +501,8 @@ fn load_and_attach(
     support: &KernelSupport,
     plan: &[Strategy; 3],
     options: &ProbeOptions,
-) -> Result<Ebpf, AttachFailure> {
-    let config = support.config(plan);
+) -> Result<Ebpf, Vec<AttachFailure>> {
+    let config = support.config(plan, &options.aggregation);
     let aya_btf = Btf::from_sys_fs().ok();
     let mut loader = EbpfLoader::new();
     loader
@@ -447,34 +511,43 @@ fn load_and_attach(
         .map_max_entries("EVENTS", options.ring_buffer_bytes);
     // A load failure is not specific to one syscall; report it against the
     // first and let the caller fall back only when attaching differs.
-    let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(|e| AttachFailure {
-        index: 0,
-        strategy: plan[0],
-        detail: format!("loading: {}", brief(e)),
+    let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(|e| {
+        vec![AttachFailure {
+            index: 0,
+            strategy: plan[0],
+            detail: format!("loading: {}", brief(e)),
+        }]
     })?;
+    // Every syscall is tried before giving up, so that one reload serves
+    // all the fallbacks (each load of the object costs a fraction of a second).
+    let mut failures = Vec::new();
     let mut raw_attached = false;
     for (index, (syscall, strategy)) in SYSCALLS.iter().zip(plan).enumerate() {
-        let fail = |detail: String| AttachFailure {
-            index,
-            strategy: *strategy,
-            detail,
-        };
-        match strategy {
-            Strategy::Fentry => {
-                let btf = aya_btf
-                    .as_ref()
-                    .ok_or_else(|| fail("aya could not read the kernel BTF".into()))?;
-                attach_fentry(&mut ebpf, syscall, btf).map_err(fail)?;
-            }
-            Strategy::SyscallTracepoints => attach_tracepoints(&mut ebpf, syscall).map_err(fail)?,
+        let attached = match strategy {
+            Strategy::Fentry => aya_btf
+                .as_ref()
+                .ok_or_else(|| "aya could not read the kernel BTF".to_owned())
+                .and_then(|btf| attach_fentry(&mut ebpf, syscall, btf)),
+            Strategy::SyscallTracepoints => attach_tracepoints(&mut ebpf, syscall),
             Strategy::RawSyscalls if !raw_attached => {
-                attach_raw(&mut ebpf).map_err(fail)?;
                 raw_attached = true;
+                attach_raw(&mut ebpf)
             }
-            Strategy::RawSyscalls => {}
+            Strategy::RawSyscalls => Ok(()),
+        };
+        if let Err(detail) = attached {
+            failures.push(AttachFailure {
+                index,
+                strategy: *strategy,
+                detail,
+            });
         }
     }
-    Ok(ebpf)
+    if failures.is_empty() {
+        Ok(ebpf)
+    } else {
+        Err(failures)
+    }
 }
 
 fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>

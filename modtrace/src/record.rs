@@ -34,6 +34,7 @@ pub enum Body {
     Call(Box<Call>),
     Request(Box<Request>),
     Loss(Loss),
+    Summary(Summary),
     Stop(Stop),
     Alert(crate::policy::Alert),
     PolicyReload(crate::policy::PolicyReload),
@@ -238,7 +239,42 @@ pub struct LostTotals {
 #[derive(Debug, Clone, Serialize)]
 pub struct Stop {
     pub events: EventCounts,
+    /// Calls counted in the kernel and reported in `summary` records instead
+    /// of one by one: with `events` and `lost`, every call made.
+    pub aggregated: EventCounts,
     pub lost: LostTotals,
+}
+
+/// Calls of one process counted in the kernel instead of reported, over one
+/// aggregation window (docs/output.md, `summary`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The kind of the calls: a syscall, or `request`.
+    pub syscall: &'static str,
+    pub process: SummaryProcess,
+    /// The result every call counted here had; null for requests.
+    pub result: Option<CallResult>,
+    /// `repeats`: calls with the same arguments as record `repeats_of`;
+    /// `distinct`: calls with other arguments than any reported, past the
+    /// process's budget of full reports.
+    pub elided: &'static str,
+    pub count: u64,
+    /// The seq of the record these calls repeat; null when that record was
+    /// lost, or for `distinct`.
+    pub repeats_of: Option<u64>,
+    /// Calls reported in full under this key in the window: the repeated
+    /// call's reports, or for `distinct` the distinct calls reported.
+    pub reported: u64,
+    pub first: String,
+    pub last: String,
+    pub window_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SummaryProcess {
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
 }
 
 pub fn file_arg(event: &FinitModuleEvent) -> FileArg {

@@ -205,9 +205,26 @@ pub fn text_line(record: &Value, colour: bool) -> String {
                 .map(|e| format!(" REJECTED, previous policy kept: {e}"))
                 .unwrap_or_default()
         ),
+        "summary" => paint(
+            &format!(
+                "{} {} {} calls by pid={} uid={} comm={} ({}), {} reported in full, {} .. {}",
+                s(&record["count"]),
+                s(&record["elided"]),
+                s(&record["syscall"]),
+                s(&record["process"]["pid"]),
+                s(&record["process"]["uid"]),
+                s(&record["process"]["comm"]),
+                s(&record["result"]["errno"]),
+                s(&record["reported"]),
+                s(&record["first"]),
+                s(&record["last"]),
+            ),
+            YELLOW,
+            colour,
+        ),
         "stop" => format!(
-            "events {} lost {}",
-            record["events"]["total"], record["lost"]["total"]
+            "events {} aggregated {} lost {}",
+            record["events"]["total"], record["aggregated"]["total"], record["lost"]["total"]
         ),
         _ => call_text(record, colour),
     };

@@ -21,6 +21,7 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
+    aggregates::Aggregates,
     cause,
     cgroups::CgroupPaths,
     clock::Clock,
@@ -42,6 +43,7 @@ pub struct WatchOptions {
     pub strategy: Option<Strategy>,
     pub btf: PathBuf,
     pub ring_buffer_bytes: u32,
+    pub aggregation: probes::Aggregation,
     pub lock_file: PathBuf,
     /// The policy file; the embedded default policy when absent.
     pub policy: Option<PathBuf>,
@@ -95,9 +97,10 @@ fn acquire_lock(path: &Path) -> Result<nix::fcntl::Flock<File>, WatchError> {
 /// programs: after detaching, the ring buffer is still drained.
 struct Maps {
     losses: PerCpuArray<MapData, u64>,
-    pending_init: HashMap<MapData, u32, InitModuleEvent>,
-    pending_finit: HashMap<MapData, u32, FinitModuleEvent>,
-    pending_delete: HashMap<MapData, u32, DeleteModuleEvent>,
+    /// Calls of callers holding CAP_SYS_MODULE, then of the others.
+    pending_init: [HashMap<MapData, u32, InitModuleEvent>; 2],
+    pending_finit: [HashMap<MapData, u32, FinitModuleEvent>; 2],
+    pending_delete: [HashMap<MapData, u32, DeleteModuleEvent>; 2],
 }
 
 fn take_map<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, WatchError>
@@ -111,18 +114,30 @@ where
 impl Maps {
     /// Whether thread `tid`'s load call that entered at `enter_ns` is still
     /// in the kernel (its entry record is pending).
+    /// Only privileged callers' loads send the notice this answers.
     fn in_call(&self, tid: u32, enter_ns: u64) -> bool {
-        let init = self.pending_init.get(&tid, 0).map(|e| e.header.enter_ns);
-        let finit = self.pending_finit.get(&tid, 0).map(|e| e.header.enter_ns);
+        let init = self.pending_init[0].get(&tid, 0).map(|e| e.header.enter_ns);
+        let finit = self.pending_finit[0]
+            .get(&tid, 0)
+            .map(|e| e.header.enter_ns);
         init.ok() == Some(enter_ns) || finit.ok() == Some(enter_ns)
     }
 
     fn take(ebpf: &mut aya::Ebpf) -> Result<Self, WatchError> {
         Ok(Self {
             losses: take_map(ebpf, "LOSSES")?,
-            pending_init: take_map(ebpf, "PENDING_INIT")?,
-            pending_finit: take_map(ebpf, "PENDING_FINIT")?,
-            pending_delete: take_map(ebpf, "PENDING_DELETE")?,
+            pending_init: [
+                take_map(ebpf, "PENDING_INIT")?,
+                take_map(ebpf, "PENDING_INIT_UNPRIVILEGED")?,
+            ],
+            pending_finit: [
+                take_map(ebpf, "PENDING_FINIT")?,
+                take_map(ebpf, "PENDING_FINIT_UNPRIVILEGED")?,
+            ],
+            pending_delete: [
+                take_map(ebpf, "PENDING_DELETE")?,
+                take_map(ebpf, "PENDING_DELETE_UNPRIVILEGED")?,
+            ],
         })
     }
 }
@@ -157,6 +172,7 @@ struct Collector {
     policy: Policy,
     execs: ExecTable,
     cgroups: CgroupPaths,
+    aggregates: Aggregates,
 }
 
 impl Collector {
@@ -194,6 +210,7 @@ impl Collector {
         );
         let mut body = record::body(event, own, parent, self.module_events);
         let seq = self.emitter.next_seq();
+        self.aggregates.remember(header, task.pid, seq);
         match &mut body {
             Body::Request(request) => self.requests.remember(seq, header.enter_ns, request),
             Body::Call(call) => {
@@ -310,8 +327,31 @@ impl Collector {
         self.emit("policy_reload", None, &Body::PolicyReload(reload))
     }
 
-    fn drain(&mut self, events: &mut RingBuf<MapData>, maps: &Maps) -> Result<(), WatchError> {
-        while let Some(item) = events.next() {
+    /// Reads every ring, the notices first (their loads are in progress),
+    /// then the loads, then at most `EVENTS_PER_PASS` of the failing calls,
+    /// until all are empty: a flood in `EVENTS` never delays a load.
+    fn drain(&mut self, rings: &mut Rings, maps: &Maps) -> Result<(), WatchError> {
+        const EVENTS_PER_PASS: usize = 4096;
+        loop {
+            self.drain_ring(&mut rings.notices, maps, usize::MAX)?;
+            self.drain_ring(&mut rings.loads, maps, usize::MAX)?;
+            if self.drain_ring(&mut rings.events, maps, EVENTS_PER_PASS)? < EVENTS_PER_PASS {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads up to `limit` items of `ring`; returns how many it read.
+    fn drain_ring(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        maps: &Maps,
+        limit: usize,
+    ) -> Result<usize, WatchError> {
+        let mut read = 0;
+        while read < limit {
+            let Some(item) = ring.next() else { break };
+            read += 1;
             let decoded = decode::decode(&item);
             drop(item);
             match decoded {
@@ -322,6 +362,22 @@ impl Collector {
                 // A record we cannot read is still a lost event: say so.
                 Err(err) => warn!("dropping an unreadable kernel record: {err}"),
             }
+        }
+        Ok(read)
+    }
+
+    /// Writes the summaries of closed aggregation windows (of all, at
+    /// shutdown, with `now` None).
+    fn report_summaries(&mut self, now: Option<u64>) -> Result<(), WatchError> {
+        let summaries = self
+            .aggregates
+            .take_closed(now, &self.clock)
+            .map_err(|source| WatchError::Map {
+                name: "AGGREGATES",
+                source,
+            })?;
+        for (last_ns, summary) in summaries {
+            self.emit("summary", Some(last_ns), &Body::Summary(summary))?;
         }
         Ok(())
     }
@@ -348,21 +404,28 @@ impl Collector {
         maps: &mut Maps,
         finished: impl Fn(&KernelEvent) -> bool,
     ) -> Result<(), WatchError> {
-        let mut stale = take_pending(
-            &mut maps.pending_init,
-            |e| KernelEvent::InitModule(Box::new(e)),
-            &finished,
-        );
-        stale.extend(take_pending(
-            &mut maps.pending_finit,
-            |e| KernelEvent::FinitModule(Box::new(e)),
-            &finished,
-        ));
-        stale.extend(take_pending(
-            &mut maps.pending_delete,
-            |e| KernelEvent::DeleteModule(Box::new(e)),
-            &finished,
-        ));
+        let mut stale = Vec::new();
+        for map in &mut maps.pending_init {
+            stale.extend(take_pending(
+                map,
+                |e| KernelEvent::InitModule(Box::new(e)),
+                &finished,
+            ));
+        }
+        for map in &mut maps.pending_finit {
+            stale.extend(take_pending(
+                map,
+                |e| KernelEvent::FinitModule(Box::new(e)),
+                &finished,
+            ));
+        }
+        for map in &mut maps.pending_delete {
+            stale.extend(take_pending(
+                map,
+                |e| KernelEvent::DeleteModule(Box::new(e)),
+                &finished,
+            ));
+        }
         stale.iter().try_for_each(|event| self.on_event(event))
     }
 }
@@ -448,9 +511,18 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         forced: options.strategy,
         btf_path: options.btf.clone(),
         ring_buffer_bytes: options.ring_buffer_bytes,
+        aggregation: options.aggregation,
     })?;
-    let ring: RingBuf<MapData> = take_map(&mut probes.ebpf, "EVENTS")?;
+    let mut rings = Rings {
+        events: take_map(&mut probes.ebpf, "EVENTS")?,
+        loads: take_map(&mut probes.ebpf, "LOADS")?,
+        notices: take_map(&mut probes.ebpf, "NOTICES")?,
+    };
     let mut maps = Maps::take(&mut probes.ebpf)?;
+    let aggregates = Aggregates::new(
+        take_map(&mut probes.ebpf, "AGGREGATES")?,
+        u64::try_from(options.aggregation.window.as_nanos()).unwrap_or(u64::MAX),
+    );
     let execs = ExecTable::new(if probes.exec_tracking {
         Some(take_map(&mut probes.ebpf, "EXECS")?)
     } else {
@@ -467,6 +539,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         policy,
         execs,
         cgroups: CgroupPaths::new(),
+        aggregates,
     };
     // Handlers go in before `start` is written: whoever waits for `start`
     // and then signals must not kill us with the default action.
@@ -487,24 +560,25 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         collector.emit("alert", None, &Body::Alert(alert))?;
     }
 
-    // SAFETY: the AsyncFd owns the ring buffer, whose fd stays open and the
-    // same for as long as the AsyncFd lives.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .map_err(io("registering the ring buffer with epoll"))?;
+    // Epoll only wakes the loop; every wake-up drains all rings in their
+    // order, so the rings themselves stay with the collector.
+    let wakers = Wakers::new(&rings).map_err(io("registering the ring buffers with epoll"))?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut ticks: u64 = 0;
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.map_err(io("waiting on the ring buffer"))?;
-                collector.drain(guard.get_inner_mut(), &maps)?;
+            ready = wakers.readable() => {
+                let mut guard = ready.map_err(io("waiting on the ring buffers"))?;
+                collector.drain(&mut rings, &maps)?;
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                collector.drain(ring.get_mut(), &maps)?;
+                collector.drain(&mut rings, &maps)?;
                 collector.report_losses(&maps)?;
                 ticks += 1;
+                if ticks.is_multiple_of(5) {
+                    collector.report_summaries(Some(Clock::boot_ns()))?;
+                }
                 if ticks.is_multiple_of(10) {
                     let now = Clock::boot_ns();
                     collector.reap(&mut maps, |e| task_died(e, now))?;
@@ -515,24 +589,70 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
             _ = sigint.recv() => break,
         }
     }
-    shutdown(probes, ring.into_inner(), maps, collector)
+    drop(wakers);
+    shutdown(probes, rings, maps, collector)
+}
+
+/// The three ring buffers (modtrace-ebpf/src/calls.rs says what each carries).
+struct Rings {
+    events: RingBuf<MapData>,
+    loads: RingBuf<MapData>,
+    notices: RingBuf<MapData>,
+}
+
+/// Epoll registrations of the rings' fds, apart from the rings themselves.
+struct Wakers {
+    fds: [AsyncFd<std::os::fd::RawFd>; 3],
+}
+
+impl Wakers {
+    fn new(rings: &Rings) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let register = |ring: &RingBuf<MapData>| {
+            // SAFETY: the fd is the ring's, which `run` keeps open until
+            // after these registrations are dropped.
+            unsafe { AsyncFd::register_with_interest(ring.as_raw_fd(), Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+        };
+        Ok(Self {
+            fds: [
+                register(&rings.notices)?,
+                register(&rings.loads)?,
+                register(&rings.events)?,
+            ],
+        })
+    }
+
+    /// Waits until any ring has data.
+    async fn readable(
+        &self,
+    ) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, std::os::fd::RawFd>> {
+        let [notices, loads, events] = &self.fds;
+        tokio::select! {
+            guard = notices.readable() => guard,
+            guard = loads.readable() => guard,
+            guard = events.readable() => guard,
+        }
+    }
 }
 
 /// Detaches the programs, then delivers everything already captured: the ring
 /// buffer's remainder, the calls still in flight, the final loss counts.
 fn shutdown(
     probes: probes::Probes,
-    mut ring: RingBuf<MapData>,
+    mut rings: Rings,
     mut maps: Maps,
     mut collector: Collector,
 ) -> Result<(), WatchError> {
     drop(probes);
-    collector.drain(&mut ring, &maps)?;
+    collector.drain(&mut rings, &maps)?;
     collector.reap(&mut maps, |_| true)?;
+    collector.report_summaries(None)?;
     collector.report_losses(&maps)?;
     let counts = collector.reported_losses.clone();
     let stop = Stop {
         events: collector.counts.clone(),
+        aggregated: collector.aggregates.totals.clone(),
         lost: LostTotals {
             total: counts.total(),
             counts,

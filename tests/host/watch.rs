@@ -487,47 +487,187 @@ fn exes_of_processes_gone_before_their_record_is_read() {
     watch.stop();
 }
 
-/// 100,000 failing calls from 4 processes: each is reported or counted lost.
-fn flood(ring_bytes: &str) -> (u64, u64) {
-    let name = "modtrace_flood_probe";
-    let watch = Watch::start(&["--ring-buffer-size", ring_bytes]);
-    let summary = &mtcall(&["flood", "--procs", "4", "--calls", "25000", "--name", name])[0];
+/// How modtrace accounted for the calls of a flood's children.
+#[derive(Debug)]
+struct Tally {
+    /// Records of the children's calls.
+    reported: u64,
+    /// Calls counted in the children's `summary` records.
+    aggregated: u64,
+    /// Calls counted lost by the whole watch (only the flood made calls).
+    lost: u64,
+}
+
+/// Runs `mtcall flood` with `flood_args` (4 processes x 25,000 calls) under a
+/// watch with `watch_args`, and checks the bookkeeping every watch must keep:
+/// losses and summaries reported in-band agree with `stop`, and every call
+/// the children made is reported, aggregated or lost, exactly once.
+fn flood(watch_args: &[&str], flood_args: &[&str]) -> (Tally, Vec<Value>) {
+    let watch = Watch::start(watch_args);
+    let mut args = vec!["flood", "--procs", "4", "--calls", "25000"];
+    args.extend(flood_args);
+    let summary = &mtcall(&args)[0];
     assert_eq!(summary["total_calls"], 100_000);
-    let records = watch.stop();
-    let reported = records
+    let children: Vec<&Value> = summary["children"]
+        .as_array()
+        .unwrap()
         .iter()
-        .filter(|r| r["kind"] == "delete_module" && r["args"]["name"]["value"] == name)
-        .count() as u64;
+        .map(|c| &c["pid"])
+        .collect();
+    let records = watch.stop();
+    let of_children = |kind: &str, pid_at: &str| {
+        records
+            .iter()
+            .filter(|r| r["kind"] == kind && children.contains(&&r[pid_at]["pid"]))
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    let calls = of_children("delete_module", "process");
+    let summaries = of_children("summary", "process");
     let stop = records.last().unwrap();
-    let lost = stop["lost"]["total"].as_u64().unwrap();
+    let tally = Tally {
+        reported: calls.len() as u64,
+        aggregated: summaries.iter().map(|s| s["count"].as_u64().unwrap()).sum(),
+        lost: stop["lost"]["total"].as_u64().unwrap(),
+    };
     let loss_records: u64 = records
         .iter()
         .filter(|r| r["kind"] == "loss")
         .map(|r| r["total"].as_u64().unwrap())
         .sum();
     assert_eq!(
-        loss_records, lost,
+        loss_records, tally.lost,
         "every loss is reported in-band before stop"
     );
-    assert_eq!(stop["events"]["delete_module"].as_u64().unwrap(), reported);
     assert_eq!(
-        reported + lost,
-        100_000,
-        "reported {reported} + lost {lost}"
+        stop["events"]["delete_module"].as_u64().unwrap(),
+        tally.reported
     );
-    (reported, lost)
+    assert_eq!(
+        stop["aggregated"]["delete_module"].as_u64().unwrap(),
+        tally.aggregated
+    );
+    assert_eq!(
+        tally.reported + tally.aggregated + tally.lost,
+        100_000,
+        "every call is reported, aggregated or lost exactly once: {tally:?}"
+    );
+    for s in &summaries {
+        assert_eq!(s["syscall"], "delete_module", "{s}");
+        assert_eq!(s["result"]["errno"], "ENOSYS", "{s}");
+        assert_eq!(s["process"]["comm"], "mtcall", "{s}");
+        match s["repeats_of"].as_u64() {
+            // The summary names the record whose repeats it counts.
+            Some(seq) => {
+                let repeated = &records[seq as usize];
+                assert_eq!(s["elided"], "repeats", "{s}");
+                assert_eq!(repeated["kind"], "delete_module", "{repeated}");
+                assert_eq!(
+                    repeated["process"]["pid"], s["process"]["pid"],
+                    "{repeated}"
+                );
+            }
+            None => assert_eq!(s["elided"], "distinct", "{s}"),
+        }
+    }
+    (tally, records)
+}
+
+fn summaries_of<'a>(records: &'a [Value], elided: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "summary" && r["elided"] == elided)
+        .collect()
 }
 
 #[test]
-fn flood_every_call_is_reported_or_counted() {
+fn flood_of_repeated_calls_is_counted_in_the_kernel() {
     let _serial = serial();
-    flood("8388608");
-    // One page of ring buffer cannot keep up: losses must appear and add up.
-    let (_, lost) = flood("4096");
-    assert!(
-        lost > 0,
-        "a one-page ring buffer must overflow under 100,000 calls"
+    // One page of ring buffer, which the same flood overflows without
+    // aggregation (below): counted in the kernel, nothing is lost.
+    let (tally, records) = flood(&["--ring-buffer-size", "4096"], &[]);
+    assert_eq!(tally.lost, 0, "{tally:?}");
+    // The first call of each process in each 10-second window is reported;
+    // the flood may straddle one window boundary.
+    assert!((4..=8).contains(&tally.reported), "{tally:?}");
+    let repeats = summaries_of(&records, "repeats");
+    assert!((4..=8).contains(&repeats.len()), "{repeats:?}");
+    assert!(summaries_of(&records, "distinct").is_empty());
+}
+
+#[test]
+fn flood_of_distinct_calls_degrades_to_counting() {
+    let _serial = serial();
+    // The default ring: a burst of 4 x 16 full reports fits it, not one page.
+    let (tally, records) = flood(&[], &["--distinct"]);
+    assert_eq!(tally.lost, 0, "{tally:?}");
+    // 16 distinct calls per process and window are reported in full.
+    assert!((4 * 16..=8 * 16).contains(&tally.reported), "{tally:?}");
+    let distinct = summaries_of(&records, "distinct");
+    assert!((4..=8).contains(&distinct.len()), "{distinct:?}");
+    for s in distinct {
+        assert_eq!(s["reported"], 16, "{s}");
+    }
+}
+
+#[test]
+fn flood_without_aggregation_every_call_is_reported_or_counted() {
+    let _serial = serial();
+    let (tally, _) = flood(
+        &["--aggregate", "off", "--ring-buffer-size", "8388608"],
+        &[],
     );
+    assert_eq!(tally.aggregated, 0, "{tally:?}");
+    // One page of ring buffer cannot keep up: losses must appear and add up.
+    let (tally, _) = flood(&["--aggregate", "off", "--ring-buffer-size", "4096"], &[]);
+    assert!(
+        tally.lost > 0,
+        "a one-page ring buffer must overflow under 100,000 calls: {tally:?}"
+    );
+}
+
+#[test]
+fn distinct_calls_under_a_flood_are_each_reported_in_full() {
+    let _serial = serial();
+    let mut watch = Watch::start(&[]);
+    let flooding = std::thread::spawn(|| {
+        mtcall(&["flood", "--procs", "4", "--calls", "500000", "--distinct"])
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let calls: Vec<Value> = (0..20)
+        .map(|i| {
+            mtcall(&[
+                "init-module",
+                "--image-len",
+                "64",
+                "--params",
+                &format!("call={i}"),
+            ])[0]
+                .clone()
+        })
+        .collect();
+    assert!(
+        !flooding.is_finished(),
+        "the flood must still run while the 20 calls are made; make it longer"
+    );
+    for (i, call) in calls.iter().enumerate() {
+        let record = watch.wait_for(
+            |r| r["kind"] == "init_module" && r["process"]["pid"] == call["pid"],
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            record["args"]["params"]["value"],
+            format!("call={i}"),
+            "{record}"
+        );
+        assert_eq!(record["args"]["image_len"], 64, "{record}");
+        assert_eq!(record["result"]["errno"], "ENOSYS", "{record}");
+        assert_eq!(record["process"]["comm"], "mtcall", "{record}");
+    }
+    flooding.join().unwrap();
+    let records = watch.stop();
+    let stop = records.last().unwrap();
+    assert_eq!(stop["lost"]["total"], 0, "{stop}");
 }
 
 #[test]
@@ -558,7 +698,10 @@ fn text_format_is_one_readable_line_per_record() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert!(child.wait().unwrap().success());
     let stop = lines.next().unwrap().unwrap();
-    assert!(stop.contains(" stop events 1 lost 0"), "{stop}");
+    assert!(
+        stop.contains(" stop events 1 aggregated 0 lost 0"),
+        "{stop}"
+    );
 }
 
 #[test]

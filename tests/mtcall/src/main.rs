@@ -30,9 +30,12 @@ ops:
   socket-sctp
       socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP), which makes the kernel
       request the sctp module
-  flood --procs P --calls N [--name NAME]
+  flood --procs P --calls N [--name NAME] [--distinct] [--until FILE]
       P child processes each make N delete_module(NAME, O_NONBLOCK) calls;
-      prints one summary line
+      with --distinct each call's name is NAME followed by the call's number
+      (so no two calls of a child pass the same name); with --until a child
+      stops early once FILE exists (checked every 1,024 calls); prints one
+      summary line
 
 --uid/--gid drop privileges (setgroups, setgid, then setuid) before the op.
 --repeat K (before or after the op) makes the call K times (default 1).
@@ -105,6 +108,8 @@ enum Op {
         procs: u32,
         calls: u64,
         name: CString,
+        distinct: bool,
+        until: Option<CString>,
     },
     HeldDeletes {
         threads: u32,
@@ -207,6 +212,8 @@ fn parse(args: Vec<String>) -> Res<Cli> {
     let mut procs = None;
     let mut calls = None;
     let mut name = None;
+    let mut distinct = false;
+    let mut until = None;
     let mut threads = None;
     let mut release = None;
     let mut seen = Vec::new();
@@ -272,6 +279,8 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             "--procs" => procs = Some(parse_num("--procs", &value(&arg, &mut args)?)?),
             "--calls" => calls = Some(parse_num("--calls", &value(&arg, &mut args)?)?),
             "--name" => name = Some(cstring("--name", value(&arg, &mut args)?.into_bytes())?),
+            "--distinct" => distinct = true,
+            "--until" => until = Some(cstring("--until", value(&arg, &mut args)?.into_bytes())?),
             "--threads" => threads = Some(parse_num("--threads", &value(&arg, &mut args)?)?),
             "--release" => release = Some(PathBuf::from(value(&arg, &mut args)?)),
             other => return usage(format!("unknown option {other}")),
@@ -299,7 +308,14 @@ fn parse(args: Vec<String>) -> Res<Cli> {
         ],
         "delete-module" => &["--repeat", "--flags"],
         "socket-sctp" => &["--repeat"],
-        "flood" => &["--repeat", "--procs", "--calls", "--name"],
+        "flood" => &[
+            "--repeat",
+            "--procs",
+            "--calls",
+            "--name",
+            "--distinct",
+            "--until",
+        ],
         "held-deletes" => &["--threads", "--release"],
         other => return usage(format!("unknown op `{other}`")),
     };
@@ -343,6 +359,8 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             procs: procs.map_or_else(|| usage("flood needs --procs"), Ok)?,
             calls: calls.map_or_else(|| usage("flood needs --calls"), Ok)?,
             name: name.unwrap_or_else(|| c"mtcall_flood_nonexistent".to_owned()),
+            distinct,
+            until,
         },
         "held-deletes" => Op::HeldDeletes {
             threads: threads.map_or_else(|| usage("held-deletes needs --threads"), Ok)?,
@@ -409,7 +427,13 @@ fn run(cli: Cli) -> Res<()> {
             } => finit_module(source, params, *flags)?,
             Op::Delete { name, flags } => delete_module(name, *flags),
             Op::SocketSctp => socket_sctp(),
-            Op::Flood { procs, calls, name } => flood(*procs, *calls, name)?,
+            Op::Flood {
+                procs,
+                calls,
+                name,
+                distinct,
+                until,
+            } => flood(*procs, *calls, name, *distinct, until.as_deref())?,
             Op::HeldDeletes { threads, release } => held_deletes(*threads, release)?,
         };
         out.insert("call".into(), json!(call));
@@ -805,7 +829,27 @@ fn held_deletes(threads: u32, release: &Path) -> Res<Map<String, Value>> {
     Ok(m)
 }
 
-fn flood(procs: u32, calls: u64, name: &CStr) -> Res<Map<String, Value>> {
+/// `prefix` followed by `n` in hex and a NUL, in `buf`: built without
+/// allocating, as a forked child must.
+fn numbered_name<'a>(buf: &'a mut [u8; 64], prefix: &[u8], n: u64) -> &'a CStr {
+    let len = prefix.len().min(buf.len() - 18);
+    buf[..len].copy_from_slice(&prefix[..len]);
+    let mut end = len;
+    for shift in (0..16).rev() {
+        buf[end] = b"0123456789abcdef"[((n >> (shift * 4)) & 0xf) as usize];
+        end += 1;
+    }
+    buf[end] = 0;
+    CStr::from_bytes_until_nul(&buf[..=end]).expect("NUL written above")
+}
+
+fn flood(
+    procs: u32,
+    calls: u64,
+    name: &CStr,
+    distinct: bool,
+    until: Option<&CStr>,
+) -> Res<Map<String, Value>> {
     // Flush before forking so that children do not inherit buffered output.
     io::stdout().flush().map_err(setup_err("flushing stdout"))?;
     let mut children = Vec::new();
@@ -831,10 +875,22 @@ fn flood(procs: u32, calls: u64, name: &CStr) -> Res<Map<String, Value>> {
             // Child: make the calls, report (calls made, calls failed with
             // ENOSYS/ENOENT/EPERM/other) through the pipe.
             let mut counts = [0u64; 5];
-            for _ in 0..calls {
-                // SAFETY: name is a valid C string.
+            let mut buf = [0u8; 64];
+            for call in 0..calls {
+                // SAFETY: access(2) on a valid C string.
+                let told_to_stop =
+                    || unsafe { libc::access(until.unwrap_or(c"").as_ptr(), libc::F_OK) } == 0;
+                if until.is_some() && call % 1024 == 0 && told_to_stop() {
+                    break;
+                }
+                let this = if distinct {
+                    numbered_name(&mut buf, name.to_bytes(), call)
+                } else {
+                    name
+                };
+                // SAFETY: the name is a valid C string.
                 let ret = unsafe {
-                    libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK)
+                    libc::syscall(libc::SYS_delete_module, this.as_ptr(), libc::O_NONBLOCK)
                 };
                 let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
                 counts[0] += 1;
@@ -899,6 +955,7 @@ fn flood(procs: u32, calls: u64, name: &CStr) -> Res<Map<String, Value>> {
     let mut m = Map::new();
     m.insert("op".into(), json!("flood"));
     m.insert("name".into(), json!(name.to_string_lossy()));
+    m.insert("distinct".into(), json!(distinct));
     m.insert("flags".into(), json!(libc::O_NONBLOCK));
     m.insert("procs".into(), json!(procs));
     m.insert("calls_per_proc".into(), json!(calls));
