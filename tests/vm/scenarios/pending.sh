@@ -5,7 +5,7 @@ N=4200
 in_delete_module() {
     [ "$(grep -l '^176 ' /proc/$act_pid/task/*/syscall 2> /dev/null | wc -l)" -ge $N ]
 }
-watch_start main
+watch_start main --aggregate off
 act_begin overflow /usr/bin/mtcall held-deletes --threads $N --release /tmp/release
 wait_for 1200 in_delete_module
 grep -l '^176 ' /proc/$act_pid/task/*/syscall 2> /dev/null | wc -l > /tmp/in_kernel

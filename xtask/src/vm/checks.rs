@@ -3,6 +3,7 @@
 //! then modtrace's NDJSON against that truth and docs/output.md. modtrace checks never
 //! pass vacuously: a watch that did not start is a failure that says why.
 mod container;
+mod flood;
 mod identity;
 mod inflight;
 mod pending;

@@ -22,6 +22,7 @@ pub fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
         "container" => super::container::container,
         "inflight" => super::inflight::inflight,
         "pending" => super::pending::pending,
+        "flood" => super::flood::flood,
         _ => return None,
     })
 }
@@ -777,9 +778,17 @@ fn concurrency(ctx: &mut Ctx) {
         .records
         .iter()
         .filter(|rec| rec["kind"].as_str().is_some_and(|k| k.ends_with("_module")))
-        .count();
-    ctx.modtrace
-        .eq("events = syscalls the kernel traced", events, w.calls.len());
+        .count() as u64;
+    let aggregated = w
+        .records
+        .last()
+        .and_then(|stop| stop.pointer("/aggregated/total"))
+        .and_then(Value::as_u64);
+    ctx.modtrace.eq(
+        "events + aggregated = syscalls the kernel traced",
+        aggregated.map(|a| a + events),
+        Some(w.calls.len() as u64),
+    );
 }
 
 /// mtcall's flood summary (4 children x 50 failing delete_module calls) against
