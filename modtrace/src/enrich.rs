@@ -1,10 +1,7 @@
 //! What /proc adds to a kernel record: executable, command line, cgroup path.
 //! Read at the time the record arrives; if the process is gone or the pid now
 //! belongs to a process that started after the call, the fields stay empty.
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::PathBuf};
 
 use crate::{
     decode::KernelEvent,
@@ -22,7 +19,7 @@ pub struct ProcInfo {
 
 /// Which of a process's details to read from /proc: those the kernel's own
 /// records have not already settled.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Wanted {
     pub exe: bool,
     pub cmdline: bool,
@@ -35,13 +32,17 @@ impl Wanted {
         cmdline: true,
         cgroup: true,
     };
+
+    fn any(self) -> bool {
+        self.exe || self.cmdline || self.cgroup
+    }
 }
 
 /// Reads the `wanted` details of `pid` if that pid still names the process
 /// that was running at `event_boot_ns` (CLOCK_BOOTTIME).
 pub fn process(pid: u32, event_boot_ns: u64, wanted: Wanted) -> ProcInfo {
     let dir = PathBuf::from(format!("/proc/{pid}"));
-    if !started_by(pid, event_boot_ns) {
+    if !wanted.any() || !started_by(pid, event_boot_ns) {
         return ProcInfo::default();
     }
     let info = ProcInfo {
@@ -67,6 +68,49 @@ pub fn process(pid: u32, event_boot_ns: u64, wanted: Wanted) -> ProcInfo {
         info
     } else {
         ProcInfo::default()
+    }
+}
+
+/// One process's details as a record needs them: which process (pid and
+/// start time), which of its details, and its cgroup id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcKey {
+    pub pid: u32,
+    pub start_ns: u64,
+    pub cgroup_id: Option<u64>,
+    pub wanted: Wanted,
+}
+
+/// The details of processes that made failing calls, shared by the calls one
+/// process makes within a second of each other, so that a flood of failing
+/// calls costs one reading of /proc per process, not one per call. Loads
+/// never use it: their details are read afresh.
+#[derive(Default)]
+pub struct ProcCache {
+    entries: std::collections::HashMap<ProcKey, (u64, ProcInfo)>,
+}
+
+impl ProcCache {
+    const VALID_NS: u64 = 1_000_000_000;
+    const CAPACITY: usize = 4096;
+
+    /// The details read for a call within `VALID_NS` of `at_ns`. A key
+    /// without a start time never matches: it cannot tell processes apart.
+    pub fn get(&self, key: &ProcKey, at_ns: u64) -> Option<ProcInfo> {
+        let (read_for, info) = self.entries.get(key).filter(|_| key.start_ns != 0)?;
+        (read_for.abs_diff(at_ns) <= Self::VALID_NS).then(|| info.clone())
+    }
+
+    pub fn put(&mut self, key: ProcKey, at_ns: u64, info: &ProcInfo) {
+        if key.start_ns == 0 {
+            return;
+        }
+        // A flood of short-lived processes must not grow it without bound;
+        // starting over costs one reading per process again.
+        if self.entries.len() >= Self::CAPACITY {
+            self.entries.clear();
+        }
+        self.entries.insert(key, (at_ns, info.clone()));
     }
 }
 
@@ -154,20 +198,32 @@ pub struct ImageReport {
     pub error: Option<String>,
 }
 
-/// Identifies the module image a load passed to the kernel: from what was
-/// taken during the call when there is one, else read now, and otherwise
-/// the reason it cannot be known.
-pub fn module_image(
+/// The module image a load passed, out of the caller's reach or named: what
+/// must be taken before the caller moves on is taken, the rest (hashing,
+/// decompressing, parsing, up to hundreds of MiB) is left to
+/// [`TakenImage::analyze`], which can run off the ring-buffer loop.
+pub struct TakenImage {
+    source: &'static str,
+    during_call: bool,
+    image: Image,
+}
+
+enum Image {
+    Bytes(Result<Vec<u8>, String>),
+    /// A file to read: the fd held since the call, or its path.
+    File(Result<PathBuf, String>, Option<std::fs::File>),
+}
+
+/// Takes the image a load passed to the kernel: what was taken during the
+/// call when there is one, else what can be read now (the caller's memory,
+/// if it is still the same process). None for a call that passed none.
+pub fn take_image(
     event: &KernelEvent,
     file: Option<&FileArg>,
     snapshot: Option<Snapshot>,
-) -> Option<ImageReport> {
+) -> Option<TakenImage> {
     let limits = module_image::Limits::default();
-    let analyze_file =
-        |path: &Path| module_image::analyze_file(path, &limits).map_err(|e| e.to_string());
-    let analyze_bytes =
-        |bytes: Vec<u8>| module_image::analyze(&bytes, &limits).map_err(|e| e.to_string());
-    let (source, during_call, result) = match (event, snapshot, file) {
+    let (source, during_call, image) = match (event, snapshot, file) {
         (KernelEvent::FinitModule(_), _, Some(file)) if file.error.is_some() => return None,
         (
             _,
@@ -176,7 +232,7 @@ pub fn module_image(
                 during_call,
             }),
             _,
-        ) => ("caller-memory", during_call, bytes.and_then(analyze_bytes)),
+        ) => ("caller-memory", during_call, Image::Bytes(bytes)),
         (
             _,
             Some(Snapshot {
@@ -186,42 +242,59 @@ pub fn module_image(
             _,
         ) => {
             let own_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
-            ("fd", during_call, analyze_file(Path::new(&own_fd)))
+            ("fd", during_call, Image::File(Ok(own_fd.into()), Some(handle)))
         }
         (KernelEvent::InitModule(e), _, _) => (
             "caller-memory",
             false,
-            read_after_call(event, e.image_addr, e.image_len, &limits).and_then(analyze_bytes),
+            Image::Bytes(read_after_call(event, e.image_addr, e.image_len, &limits)),
         ),
         (KernelEvent::FinitModule(_), _, Some(file)) => match &file.path {
             Some(path) if !file.unlinked && !file.memfd && !file.truncated => {
-                ("path", false, analyze_file(Path::new(path)))
+                ("path", false, Image::File(Ok(path.into()), None))
             }
             _ => (
                 "fd",
                 false,
-                Err(
-                    "the fd could not be opened during the call, and the file has no path to read"
-                        .into(),
+                Image::File(
+                    Err("the fd could not be opened during the call, and the file has no path to read"
+                        .into()),
+                    None,
                 ),
             ),
         },
         _ => return None,
     };
-    Some(match result {
-        Ok(analysis) => ImageReport {
-            source,
-            during_call,
-            analysis: Some(analysis),
-            error: None,
-        },
-        Err(error) => ImageReport {
-            source,
-            during_call,
-            analysis: None,
-            error: Some(error),
-        },
+    Some(TakenImage {
+        source,
+        during_call,
+        image,
     })
+}
+
+impl TakenImage {
+    /// Identifies the image, or says why it cannot be known.
+    pub fn analyze(self) -> ImageReport {
+        let limits = module_image::Limits::default();
+        let result = match self.image {
+            Image::Bytes(bytes) => {
+                bytes.and_then(|b| module_image::analyze(&b, &limits).map_err(|e| e.to_string()))
+            }
+            // The held fd, if any, stays open until the analysis is done.
+            Image::File(path, _held) => path
+                .and_then(|p| module_image::analyze_file(&p, &limits).map_err(|e| e.to_string())),
+        };
+        let (analysis, error) = match result {
+            Ok(analysis) => (Some(analysis), None),
+            Err(error) => (None, Some(error)),
+        };
+        ImageReport {
+            source: self.source,
+            during_call: self.during_call,
+            analysis,
+            error,
+        }
+    }
 }
 
 /// The caller's buffer read after the call, if the caller is still the

@@ -4,6 +4,7 @@
 //! → ring buffer → [`decode`] → [`enrich`] → [`record`] → [`sink`], driven by
 //! [`watch`].
 pub mod aggregates;
+pub mod analysis;
 pub mod btf;
 pub mod cause;
 pub mod cgroups;

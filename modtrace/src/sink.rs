@@ -58,12 +58,16 @@ pub fn open_output_file(path: &Path) -> Result<File, SinkError> {
     Ok(file)
 }
 
+/// Lines are buffered and written out by [`Emitter::flush`], which the
+/// watch loop calls once per wake-up: one write for a batch of records
+/// instead of one per line, and no record waits longer than that wake-up.
 pub struct Emitter {
     host: String,
     seq: u64,
     stdout_format: Format,
     colour: bool,
-    file: Option<(PathBuf, File)>,
+    file: Option<(PathBuf, io::BufWriter<File>)>,
+    stdout: io::BufWriter<io::Stdout>,
 }
 
 impl Emitter {
@@ -73,13 +77,29 @@ impl Emitter {
         colour: bool,
         file: Option<(PathBuf, File)>,
     ) -> Self {
+        const BUFFER: usize = 256 * 1024;
         Self {
             host,
             seq: 0,
             stdout_format,
             colour,
-            file,
+            file: file.map(|(path, f)| (path, io::BufWriter::with_capacity(BUFFER, f))),
+            stdout: io::BufWriter::with_capacity(BUFFER, io::stdout()),
         }
+    }
+
+    /// Writes out what [`Emitter::write`] buffered.
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        if let Some((path, file)) = &mut self.file {
+            file.flush().map_err(|source| SinkError::Write {
+                what: path.display().to_string(),
+                source,
+            })?;
+        }
+        self.stdout.flush().map_err(|source| SinkError::Write {
+            what: "stdout".into(),
+            source,
+        })
     }
 
     /// The seq the next record will get, so that records can name each other.
@@ -132,12 +152,7 @@ impl Emitter {
                     .and_then(|()| err.flush()),
             )
         } else {
-            let mut out = io::stdout().lock();
-            (
-                "stdout",
-                out.write_all(stdout_line.as_bytes())
-                    .and_then(|()| out.flush()),
-            )
+            ("stdout", self.stdout.write_all(stdout_line.as_bytes()))
         };
         result.map_err(|source| SinkError::Write {
             what: what.into(),

@@ -11,8 +11,9 @@ use std::{
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use modtrace_common::{
-    DeleteModuleEvent, FinitModuleEvent, InitModuleEvent, LOSS_ENTRY_MISSING, LOSS_PENDING_FULL,
-    LOSS_REASONS, LOSS_RINGBUF_FULL,
+    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, KIND_DELETE_MODULE,
+    KIND_FINIT_MODULE, KIND_INIT_MODULE, LOSS_ENTRY_MISSING, LOSS_PENDING_FULL, LOSS_REASONS,
+    LOSS_RINGBUF_FULL,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -22,11 +23,12 @@ use tracing::warn;
 
 use crate::{
     aggregates::Aggregates,
+    analysis::Analyses,
     cause,
     cgroups::CgroupPaths,
     clock::Clock,
     decode::{self, Decoded, KernelEvent},
-    enrich::{self, ProcInfo, Wanted},
+    enrich::{self, ImageReport, ProcCache, ProcInfo, ProcKey, Wanted},
     execs::{ExeAt, ExecTable},
     policy::{self, Alert, Policy, PolicyReload, Syscall},
     probes::{self, ProbeOptions, Strategy},
@@ -173,6 +175,23 @@ struct Collector {
     execs: ExecTable,
     cgroups: CgroupPaths,
     aggregates: Aggregates,
+    proc_cache: ProcCache,
+    analyses: Analyses<Made>,
+}
+
+/// A record made from a kernel event, before it is judged and written.
+struct Made {
+    kind: &'static str,
+    header: EventHeader,
+    tgid: u32,
+    body: Body,
+}
+
+/// Whether a record's process details must be read for it alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    Fresh,
+    Shared,
 }
 
 impl Collector {
@@ -184,12 +203,22 @@ impl Collector {
     fn on_event(&mut self, event: &KernelEvent) -> Result<(), WatchError> {
         let header = event.header();
         let task = event.task();
+        // A failing call may be one of a flood: its process's details are
+        // shared with its other calls of the moment.
+        let reading = if header.exit_ns != 0 && header.ret != 0 && event.kind() != "request" {
+            Reading::Shared
+        } else {
+            Reading::Fresh
+        };
         let own = self.process_info(
-            task.pid,
-            task.start_ns,
+            ProcKey {
+                pid: task.pid,
+                start_ns: task.start_ns,
+                cgroup_id: Some(task.cgroup_id),
+                wanted: Wanted::ALL,
+            },
             header.enter_ns,
-            Some(task.cgroup_id),
-            Wanted::ALL,
+            reading,
         );
         // The parent's start time, which names it among processes that had
         // its pid, is the first ancestor's.
@@ -199,63 +228,95 @@ impl Collector {
             .filter(|a| task.ancestor_count > 0 && a.pid == task.ppid)
             .map_or(0, |a| a.start_ns);
         let parent = self.process_info(
-            task.ppid,
-            parent_start,
-            header.enter_ns,
-            None,
-            Wanted {
-                cgroup: false,
-                ..Wanted::ALL
+            ProcKey {
+                pid: task.ppid,
+                start_ns: parent_start,
+                cgroup_id: None,
+                wanted: Wanted {
+                    cgroup: false,
+                    ..Wanted::ALL
+                },
             },
+            header.enter_ns,
+            reading,
         );
         let mut body = record::body(event, own, parent, self.module_events);
-        let seq = self.emitter.next_seq();
-        self.aggregates.remember(header, task.pid, seq);
-        match &mut body {
-            Body::Request(request) => self.requests.remember(seq, header.enter_ns, request),
-            Body::Call(call) => {
-                call.cause = self.requests.cause_of(header.enter_ns, call);
-                let file = match &call.args {
-                    record::Args::Finit { file, .. } => Some(file),
-                    _ => None,
-                };
-                let snapshot = self.snapshots.claim(event.task().tid, header.enter_ns);
-                // Loads are rare and worth the /proc reads; floods of failing
-                // unloads are not.
-                if let Some(module) = call.module.as_mut().filter(|m| m.taint.is_some()) {
-                    module.kernel_taint = enrich::kernel_taint().map(crate::fields::taint);
-                }
-                // The kernel's exec records are cheap to ask; /proc only for loads.
-                let is_load = file.is_some() || matches!(event, KernelEvent::InitModule(_));
-                let exe_only = Wanted {
-                    exe: is_load,
-                    cmdline: false,
-                    cgroup: false,
-                };
-                for (ancestor, captured) in call.process.ancestors.iter_mut().zip(&task.ancestors) {
-                    let at = header.enter_ns;
-                    ancestor.exe = self
-                        .process_info(ancestor.pid, captured.start_ns, at, None, exe_only)
-                        .exe;
-                }
-
-                if let Some(image) = enrich::module_image(event, file, snapshot) {
-                    call.module.get_or_insert_with(Default::default).image = Some(image);
-                }
+        let mut image = None;
+        if let Body::Call(call) = &mut body {
+            call.cause = self.requests.cause_of(header.enter_ns, call);
+            let file = match &call.args {
+                record::Args::Finit { file, .. } => Some(file),
+                _ => None,
+            };
+            let snapshot = self.snapshots.claim(event.task().tid, header.enter_ns);
+            // Loads are rare and worth the /proc reads; floods of failing
+            // unloads are not.
+            if let Some(module) = call.module.as_mut().filter(|m| m.taint.is_some()) {
+                module.kernel_taint = enrich::kernel_taint().map(crate::fields::taint);
             }
-            _ => {}
+            // The kernel's exec records are cheap to ask; /proc only for loads.
+            let is_load = file.is_some() || matches!(event, KernelEvent::InitModule(_));
+            let exe_only = Wanted {
+                exe: is_load,
+                cmdline: false,
+                cgroup: false,
+            };
+            for (ancestor, captured) in call.process.ancestors.iter_mut().zip(&task.ancestors) {
+                let key = ProcKey {
+                    pid: ancestor.pid,
+                    start_ns: captured.start_ns,
+                    cgroup_id: None,
+                    wanted: exe_only,
+                };
+                ancestor.exe = self.process_info(key, header.enter_ns, reading).exe;
+            }
+            image = enrich::take_image(event, file, snapshot);
         }
-        let count = match event {
-            KernelEvent::InitModule(_) => &mut self.counts.init_module,
-            KernelEvent::FinitModule(_) => &mut self.counts.finit_module,
-            KernelEvent::DeleteModule(_) => &mut self.counts.delete_module,
-            KernelEvent::ModuleRequest(_) => &mut self.counts.request,
+        let made = Made {
+            kind: event.kind(),
+            header: *header,
+            tgid: task.pid,
+            body,
+        };
+        match image {
+            Some(image) => self.analyses.submit(made, image),
+            None => self.finish(made)?,
+        }
+        Ok(())
+    }
+
+    /// A record whose image came back from analysis.
+    fn finish_analysed(&mut self, mut made: Made, image: ImageReport) -> Result<(), WatchError> {
+        if let Body::Call(call) = &mut made.body {
+            call.module.get_or_insert_with(Default::default).image = Some(image);
+        }
+        self.finish(made)
+    }
+
+    /// Counts, judges and writes a record; its seq is the next one now.
+    fn finish(&mut self, made: Made) -> Result<(), WatchError> {
+        let Made {
+            kind,
+            header,
+            tgid,
+            body,
+        } = made;
+        let seq = self.emitter.next_seq();
+        self.aggregates.remember(&header, tgid, seq);
+        if let Body::Request(request) = &body {
+            self.requests.remember(seq, header.enter_ns, request);
+        }
+        let count = match header.kind {
+            KIND_INIT_MODULE => &mut self.counts.init_module,
+            KIND_FINIT_MODULE => &mut self.counts.finit_module,
+            KIND_DELETE_MODULE => &mut self.counts.delete_module,
+            _ => &mut self.counts.request,
         };
         *count += 1;
         self.counts.total += 1;
         let ts = self.clock.rfc3339(Some(header.enter_ns));
-        let mut json = self.emitter.render(event.kind(), ts.clone(), &body);
-        let evaluation = match (&body, Syscall::from_name(event.kind())) {
+        let mut json = self.emitter.render(kind, ts.clone(), &body);
+        let evaluation = match (&body, Syscall::from_name(kind)) {
             (Body::Call(call), Some(syscall)) => {
                 Some(self.policy.judge_call(&mut json, syscall, &ts, call))
             }
@@ -273,14 +334,26 @@ impl Collector {
     /// `from_proc`. No exe when the process has exec'd since the call: /proc
     /// would show the later program. `cgroup_id` is absent when the caller
     /// has no use for the cgroup.
-    fn process_info(
-        &mut self,
-        pid: u32,
-        start_ns: u64,
-        at_ns: u64,
-        cgroup_id: Option<u64>,
-        from_proc: Wanted,
-    ) -> ProcInfo {
+    fn process_info(&mut self, key: ProcKey, at_ns: u64, reading: Reading) -> ProcInfo {
+        if reading == Reading::Shared {
+            if let Some(info) = self.proc_cache.get(&key, at_ns) {
+                return info;
+            }
+        }
+        let info = self.read_process(key, at_ns);
+        if reading == Reading::Shared {
+            self.proc_cache.put(key, at_ns, &info);
+        }
+        info
+    }
+
+    fn read_process(&mut self, key: ProcKey, at_ns: u64) -> ProcInfo {
+        let ProcKey {
+            pid,
+            start_ns,
+            cgroup_id,
+            wanted: from_proc,
+        } = key;
         let cgroup = cgroup_id.and_then(|id| self.cgroups.path_of(id));
         let exe = self.execs.exe_at(pid, start_ns, at_ns);
         let mut info = enrich::process(
@@ -500,8 +573,26 @@ fn start_body(probes: &probes::Probes, policy: &Policy) -> Start {
     }
 }
 
+/// Load notices must be read while the loader is still in its call (its
+/// image is copied out of its memory then): on a host kept busy, by a flood
+/// of failing calls say, a collector at the default priority was seen to
+/// wake only after modprobe had exited (6.12's EEVDF scheduler, 2 CPUs, 5
+/// flooders). A nice of -10 makes it win those wake-ups without the risk of
+/// a real-time priority, under which a busy collector could starve the host.
+fn raise_priority() {
+    const NICE: libc::c_int = -10;
+    // SAFETY: setpriority on the calling process; no pointers.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) } != 0 {
+        tracing::debug!(
+            "could not raise the collector's priority to nice {NICE}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     let _lock = acquire_lock(&options.lock_file)?;
+    raise_priority();
     let policy = Policy::load_or_default(options.policy.as_deref(), &policy_context())?;
     let file = match &options.output {
         Some(path) => Some((path.clone(), sink::open_output_file(path)?)),
@@ -513,6 +604,10 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         ring_buffer_bytes: options.ring_buffer_bytes,
         aggregation: options.aggregation,
     })?;
+    // Attaching parsed the kernel's BTF twice (tens of MiB, freed by now);
+    // the allocator would keep it for the life of the process otherwise.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let mut rings = Rings {
         events: take_map(&mut probes.ebpf, "EVENTS")?,
         loads: take_map(&mut probes.ebpf, "LOADS")?,
@@ -540,6 +635,11 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         execs,
         cgroups: CgroupPaths::new(),
         aggregates,
+        proc_cache: ProcCache::default(),
+        analyses: Analyses::start().map_err(|source| WatchError::Io {
+            what: "starting the image analysis thread",
+            source,
+        })?,
     };
     // Handlers go in before `start` is written: whoever waits for `start`
     // and then signals must not kill us with the default action.
@@ -559,6 +659,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     for alert in preloaded {
         collector.emit("alert", None, &Body::Alert(alert))?;
     }
+    collector.emitter.flush()?;
 
     // Epoll only wakes the loop; every wake-up drains all rings in their
     // order, so the rings themselves stay with the collector.
@@ -584,10 +685,14 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
                     collector.reap(&mut maps, |e| task_died(e, now))?;
                 }
             }
+            Some((made, image)) = collector.analyses.next(), if collector.analyses.busy() => {
+                collector.finish_analysed(made, image)?;
+            }
             _ = sighup.recv() => collector.reload_policy(options.policy.as_deref())?,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
+        collector.emitter.flush()?;
     }
     drop(wakers);
     shutdown(probes, rings, maps, collector)
@@ -647,6 +752,9 @@ fn shutdown(
     drop(probes);
     collector.drain(&mut rings, &maps)?;
     collector.reap(&mut maps, |_| true)?;
+    for (made, image) in collector.analyses.finish_all() {
+        collector.finish_analysed(made, image)?;
+    }
     collector.report_summaries(None)?;
     collector.report_losses(&maps)?;
     let counts = collector.reported_losses.clone();
@@ -658,5 +766,6 @@ fn shutdown(
             counts,
         },
     };
-    collector.emit("stop", None, &Body::Stop(stop))
+    collector.emit("stop", None, &Body::Stop(stop))?;
+    Ok(collector.emitter.flush()?)
 }

@@ -739,3 +739,80 @@ fn output_file_gets_ndjson_with_mode_0600() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Image analysis (hashing and parsing, here of 200 MiB) runs off the
+/// ring-buffer loop: while it goes on, the records of other calls are
+/// written, and under a flood nothing is lost.
+#[test]
+fn a_large_image_is_analysed_while_other_records_flow() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.ko");
+    let mut bytes = fs::read(DUMMY_KO).unwrap();
+    bytes.extend((0..200u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_ne_bytes()));
+    fs::write(&big, &bytes).unwrap();
+    let big_sha = sha256sum(big.to_str().unwrap());
+
+    let mut watch = Watch::start(&[]);
+    let flooding = std::thread::spawn(|| {
+        mtcall(&["flood", "--procs", "2", "--calls", "300000", "--distinct"])
+    });
+    let done = Arc::new(AtomicBool::new(false));
+    let small_calls = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut calls = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let params = format!("call={}", calls.len());
+                calls.push(
+                    mtcall(&["init-module", "--image-len", "64", "--params", &params])[0].clone(),
+                );
+            }
+            calls
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let big_call = mtcall(&[
+        "--linger-ms",
+        "2000",
+        "init-module",
+        "--image",
+        big.to_str().unwrap(),
+    ])[0]
+        .clone();
+    let big_record = watch.wait_for(
+        |r| r["kind"] == "init_module" && r["process"]["pid"] == big_call["pid"],
+        Duration::from_secs(60),
+    );
+    done.store(true, Ordering::Relaxed);
+    let small_calls = small_calls.join().unwrap();
+    flooding.join().unwrap();
+    let image = &big_record["module"]["image"];
+    assert_eq!(image["sha256"], big_sha, "{image}");
+    assert_eq!(image["size"], bytes.len(), "{image}");
+    let records = watch.stop();
+    let mut written_during_analysis = 0;
+    for call in &small_calls {
+        let record = records
+            .iter()
+            .find(|r| r["kind"] == "init_module" && r["process"]["pid"] == call["pid"])
+            .unwrap_or_else(|| panic!("no record of {call}"));
+        assert_eq!(record["args"]["image_len"], 64, "{record}");
+        // Entered after the large call, written before it.
+        if record["ts"].as_str() > big_record["ts"].as_str()
+            && record["seq"].as_u64() < big_record["seq"].as_u64()
+        {
+            written_during_analysis += 1;
+        }
+    }
+    assert!(
+        written_during_analysis > 0,
+        "no call made after the large one was written before it: {} small calls",
+        small_calls.len()
+    );
+    assert_eq!(records.last().unwrap()["lost"]["total"], 0);
+}

@@ -23,11 +23,15 @@ act_begin new_names /tmp/flooder --uid 1000 flood --procs 2 --calls 100000000 --
 new_names=$act_pid
 new_dir=$act_dir
 act_begin root_new_names /tmp/flooder flood --procs 1 --calls 100000000 --distinct --until /tmp/stop
+root_new_names=$act_pid
+root_dir=$act_dir
 sleep 1
 act cycles cycles
 # Each flooder must still have been flooding when the cycles ended.
-act flooding sh -c "kill -0 $same_name && kill -0 $new_names && kill -0 $act_pid"
+act flooding sh -c "kill -0 $same_name && kill -0 $new_names && kill -0 $root_new_names"
 touch /tmp/stop
+act_pid=$root_new_names
+act_dir=$root_dir
 act_end
 act_pid=$new_names
 act_dir=$new_dir
