@@ -364,11 +364,17 @@ fn raise_memlock_limit() {
 pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
     check_privileges()?;
     raise_memlock_limit();
-    let support = KernelSupport::probe(&options.btf_path);
+    // Both parse the kernel's several-MiB BTF (ours for offsets, aya's for
+    // loading): in parallel, and aya's once for every load attempt.
+    let (support, aya_btf) = std::thread::scope(|scope| {
+        let aya_btf = scope.spawn(|| Btf::from_sys_fs().ok());
+        let support = KernelSupport::probe(&options.btf_path);
+        (support, aya_btf.join().ok().flatten())
+    });
     let mut refused: Vec<(usize, Strategy, String)> = Vec::new();
     loop {
         let plan = plan(&support, options.forced, &refused)?;
-        match load_and_attach(&support, &plan, options) {
+        match load_and_attach(&support, aya_btf.as_ref(), &plan, options) {
             Ok(mut ebpf) => {
                 let module_events = match attach_module_events(&mut ebpf) {
                     Ok(()) => true,
@@ -499,14 +505,14 @@ struct AttachFailure {
 
 fn load_and_attach(
     support: &KernelSupport,
+    aya_btf: Option<&Btf>,
     plan: &[Strategy; 3],
     options: &ProbeOptions,
 ) -> Result<Ebpf, Vec<AttachFailure>> {
     let config = support.config(plan, &options.aggregation);
-    let aya_btf = Btf::from_sys_fs().ok();
     let mut loader = EbpfLoader::new();
     loader
-        .btf(aya_btf.as_ref())
+        .btf(aya_btf)
         .override_global("MODTRACE_CONFIG", &config, true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes);
     // A load failure is not specific to one syscall; report it against the
@@ -525,7 +531,6 @@ fn load_and_attach(
     for (index, (syscall, strategy)) in SYSCALLS.iter().zip(plan).enumerate() {
         let attached = match strategy {
             Strategy::Fentry => aya_btf
-                .as_ref()
                 .ok_or_else(|| "aya could not read the kernel BTF".to_owned())
                 .and_then(|btf| attach_fentry(&mut ebpf, syscall, btf)),
             Strategy::SyscallTracepoints => attach_tracepoints(&mut ebpf, syscall),

@@ -25,6 +25,9 @@ pub struct Record<'a> {
     pub host: &'a str,
     #[serde(flatten)]
     pub body: &'a Body,
+    /// The policy's judgement of a syscall record, last (docs/policy.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<&'a crate::policy::Evaluation>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -35,6 +35,7 @@ pub fn render(syscall: Syscall, call: &Call) -> Value {
         seq: 7,
         host: "web1",
         body: &body,
+        policy: None,
     })
     .expect("records serialize to JSON")
 }

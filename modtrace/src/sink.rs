@@ -10,7 +10,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::record::{Body, Record, SCHEMA_VERSION};
+use crate::{
+    policy::Evaluation,
+    record::{Body, Record, SCHEMA_VERSION},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -107,52 +110,70 @@ impl Emitter {
         self.seq
     }
 
-    /// Writes one record to every sink; `ts` is RFC 3339 wall-clock time.
-    pub fn emit(&mut self, kind: &str, ts: String, body: &Body) -> Result<(), SinkError> {
-        let json = self.render(kind, ts, body);
-        self.write(&json)
-    }
-
-    /// The record as JSON, numbered: callers may add to it (the policy
-    /// verdict) before [`Emitter::write`].
-    pub fn render(&mut self, kind: &str, ts: String, body: &Body) -> Value {
-        let record = Record {
+    fn record<'a>(
+        &'a self,
+        kind: &'a str,
+        ts: &'a str,
+        body: &'a Body,
+        policy: Option<&'a Evaluation>,
+    ) -> Record<'a> {
+        Record {
             kind,
             schema: SCHEMA_VERSION,
-            ts,
+            ts: ts.to_owned(),
             seq: self.seq,
             host: &self.host,
             body,
-        };
-        self.seq += 1;
-        serde_json::to_value(&record).expect("records serialize to JSON")
+            policy,
+        }
     }
 
-    pub fn write(&mut self, json: &Value) -> Result<(), SinkError> {
-        let mut json_line = json.to_string();
-        json_line.push('\n');
+    /// The JSON the next record would have if it were `body` (without its
+    /// policy object): for policy messages, which may name any field.
+    pub fn json_of(&self, kind: &str, ts: &str, body: &Body) -> Value {
+        serde_json::to_value(self.record(kind, ts, body, None)).expect("records serialize to JSON")
+    }
+
+    /// Writes one record to every sink; `ts` is RFC 3339 wall-clock time.
+    pub fn emit(&mut self, kind: &str, ts: &str, body: &Body) -> Result<(), SinkError> {
+        self.emit_judged(kind, ts, body, None)
+    }
+
+    /// [`Emitter::emit`] of a syscall record with its policy judgement.
+    pub fn emit_judged(
+        &mut self,
+        kind: &str,
+        ts: &str,
+        body: &Body,
+        policy: Option<&Evaluation>,
+    ) -> Result<(), SinkError> {
+        let record = self.record(kind, ts, body, policy);
+        // Straight to bytes: no JSON tree is built for an NDJSON line.
+        let mut line = serde_json::to_vec(&record).expect("records serialize to JSON");
+        line.push(b'\n');
+        let text = (self.stdout_format == Format::Text).then(|| {
+            let json = serde_json::to_value(&record).expect("records serialize to JSON");
+            (text_line(&json, self.colour), kind == "alert")
+        });
+        self.seq += 1;
         if let Some((path, file)) = &mut self.file {
-            file.write_all(json_line.as_bytes())
-                .map_err(|source| SinkError::Write {
-                    what: path.display().to_string(),
-                    source,
-                })?;
+            file.write_all(&line).map_err(|source| SinkError::Write {
+                what: path.display().to_string(),
+                source,
+            })?;
         }
-        let (stdout_line, to_stderr) = match self.stdout_format {
-            Format::Json => (json_line, false),
+        let (what, result) = match text {
             // A person watching text output must not miss an alert among
             // the events: it goes to stderr, apart from them.
-            Format::Text => (text_line(json, self.colour), json["kind"] == "alert"),
-        };
-        let (what, result) = if to_stderr {
-            let mut err = io::stderr().lock();
-            (
-                "stderr",
-                err.write_all(stdout_line.as_bytes())
-                    .and_then(|()| err.flush()),
-            )
-        } else {
-            ("stdout", self.stdout.write_all(stdout_line.as_bytes()))
+            Some((text, true)) => {
+                let mut err = io::stderr().lock();
+                (
+                    "stderr",
+                    err.write_all(text.as_bytes()).and_then(|()| err.flush()),
+                )
+            }
+            Some((text, false)) => ("stdout", self.stdout.write_all(text.as_bytes())),
+            None => ("stdout", self.stdout.write_all(&line)),
         };
         result.map_err(|source| SinkError::Write {
             what: what.into(),

@@ -197,7 +197,7 @@ enum Reading {
 impl Collector {
     fn emit(&mut self, kind: &str, boot_ns: Option<u64>, body: &Body) -> Result<(), WatchError> {
         let ts = self.clock.rfc3339(boot_ns);
-        Ok(self.emitter.emit(kind, ts, body)?)
+        Ok(self.emitter.emit(kind, &ts, body)?)
     }
 
     fn on_event(&mut self, event: &KernelEvent) -> Result<(), WatchError> {
@@ -315,15 +315,16 @@ impl Collector {
         *count += 1;
         self.counts.total += 1;
         let ts = self.clock.rfc3339(Some(header.enter_ns));
-        let mut json = self.emitter.render(kind, ts.clone(), &body);
         let evaluation = match (&body, Syscall::from_name(kind)) {
             (Body::Call(call), Some(syscall)) => {
-                Some(self.policy.judge_call(&mut json, syscall, &ts, call))
+                let render = || self.emitter.json_of(kind, &ts, &body);
+                Some(self.policy.judge_call(syscall, &ts, call, &render))
             }
             _ => None,
         };
-        self.emitter.write(&json)?;
-        for alert in evaluation.map_or_else(Vec::new, |e| Alert::all_for(&json, &e)) {
+        self.emitter
+            .emit_judged(kind, &ts, &body, evaluation.as_ref())?;
+        for alert in evaluation.map_or_else(Vec::new, |e| Alert::for_event(seq, kind, &e)) {
             self.emit("alert", None, &Body::Alert(alert))?;
         }
         Ok(())

@@ -316,11 +316,19 @@ impl PartialEq for Ancestors<'_> {
 
 impl Eq for Ancestors<'_> {}
 
+/// The record as JSON, for messages: they are formatted only for rules that
+/// matched, and may name any field. A live record is rendered only then.
+enum RecordJson<'a> {
+    Read(&'a Value),
+    Live {
+        render: &'a dyn Fn() -> Value,
+        rendered: OnceCell<Value>,
+    },
+}
+
 /// One syscall record, with the values a policy tests.
 pub struct Event<'a> {
-    /// The record as JSON, for messages: they are formatted only for rules
-    /// that matched, and may name any field.
-    pub record: &'a Value,
+    record: RecordJson<'a>,
     pub syscall: Syscall,
     source: Source<'a>,
     module: Option<&'a str>,
@@ -375,19 +383,23 @@ impl<'a> Event<'a> {
             });
         }
         Some(Self::new(
-            record,
+            RecordJson::Read(record),
             syscall,
             Source::Json(Box::new(reader.values)),
         ))
     }
 
-    /// The event of a record `watch` has just made: `record` is its JSON,
-    /// and the values are taken from `live` as they are.
-    pub fn from_live(record: &'a Value, syscall: Syscall, live: Live<'a>) -> Self {
+    /// The event of a record `watch` has just made, its values taken from
+    /// `live` as they are; `render` gives its JSON, for messages only.
+    pub fn from_live(render: &'a dyn Fn() -> Value, syscall: Syscall, live: Live<'a>) -> Self {
+        let record = RecordJson::Live {
+            render,
+            rendered: OnceCell::new(),
+        };
         Self::new(record, syscall, Source::Live(live))
     }
 
-    fn new(record: &'a Value, syscall: Syscall, source: Source<'a>) -> Self {
+    fn new(record: RecordJson<'a>, syscall: Syscall, source: Source<'a>) -> Self {
         let mut event = Self {
             record,
             syscall,
@@ -416,11 +428,15 @@ impl<'a> Event<'a> {
     }
 
     /// Any value of the record, by path, for messages.
-    pub fn at(&self, path: &[&str]) -> Option<&'a Value> {
-        value_at(self.record, path)
+    pub fn at(&self, path: &[&str]) -> Option<&Value> {
+        let record = match &self.record {
+            RecordJson::Read(record) => record,
+            RecordJson::Live { render, rendered } => rendered.get_or_init(render),
+        };
+        value_at(record, path)
     }
 
-    pub fn str_at(&self, path: &[&str]) -> Option<&'a str> {
+    pub fn str_at(&self, path: &[&str]) -> Option<&str> {
         self.at(path)?.as_str()
     }
 
@@ -888,8 +904,9 @@ mod tests {
             ];
             for (syscall, call) in calls {
                 let json = render(syscall, &call);
+                let render = || json.clone();
                 let live = Event::from_live(
-                    &json,
+                    &render,
                     syscall,
                     Live {
                         ts: TS,

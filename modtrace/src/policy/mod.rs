@@ -357,11 +357,17 @@ pub struct Alert {
 impl Alert {
     /// The alerts that `evaluation` of `record` raises.
     pub fn all_for(record: &Value, evaluation: &Evaluation) -> Vec<Alert> {
+        let seq = record["seq"].as_u64().unwrap_or_default();
+        Self::for_event(seq, record["kind"].as_str().unwrap_or_default(), evaluation)
+    }
+
+    /// The alerts that `evaluation` of record `seq`, of `kind`, raises.
+    pub fn for_event(seq: u64, kind: &str, evaluation: &Evaluation) -> Vec<Alert> {
         evaluation
             .alerts()
             .map(|m| Alert {
-                event_seq: record["seq"].as_u64().unwrap_or_default(),
-                event_kind: record["kind"].as_str().unwrap_or_default().to_owned(),
+                event_seq: seq,
+                event_kind: kind.to_owned(),
                 rule: m.rule.clone(),
                 severity: m.severity,
                 message: m.message.clone(),
@@ -615,18 +621,19 @@ impl Policy {
         Some(store(record, evaluation))
     }
 
-    /// [`Policy::judge`] for a record `watch` has just made: `record` is the
-    /// JSON of `call`, whose values the policy takes as they are.
+    /// [`Policy::judge`] for a record `watch` has just made, whose values
+    /// the policy takes from `call` as they are; `render` gives its JSON,
+    /// called only if a matched rule's message needs it. The evaluation is
+    /// the record's `policy` object.
     pub fn judge_call(
         &self,
-        record: &mut Value,
         syscall: Syscall,
         ts: &str,
         call: &Call,
+        render: &dyn Fn() -> Value,
     ) -> Evaluation {
         let live = Live { ts, call };
-        let evaluation = self.evaluate_event(&Event::from_live(record, syscall, live));
-        store(record, evaluation)
+        self.evaluate_event(&Event::from_live(render, syscall, live))
     }
 
     /// For each enabled rule: whether it matched `record`, and why, one line
