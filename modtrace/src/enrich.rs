@@ -273,6 +273,16 @@ pub fn take_image(
 }
 
 impl TakenImage {
+    /// An image copied from a caller's memory, for tests of what handles it.
+    #[cfg(test)]
+    pub fn of_bytes(bytes: Vec<u8>) -> Self {
+        Self {
+            source: "caller-memory",
+            during_call: true,
+            image: Image::Bytes(Ok(bytes)),
+        }
+    }
+
     /// Identifies the image, or says why it cannot be known.
     pub fn analyze(self) -> ImageReport {
         let limits = module_image::Limits::default();

@@ -279,18 +279,28 @@ impl Collector {
             body,
         };
         match image {
-            Some(image) => self.analyses.submit(made, image),
-            None => self.finish(made)?,
+            Some(image) => self.analyses.submit(task.tid, made, image),
+            None => {
+                if let Some(made) = self.analyses.pass(task.tid, made) {
+                    self.finish(made)?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// A record whose image came back from analysis.
-    fn finish_analysed(&mut self, mut made: Made, image: ImageReport) -> Result<(), WatchError> {
-        if let Body::Call(call) = &mut made.body {
-            call.module.get_or_insert_with(Default::default).image = Some(image);
+    /// Records let go by image analysis, the analysed ones with their image.
+    fn finish_analysed(
+        &mut self,
+        released: Vec<(Made, Option<ImageReport>)>,
+    ) -> Result<(), WatchError> {
+        for (mut made, image) in released {
+            if let (Body::Call(call), Some(image)) = (&mut made.body, image) {
+                call.module.get_or_insert_with(Default::default).image = Some(image);
+            }
+            self.finish(made)?;
         }
-        self.finish(made)
+        Ok(())
     }
 
     /// Counts, judges and writes a record; its seq is the next one now.
@@ -686,8 +696,8 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
                     collector.reap(&mut maps, |e| task_died(e, now))?;
                 }
             }
-            Some((made, image)) = collector.analyses.next(), if collector.analyses.busy() => {
-                collector.finish_analysed(made, image)?;
+            released = collector.analyses.next(), if collector.analyses.busy() => {
+                collector.finish_analysed(released)?;
             }
             _ = sighup.recv() => collector.reload_policy(options.policy.as_deref())?,
             _ = sigterm.recv() => break,
@@ -753,9 +763,8 @@ fn shutdown(
     drop(probes);
     collector.drain(&mut rings, &maps)?;
     collector.reap(&mut maps, |_| true)?;
-    for (made, image) in collector.analyses.finish_all() {
-        collector.finish_analysed(made, image)?;
-    }
+    let released = collector.analyses.finish_all();
+    collector.finish_analysed(released)?;
     collector.report_summaries(None)?;
     collector.report_losses(&maps)?;
     let counts = collector.reported_losses.clone();
