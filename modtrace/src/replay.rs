@@ -344,7 +344,7 @@ mod tests {
         )
     }
 
-    const DELETE: &str = r#"{"kind":"delete_module","schema":1,"ts":"2026-11-27T21:00:00Z","seq":1,"host":"h","process":{"pid":5,"exe":"/usr/bin/kmod"},"args":{"name":{"value":"dummy","truncated":false}}}"#;
+    const DELETE: &str = r#"{"kind":"delete_module","schema":1,"ts":"2026-11-27T21:00:00Z","seq":1,"host":"h","process":{"pid":5,"exe":"/usr/bin/kmod"},"args":{"name":{"value":"dummy","truncated":false}},"result":{"ret":0,"errno":null,"ok":true}}"#;
 
     #[test]
     fn malformed_lines_are_reported_counted_and_skipped() {
@@ -514,8 +514,12 @@ mod tests {
     }
 
     // ---- Fixtures: a capture recorded on a real kernel by `modtrace watch`
-    // with the default policy, while mtcall loaded sctp.ko from /tmp, a memfd
-    // and an image from memory, and unloaded twice. ----
+    // with the default policy (host-default-policy.ndjson: on this machine's
+    // kernel, where every call fails with ENOSYS), while mtcall loaded
+    // sctp.ko from /tmp, a memfd and an image from memory, unloaded twice,
+    // and one process unloaded 5 times. host-damaged.ndjson and
+    // newer-schema.ndjson are an older capture of the first five calls,
+    // damaged. ----
 
     fn fixture(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -566,15 +570,16 @@ mod tests {
         let is_event = |r: &&Value| r["kind"].as_str().is_some_and(|k| k.ends_with("_module"));
         let live_events: Vec<&Value> = live.iter().filter(is_event).collect();
         let replayed_events: Vec<&Value> = replayed.iter().filter(is_event).collect();
-        assert_eq!(live_events.len(), 5);
+        assert_eq!(live_events.len(), 10);
         assert_eq!(live_events, replayed_events);
         let live_alerts = live.iter().filter(|r| r["kind"] == "alert").count() as u64;
         assert_eq!(summary.dropped_alerts, live_alerts);
         assert_eq!(summary.alerts, live_alerts);
         assert_eq!(summary.rules.get("fileless-load"), Some(&2));
         assert_eq!(summary.rules.get("cis-denied-module"), Some(&1));
-        assert_eq!(summary.rules.get("module-unload"), Some(&2));
-        assert_eq!(summary.verdicts.get("alert"), Some(&5));
+        assert_eq!(summary.rules.get("module-unload-attempt"), Some(&7));
+        assert_eq!(summary.rules.get("module-unload"), None);
+        assert_eq!(summary.verdicts.get("alert"), Some(&10));
         assert_eq!(summary.malformed, 0);
     }
 
@@ -596,7 +601,7 @@ mod tests {
         assert_eq!(summary.rules.len(), 1, "{summary:?}");
         assert_eq!(summary.rules.get("unload-by-user"), Some(&1));
         assert_eq!(summary.verdicts.get("log"), Some(&1));
-        assert_eq!(summary.verdicts.get("none"), Some(&4));
+        assert_eq!(summary.verdicts.get("none"), Some(&9));
         assert_eq!(summary.alerts, 0);
     }
 

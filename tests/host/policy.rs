@@ -118,7 +118,21 @@ fn the_default_policy_alerts_with_no_configuration() {
     let _serial = serial();
     let mut watch = Watch::start(&[]);
     assert_eq!(watch.records[0]["policy"]["source"], "default");
-    unload_and_alert(&mut watch, "defaultmod", "module-unload");
+    // Every call fails here: an attempt, never "module unloaded".
+    let (record, alert) = unload_and_alert(&mut watch, "defaultmod", "module-unload-attempt");
+    assert_eq!(alert["severity"], "info");
+    let pid = &record["process"]["pid"];
+    assert_eq!(
+        alert["message"],
+        format!("module unload attempt failed (ENOSYS): delete_module defaultmod by {} (pid {pid}, uid 0)", harness::mtcall_path().display())
+    );
+    let rules: Vec<&str> = record["policy"]["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["rule"].as_str())
+        .collect();
+    assert_eq!(rules, ["module-unload-attempt"]);
     let call = &mtcall(&["init-module", "--image-len", "64"])[0];
     let record = watch.wait_for(|r| r["process"]["pid"] == call["pid"], WAIT);
     let rules: Vec<&str> = record["policy"]["matches"]
