@@ -55,6 +55,10 @@ struct ReplayArgs {
     /// Output on stdout [default: json when stdout is not a terminal, else text]
     #[arg(long, value_enum)]
     format: Option<Format>,
+    /// Alert window in seconds, instead of the one the capture's `start`
+    /// record names (0: write every alert)
+    #[arg(long, value_name = "SECONDS")]
+    alert_window: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +85,12 @@ struct WatchArgs {
     /// it [default: the embedded default policy]
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// Alerts of one rule from one process on failed calls within this many
+    /// seconds become the first alert and one closing alert with their count
+    /// (0: write every alert). Alerts on calls that succeeded are always
+    /// written.
+    #[arg(long, value_name = "SECONDS", default_value_t = policy::dedup::DEFAULT_WINDOW_S)]
+    alert_window: u64,
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
@@ -125,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ring_buffer_bytes: args.ring_buffer_size,
                 lock_file: args.lock_file,
                 policy: args.policy,
+                alert_window_s: args.alert_window,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -161,6 +172,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
         colour: terminal,
         out: std::io::BufWriter::new(std::io::stdout().lock()),
         diagnostics: std::io::stderr(),
+        alert_window_s: args.alert_window,
     };
     let source = replay::PolicySource {
         path: args.policy,

@@ -56,6 +56,9 @@ pub struct Start {
     pub unavailable_fields: Vec<&'static str>,
     /// The policy in force: its source and sha256.
     pub policy: crate::policy::PolicyInfo,
+    /// The window in which alerts of one rule from one process repeat into
+    /// one (0: every alert is written); replay takes it from here.
+    pub alert_window_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

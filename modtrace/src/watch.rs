@@ -27,7 +27,7 @@ use crate::{
     decode::{self, Decoded, KernelEvent},
     enrich::{self, ProcInfo, Wanted},
     execs::{ExeAt, ExecTable},
-    policy::{self, Alert, Policy, PolicyReload, Syscall},
+    policy::{self, dedup::Dedup, Alert, Policy, PolicyReload, Syscall},
     probes::{self, ProbeOptions, Strategy},
     record::{self, Body, EventCounts, Loss, LossCounts, LostTotals, Start, Stop},
     sink::{self, Emitter, Format, SinkError},
@@ -45,6 +45,8 @@ pub struct WatchOptions {
     pub lock_file: PathBuf,
     /// The policy file; the embedded default policy when absent.
     pub policy: Option<PathBuf>,
+    /// Seconds in which one rule's alerts from one process repeat into one.
+    pub alert_window_s: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +157,7 @@ struct Collector {
     requests: cause::RecentRequests,
     snapshots: Snapshots,
     policy: Policy,
+    alerts: Dedup,
     execs: ExecTable,
     cgroups: CgroupPaths,
 }
@@ -162,7 +165,24 @@ struct Collector {
 impl Collector {
     fn emit(&mut self, kind: &str, boot_ns: Option<u64>, body: &Body) -> Result<(), WatchError> {
         let ts = self.clock.rfc3339(boot_ns);
-        Ok(self.emitter.emit(kind, ts, body)?)
+        self.emitter.emit(kind, ts.clone(), body)?;
+        self.close_alert_windows(&ts, false)
+    }
+
+    /// Writes the closing alerts of the windows that time `ts` ends (that of
+    /// a record just written, or the timer's), with that `ts`: replay,
+    /// reading it, closes the same windows.
+    fn close_alert_windows(&mut self, ts: &str, timer: bool) -> Result<(), WatchError> {
+        let closing = if timer {
+            self.alerts.due(ts)
+        } else {
+            self.alerts.observe(ts)
+        };
+        for alert in closing {
+            self.emitter
+                .emit("alert", ts.to_owned(), &Body::Alert(alert))?;
+        }
+        Ok(())
     }
 
     fn on_event(&mut self, event: &KernelEvent) -> Result<(), WatchError> {
@@ -245,7 +265,8 @@ impl Collector {
             _ => None,
         };
         self.emitter.write(&json)?;
-        for alert in evaluation.map_or_else(Vec::new, |e| Alert::all_for(&json, &e)) {
+        let alerts = evaluation.map_or_else(Vec::new, |e| Alert::all_for(&json, &e));
+        for alert in self.alerts.admit(&json, alerts) {
             self.emit("alert", None, &Body::Alert(alert))?;
         }
         Ok(())
@@ -418,7 +439,7 @@ fn policy_context() -> policy::Context {
     }
 }
 
-fn start_body(probes: &probes::Probes, policy: &Policy) -> Start {
+fn start_body(probes: &probes::Probes, policy: &Policy, alert_window_s: u64) -> Start {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -434,6 +455,7 @@ fn start_body(probes: &probes::Probes, policy: &Policy) -> Start {
         loaded_modules: crate::modules::loaded(),
         unavailable_fields: probes.unavailable_fields.clone(),
         policy: policy.info(),
+        alert_window_s,
     }
 }
 
@@ -465,6 +487,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         requests: cause::RecentRequests::default(),
         snapshots: Snapshots::default(),
         policy,
+        alerts: Dedup::new(options.alert_window_s),
         execs,
         cgroups: CgroupPaths::new(),
     };
@@ -476,7 +499,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io("installing the SIGHUP handler"))?;
-    let start = start_body(&probes, &collector.policy);
+    let start = start_body(&probes, &collector.policy, options.alert_window_s);
     let preloaded = policy::preloaded_alerts(
         &collector.policy,
         start.loaded_modules.iter().map(|m| m.name.as_str()),
@@ -504,6 +527,8 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
             _ = tick.tick() => {
                 collector.drain(ring.get_mut(), &maps)?;
                 collector.report_losses(&maps)?;
+                let now = collector.clock.rfc3339(None);
+                collector.close_alert_windows(&now, true)?;
                 ticks += 1;
                 if ticks.is_multiple_of(10) {
                     let now = Clock::boot_ns();
@@ -530,6 +555,9 @@ fn shutdown(
     collector.drain(&mut ring, &maps)?;
     collector.reap(&mut maps, |_| true)?;
     collector.report_losses(&maps)?;
+    for alert in collector.alerts.close_all() {
+        collector.emit("alert", None, &Body::Alert(alert))?;
+    }
     let counts = collector.reported_losses.clone();
     let stop = Stop {
         events: collector.counts.clone(),

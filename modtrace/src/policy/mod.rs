@@ -12,6 +12,7 @@
 //! that require nothing indexable, are checked.
 pub mod commands;
 pub mod condition;
+pub mod dedup;
 pub mod defaults;
 pub mod event;
 mod glob;
@@ -378,7 +379,8 @@ impl Evaluation {
     }
 }
 
-/// The body of an `alert` record: one matched rule of action `alert`.
+/// The body of an `alert` record: one matched rule of action `alert`, or
+/// the closing alert of a window of its repeats.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
     /// The `seq` of the syscall record that raised it.
@@ -387,6 +389,9 @@ pub struct Alert {
     pub rule: String,
     pub severity: Severity,
     pub message: String,
+    /// On the alert that closes a window of repeats only (see [`dedup`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<dedup::Repeats>,
 }
 
 impl Alert {
@@ -400,6 +405,7 @@ impl Alert {
                 rule: m.rule.clone(),
                 severity: m.severity,
                 message: m.message.clone(),
+                dedup: None,
             })
             .collect()
     }
@@ -428,6 +434,7 @@ pub fn preloaded_alerts<'a>(
                 rule: rule.id.clone(),
                 severity: rule.severity,
                 message: directive.explain_preloaded(),
+                dedup: None,
             }),
             _ => None,
         })
