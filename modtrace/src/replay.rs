@@ -362,13 +362,22 @@ mod tests {
         input: &str,
         policy: Option<PathBuf>,
     ) -> (Result<Summary, ReplayError>, String, String) {
+        replay_windowed(input, policy, None)
+    }
+
+    /// [`replay`] with `replay --alert-window`.
+    fn replay_windowed(
+        input: &str,
+        policy: Option<PathBuf>,
+        alert_window_s: Option<u64>,
+    ) -> (Result<Summary, ReplayError>, String, String) {
         let mut replay = Replay {
             file: "cap.ndjson",
             format: Format::Json,
             colour: false,
             out: Vec::new(),
             diagnostics: Vec::new(),
-            alert_window_s: None,
+            alert_window_s,
         };
         let source = PolicySource {
             path: policy,
@@ -601,20 +610,8 @@ mod tests {
     fn a_capture_without_a_window_or_a_zero_override_writes_every_alert() {
         let (summary, _, _) = replay(&repeated_failures(None, 20), None);
         assert_eq!(summary.unwrap().alerts, 20);
-        let mut r = Replay {
-            file: "c",
-            format: Format::Json,
-            colour: false,
-            out: Vec::new(),
-            diagnostics: Vec::new(),
-            alert_window_s: Some(0),
-        };
-        let source = PolicySource {
-            path: None,
-            check_owner: false,
-        };
-        let input = repeated_failures(Some(10), 20);
-        assert_eq!(r.run(input.as_bytes(), &source).unwrap().alerts, 20);
+        let (summary, _, _) = replay_windowed(&repeated_failures(Some(10), 20), None, Some(0));
+        assert_eq!(summary.unwrap().alerts, 20);
     }
 
     #[test]
@@ -630,24 +627,22 @@ mod tests {
                 None => r["kind"].as_str().unwrap().to_owned(),
             })
             .collect();
-        assert_eq!(
-            kinds,
-            [
-                "start",
-                "delete_module",
-                "alert",
-                "delete_module",
-                "delete_module",
-                "closing 3",
-                "stop",
-                "start",
-                "delete_module",
-                "alert",
-                "delete_module",
-                "delete_module",
-                "closing 3",
-            ]
-        );
+        // Each run: its first alert, the repeats counted, closed by its end.
+        let one_run = [
+            "start",
+            "delete_module",
+            "alert",
+            "delete_module",
+            "delete_module",
+            "closing 3",
+        ];
+        let expected: Vec<&str> = one_run
+            .iter()
+            .chain(&["stop"])
+            .chain(&one_run)
+            .copied()
+            .collect();
+        assert_eq!(kinds, expected);
     }
 
     #[test]

@@ -113,6 +113,16 @@ fn sighup_with_a_broken_policy_keeps_the_old_one() {
     watch.stop();
 }
 
+/// The rules that matched `record`, in policy order.
+fn rules_of(record: &Value) -> Vec<&str> {
+    record["policy"]["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["rule"].as_str())
+        .collect()
+}
+
 #[test]
 fn the_default_policy_alerts_with_no_configuration() {
     let _serial = serial();
@@ -126,21 +136,10 @@ fn the_default_policy_alerts_with_no_configuration() {
         alert["message"],
         format!("module unload attempt failed (ENOSYS): delete_module defaultmod by {} (pid {pid}, uid 0)", harness::mtcall_path().display())
     );
-    let rules: Vec<&str> = record["policy"]["matches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["rule"].as_str())
-        .collect();
-    assert_eq!(rules, ["module-unload-attempt"]);
+    assert_eq!(rules_of(&record), ["module-unload-attempt"]);
     let call = &mtcall(&["init-module", "--image-len", "64"])[0];
     let record = watch.wait_for(|r| r["process"]["pid"] == call["pid"], WAIT);
-    let rules: Vec<&str> = record["policy"]["matches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["rule"].as_str())
-        .collect();
+    let rules = rules_of(&record);
     assert!(rules.contains(&"fileless-load"), "{rules:?}");
     assert!(rules.contains(&"unexpected-loader"), "{rules:?}");
     watch.stop();
