@@ -272,7 +272,7 @@ fn a_flood_of_failing_unloads_with_varying_names_raises_two_alerts() {
     assert_eq!(dedup["start_ns"], ours[0]["process"]["start_ns"]);
     assert!(dedup["start_ns"].as_u64().is_some_and(|s| s > 0));
     // Varying names did not defeat it; they are counted and sampled.
-    assert_eq!(dedup["modules"]["distinct"], 8192);
+    assert_eq!(dedup["modules"]["distinct"], 1024, "counted up to 1,024");
     assert_eq!(dedup["modules"]["exact"], false);
     let sample: Vec<String> = (0..8).map(|i| format!("{prefix}{i}")).collect();
     assert_eq!(dedup["modules"]["sample"], serde_json::json!(sample));

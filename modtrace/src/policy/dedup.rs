@@ -17,7 +17,7 @@
 //! run ends. `watch` makes time visible to replay by writing each closing
 //! alert with the `ts` that closed it.
 use std::{
-    collections::{hash_map::Entry, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     hash::{DefaultHasher, Hash, Hasher},
 };
 
@@ -35,7 +35,11 @@ pub const DEFAULT_WINDOW_S: u64 = 10;
 pub const SAMPLE_NAMES: usize = 8;
 /// Distinct names counted exactly per window; past this a window counts no
 /// more, so that a flood of new names costs bounded memory.
-pub const MAX_DISTINCT: usize = 8192;
+pub const MAX_DISTINCT: usize = 1024;
+/// Windows open at once. A process per call (a fork flood) opens a window
+/// each; past this the window that ends first closes early, so that memory
+/// stays bounded (about 10 KiB a window at most, 10 MiB in all).
+pub const MAX_WINDOWS: usize = 1024;
 
 /// What a closing alert adds to an alert record (its `dedup` object).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -264,30 +268,32 @@ impl Dedup {
                 pid: process["pid"].as_u64(),
                 start_ns: process["start_ns"].as_u64(),
             };
-            match self.windows.entry(key) {
-                Entry::Occupied(mut window) => window.get_mut().count(record, ts, ts_ns, module),
-                Entry::Vacant(vacant) => {
-                    let mut window = Window {
-                        opened: self.opened,
-                        end_ns: now.saturating_add(self.window_s as i64 * 1_000_000_000),
-                        first: alert.clone(),
-                        first_ts: ts.to_owned(),
-                        first_ns: ts_ns,
-                        last_seq: 0,
-                        last_kind: String::new(),
-                        last_ts: String::new(),
-                        last_ns: ts_ns,
-                        count: 0,
-                        names: HashSet::new(),
-                        exact: true,
-                        sample: Vec::new(),
-                    };
-                    window.count(record, ts, ts_ns, module);
-                    self.opened += 1;
-                    vacant.insert(window);
-                    out.push(alert);
-                }
+            if let Some(window) = self.windows.get_mut(&key) {
+                window.count(record, ts, ts_ns, module);
+                continue;
             }
+            if self.windows.len() >= MAX_WINDOWS {
+                out.extend(self.close_first());
+            }
+            let mut window = Window {
+                opened: self.opened,
+                end_ns: now.saturating_add(self.window_s as i64 * 1_000_000_000),
+                first: alert.clone(),
+                first_ts: ts.to_owned(),
+                first_ns: ts_ns,
+                last_seq: 0,
+                last_kind: String::new(),
+                last_ts: String::new(),
+                last_ns: ts_ns,
+                count: 0,
+                names: HashSet::new(),
+                exact: true,
+                sample: Vec::new(),
+            };
+            window.count(record, ts, ts_ns, module);
+            self.opened += 1;
+            self.windows.insert(key, window);
+            out.push(alert);
         }
         out
     }
@@ -314,6 +320,16 @@ impl Dedup {
     pub fn close_all(&mut self) -> Vec<Alert> {
         let all: Vec<Key> = self.windows.keys().cloned().collect();
         self.close(all)
+    }
+
+    /// The window that ends first closes early, to make room for another.
+    fn close_first(&mut self) -> Vec<Alert> {
+        let first = self
+            .windows
+            .iter()
+            .min_by_key(|(_, w)| (w.end_ns, w.opened))
+            .map(|(key, _)| key.clone());
+        self.close(first.into_iter().collect())
     }
 
     /// Closing alerts of `keys` in the order their windows end, for windows
@@ -392,7 +408,7 @@ mod tests {
         assert!(written[0].dedup.is_none());
         let repeats = written[1].dedup.as_ref().unwrap();
         assert_eq!((repeats.count, repeats.suppressed), (10_000, 9_999));
-        assert_eq!(repeats.modules.distinct, 8192);
+        assert_eq!(repeats.modules.distinct, MAX_DISTINCT as u64);
         assert!(!repeats.modules.exact);
         assert_eq!(
             repeats.modules.sample,
@@ -405,7 +421,7 @@ mod tests {
         assert_eq!(repeats.last_ts, at(999));
         assert_eq!(
             written[1].message,
-            "r: 10000 alerts from pid 42 in 0.999 s (9999 not written), 8192 or more distinct module name(s): name0, name1, name2, name3, name4, name5, name6, name7, …; the first: m0"
+            "r: 10000 alerts from pid 42 in 0.999 s (9999 not written), 1024 or more distinct module name(s): name0, name1, name2, name3, name4, name5, name6, name7, …; the first: m0"
         );
     }
 
@@ -583,6 +599,35 @@ mod tests {
             .map(|a| a.dedup.as_ref().unwrap().pid)
             .collect();
         assert_eq!(pids, [Some(30), Some(10), Some(20)]);
+    }
+
+    #[test]
+    fn past_the_window_limit_the_window_that_ends_first_closes_early() {
+        let mut dedup = Dedup::new(10);
+        let mut written = Vec::new();
+        // Each pid twice, so that each window has a closing alert.
+        for pid in 0..MAX_WINDOWS as u64 + 1 {
+            for seq in [2 * pid, 2 * pid + 1] {
+                let r = delete(seq, pid, pid, "x", false);
+                written.extend(dedup.admit(&r, vec![alert(&r, "r")]));
+            }
+        }
+        assert_eq!(dedup.windows.len(), MAX_WINDOWS);
+        // Pid 0's window, the first to end, was closed for the last one.
+        let closed: Vec<&Repeats> = closing(&written);
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].pid, closed[0].count), (Some(0), 2));
+        // Its closing alert comes before the alert that made room.
+        let last: Vec<(u64, bool)> = written[written.len() - 2..]
+            .iter()
+            .map(|a| (a.event_seq, a.dedup.is_some()))
+            .collect();
+        assert_eq!(last, [(1, true), (2 * MAX_WINDOWS as u64, false)]);
+        // Nothing is lost: every alert is written or counted.
+        written.extend(dedup.close_all());
+        let suppressed: u64 = closing(&written).iter().map(|r| r.suppressed).sum();
+        let first = written.iter().filter(|a| a.dedup.is_none()).count() as u64;
+        assert_eq!(first + suppressed, 2 * (MAX_WINDOWS as u64 + 1));
     }
 
     #[test]
