@@ -299,7 +299,7 @@ fn split_syscalls(when: &Condition) -> (u8, Vec<Condition>) {
 /// succeeded, else that it failed and how, so that a description such as
 /// "module unload attempt" or "load of an unsigned module" never reads as
 /// if a failed call had changed the kernel.
-fn outcome(event: &Event) -> String {
+pub(super) fn outcome(event: &Event) -> String {
     match event.ok() {
         Some(true) => String::new(),
         Some(false) => format!(" failed ({})", errno_of(event)),
