@@ -878,6 +878,14 @@ mod tests {
             call
         }
 
+        /// An unload that worked: the default policy tells it from an
+        /// attempt by `result` alone.
+        fn unloaded() -> Call {
+            let mut call = delete();
+            call.result = Some(fields::call_result(0));
+            call
+        }
+
         #[test]
         fn for_every_kind_of_call() {
             let calls = [
@@ -885,6 +893,7 @@ mod tests {
                 (Syscall::InitModule, failed_init()),
                 (Syscall::FinitModule, memfd_unfinished()),
                 (Syscall::DeleteModule, delete()),
+                (Syscall::DeleteModule, unloaded()),
             ];
             for (syscall, call) in calls {
                 let json = render(syscall, &call);
@@ -902,6 +911,12 @@ mod tests {
                 assert_eq!(live.module(), read.module());
                 assert_eq!(live.module_key(), read.module_key());
                 assert_ne!(live.values(), Values::default());
+                // What the default policy makes of each, messages included.
+                let policy = crate::policy::Policy::default_policy(&crate::policy::Context {
+                    kernel: "6.1.0-28-amd64".into(),
+                    check_owner: false,
+                });
+                assert_eq!(policy.evaluate_event(&live), policy.evaluate_event(&read));
             }
         }
     }
