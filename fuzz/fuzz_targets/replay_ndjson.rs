@@ -38,9 +38,10 @@ fn policy_file() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     // JSON output with the policy above; text output with the embedded
     // default policy, as `modtrace replay` without --policy.
-    for (format, policy) in [
-        (Format::Json, Some(policy_file().clone())),
-        (Format::Text, None),
+    // The text run also puts every alert through a one-second window.
+    for (format, policy, alert_window_s) in [
+        (Format::Json, Some(policy_file().clone()), None),
+        (Format::Text, None, Some(1)),
     ] {
         let mut replay = Replay {
             file: "fuzz.ndjson",
@@ -48,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
             colour: format == Format::Text,
             out: Vec::new(),
             diagnostics: Vec::new(),
+            alert_window_s,
         };
         let source = PolicySource {
             path: policy,

@@ -202,7 +202,11 @@ mod tests {
         let mut out = Vec::new();
         while analyses.busy() {
             let released = runtime.block_on(analyses.next());
-            out.extend(released.into_iter().map(|(item, report)| (item, report.is_some())));
+            out.extend(
+                released
+                    .into_iter()
+                    .map(|(item, report)| (item, report.is_some())),
+            );
         }
         out
     }
@@ -218,7 +222,10 @@ mod tests {
         assert_eq!(analyses.pass(2, "after small"), None);
         let out = drain(&mut analyses);
         let position = |item| out.iter().position(|(i, _)| *i == item).unwrap();
-        assert!(position("large") < position("after it, same thread"), "{out:?}");
+        assert!(
+            position("large") < position("after it, same thread"),
+            "{out:?}"
+        );
         assert!(position("small") < position("after small"), "{out:?}");
         assert_eq!(out.len(), 4, "{out:?}");
         for (item, analysed) in &out {

@@ -55,6 +55,10 @@ struct ReplayArgs {
     /// Output on stdout [default: json when stdout is not a terminal, else text]
     #[arg(long, value_enum)]
     format: Option<Format>,
+    /// Alert window in seconds, instead of the one the capture's `start`
+    /// record names (0: write every alert)
+    #[arg(long, value_name = "SECONDS")]
+    alert_window: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +99,12 @@ struct WatchArgs {
     /// syscall, result and window; beyond it they are only counted.
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     aggregate_budget: u32,
+    /// Alerts of one rule from one process on failed calls within this many
+    /// seconds become the first alert and one closing alert with their count
+    /// (0: write every alert). Alerts on calls that succeeded are always
+    /// written.
+    #[arg(long, value_name = "SECONDS", default_value_t = policy::dedup::DEFAULT_WINDOW_S)]
+    alert_window: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -161,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 aggregation,
                 lock_file: args.lock_file,
                 policy: args.policy,
+                alert_window_s: args.alert_window,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -197,6 +208,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<()> {
         colour: terminal,
         out: std::io::BufWriter::new(std::io::stdout().lock()),
         diagnostics: std::io::stderr(),
+        alert_window_s: args.alert_window,
     };
     let source = replay::PolicySource {
         path: args.policy,

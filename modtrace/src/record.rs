@@ -60,6 +60,9 @@ pub struct Start {
     pub unavailable_fields: Vec<&'static str>,
     /// The policy in force: its source and sha256.
     pub policy: crate::policy::PolicyInfo,
+    /// The window in which alerts of one rule from one process repeat into
+    /// one (0: every alert is written); replay takes it from here.
+    pub alert_window_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,6 +129,10 @@ pub struct Request {
 pub struct Process {
     pub pid: u32,
     pub tid: u32,
+    /// When the calling thread started (`task_struct.start_boottime`, ns of
+    /// CLOCK_BOOTTIME), null when unknown: with the pid, which process of
+    /// all that had the pid this is.
+    pub start_ns: Option<u64>,
     pub ppid: Option<u32>,
     pub uid: u32,
     pub gid: u32,
@@ -372,6 +379,7 @@ fn caller(task: &TaskInfo, own: ProcInfo, parent: ProcInfo) -> (Process, Parent)
     let process = Process {
         pid: task.pid,
         tid: task.tid,
+        start_ns: (task.start_ns != 0).then_some(task.start_ns),
         ppid: present(task, MISSING_PARENT, task.ppid),
         uid: task.uid,
         gid: task.gid,

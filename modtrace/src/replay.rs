@@ -6,6 +6,9 @@
 //! other record passes unchanged. Each alert of the new judgement follows
 //! the record that raised it, as in `watch`'s output: a syscall record's, and
 //! the `start` record's for modules already loaded that modprobe.d disables.
+//! Repeated alerts go through the same [`Dedup`] as in `watch`, fed the same
+//! records (the capture's alert records too: their `ts` is how time passed
+//! for `watch`), with the window the `start` record names.
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, Write},
@@ -16,7 +19,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
-    policy::{self, Alert, Policy, Verdict},
+    policy::{self, dedup::Dedup, Alert, Policy, Verdict},
     record::SCHEMA_VERSION,
     sink::{text_line, Format},
 };
@@ -50,8 +53,10 @@ pub struct Summary {
     pub verdicts: BTreeMap<&'static str, u64>,
     /// Matches per rule id.
     pub rules: BTreeMap<String, u64>,
-    /// Alerts the new judgement raises.
+    /// Alerts the new judgement raises (closing alerts of repeats included).
     pub alerts: u64,
+    /// Alerts of the new judgement counted in a closing alert, not written.
+    pub suppressed_alerts: u64,
 }
 
 impl Summary {
@@ -61,14 +66,15 @@ impl Summary {
             .map(|v| format!("{} {}", v.name(), self.verdicts.get(v.name()).unwrap_or(&0)))
             .collect();
         let mut out = format!(
-            "replay: {} lines, {} records, {} events judged, {} malformed lines skipped, {} alert records of the capture dropped\nverdicts: {}\nalerts raised: {}\n",
+            "replay: {} lines, {} records, {} events judged, {} malformed lines skipped, {} alert records of the capture dropped\nverdicts: {}\nalerts raised: {} ({} repeats not written, counted in closing alerts)\n",
             self.lines,
             self.records,
             self.events,
             self.malformed,
             self.dropped_alerts,
             verdicts.join(", "),
-            self.alerts
+            self.alerts,
+            self.suppressed_alerts
         );
         out.push_str("matches per rule:");
         if self.rules.is_empty() {
@@ -152,6 +158,9 @@ pub struct Replay<'a, W: Write, D: Write> {
     pub out: W,
     /// Where malformed lines are reported.
     pub diagnostics: D,
+    /// The alert window in seconds, instead of the one each `start` record
+    /// names (captures from before windows existed name none: 0).
+    pub alert_window_s: Option<u64>,
 }
 
 impl<W: Write, D: Write> Replay<'_, W, D> {
@@ -163,6 +172,10 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
         let mut kernel = policy::running_kernel();
         let mut policy = source.load(&kernel)?;
         let mut summary = Summary::default();
+        let mut alerts = Dedup::new(self.alert_window_s.unwrap_or(0));
+        // The time and host of the latest record, for the closing alerts at
+        // the end of the input.
+        let mut last = Value::Null;
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -200,26 +213,46 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
             };
             self.check_schema(&record, summary.lines)?;
             summary.records += 1;
+            let ts = record["ts"].as_str().unwrap_or_default().to_owned();
+            last = json!({"ts": record["ts"], "host": record["host"]});
             match record["kind"].as_str() {
                 Some("alert") => {
                     summary.dropped_alerts += 1;
+                    let closing = alerts.observe(&ts);
+                    self.write_alerts(&record, closing, &mut summary)?;
                     continue;
                 }
                 Some("start") => {
+                    // A new run: the last one's windows end with it.
+                    let closing = alerts.close_all();
+                    self.write_alerts(&record, closing, &mut summary)?;
+                    let window = record["alert_window_s"].as_u64().unwrap_or(0);
+                    alerts = Dedup::new(self.alert_window_s.unwrap_or(window));
                     if let Some(captured) = record["kernel"].as_str().filter(|k| *k != kernel) {
                         kernel = captured.to_owned();
                         policy = source.load(&kernel)?;
                     }
                     self.write(&record)?;
-                    let alerts = preloaded_alerts(&policy, &record);
-                    self.write_alerts(&record, alerts, &mut summary)?;
+                    alerts.observe(&ts);
+                    let preloaded = preloaded_alerts(&policy, &record);
+                    self.write_alerts(&record, preloaded, &mut summary)?;
                     continue;
+                }
+                // `watch` closes every window before it writes `stop`.
+                Some("stop") => {
+                    let closing = alerts.close_all();
+                    self.write_alerts(&record, closing, &mut summary)?;
                 }
                 _ => {}
             }
             let evaluation = policy.judge(&mut record);
             self.write(&record)?;
-            if let Some(evaluation) = evaluation {
+            let Some(evaluation) = evaluation else {
+                let closing = alerts.observe(&ts);
+                self.write_alerts(&record, closing, &mut summary)?;
+                continue;
+            };
+            {
                 summary.events += 1;
                 *summary
                     .verdicts
@@ -228,10 +261,13 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
                 for m in &evaluation.matches {
                     *summary.rules.entry(m.rule.clone()).or_default() += 1;
                 }
-                let alerts = Alert::all_for(&record, &evaluation);
-                self.write_alerts(&record, alerts, &mut summary)?;
+                let raised = Alert::all_for(&record, &evaluation);
+                let written = alerts.admit(&record, raised);
+                self.write_alerts(&record, written, &mut summary)?;
             }
         }
+        let closing = alerts.close_all();
+        self.write_alerts(&last, closing, &mut summary)?;
         Ok(summary)
     }
 
@@ -245,6 +281,7 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
     ) -> Result<(), ReplayError> {
         summary.alerts += alerts.len() as u64;
         for alert in alerts {
+            summary.suppressed_alerts += alert.dedup.as_ref().map_or(0, |d| d.suppressed);
             let mut line = json!({"kind": "alert", "schema": SCHEMA_VERSION,
                 "ts": record["ts"], "host": record["host"]});
             let body = serde_json::to_value(alert)
@@ -325,12 +362,22 @@ mod tests {
         input: &str,
         policy: Option<PathBuf>,
     ) -> (Result<Summary, ReplayError>, String, String) {
+        replay_windowed(input, policy, None)
+    }
+
+    /// [`replay`] with `replay --alert-window`.
+    fn replay_windowed(
+        input: &str,
+        policy: Option<PathBuf>,
+        alert_window_s: Option<u64>,
+    ) -> (Result<Summary, ReplayError>, String, String) {
         let mut replay = Replay {
             file: "cap.ndjson",
             format: Format::Json,
             colour: false,
             out: Vec::new(),
             diagnostics: Vec::new(),
+            alert_window_s,
         };
         let source = PolicySource {
             path: policy,
@@ -344,7 +391,7 @@ mod tests {
         )
     }
 
-    const DELETE: &str = r#"{"kind":"delete_module","schema":1,"ts":"2026-11-27T21:00:00Z","seq":1,"host":"h","process":{"pid":5,"exe":"/usr/bin/kmod"},"args":{"name":{"value":"dummy","truncated":false}}}"#;
+    const DELETE: &str = r#"{"kind":"delete_module","schema":1,"ts":"2026-11-27T21:00:00Z","seq":1,"host":"h","process":{"pid":5,"exe":"/usr/bin/kmod"},"args":{"name":{"value":"dummy","truncated":false}},"result":{"ret":0,"errno":null,"ok":true}}"#;
 
     #[test]
     fn malformed_lines_are_reported_counted_and_skipped() {
@@ -391,6 +438,7 @@ mod tests {
             colour: false,
             out: Vec::new(),
             diagnostics: Vec::new(),
+            alert_window_s: None,
         };
         let source = PolicySource {
             path: None,
@@ -502,6 +550,101 @@ mod tests {
         assert_eq!(summary.rules.get("outside"), Some(&1));
     }
 
+    /// `n` failed unloads by pid 5, a millisecond apart, after a `start`
+    /// record naming `window` (none: a capture from before windows).
+    fn repeated_failures(window: Option<u64>, n: u64) -> String {
+        let mut start =
+            json!({"kind":"start","schema":1,"ts":"2026-11-27T21:00:00Z","seq":0,"host":"h"});
+        if let Some(window) = window {
+            start["alert_window_s"] = json!(window);
+        }
+        let mut input = format!("{start}\n");
+        for i in 1..=n {
+            let record = DELETE
+                .replace("\"seq\":1", &format!("\"seq\":{i}"))
+                .replace("21:00:00Z", &format!("21:00:00.{i:03}Z"))
+                .replace("\"dummy\"", &format!("\"m{i}\""))
+                .replace(
+                    r#""result":{"ret":0,"errno":null,"ok":true}"#,
+                    r#""result":{"ret":-2,"errno":"ENOENT","ok":false}"#,
+                );
+            input.push_str(&record);
+            input.push('\n');
+        }
+        input
+    }
+
+    fn alert_records(out: &str) -> Vec<Value> {
+        out.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["kind"] == "alert")
+            .collect()
+    }
+
+    #[test]
+    fn repeats_are_deduplicated_with_the_window_of_the_start_record() {
+        let (summary, out, _) = replay(&repeated_failures(Some(10), 20), None);
+        let summary = summary.unwrap();
+        let alerts = alert_records(&out);
+        assert_eq!(alerts.len(), 2, "{out}");
+        assert_eq!(alerts[0]["event_seq"], 1);
+        assert!(alerts[0].get("dedup").is_none());
+        assert_eq!(alerts[1]["event_seq"], 20);
+        assert_eq!(alerts[1]["dedup"]["count"], 20);
+        assert_eq!(alerts[1]["dedup"]["suppressed"], 19);
+        assert_eq!(alerts[1]["dedup"]["modules"]["distinct"], 20);
+        assert_eq!(alerts[1]["rule"], "module-unload-attempt");
+        // At the end of the input, with the time of the last record.
+        assert_eq!(alerts[1]["ts"], "2026-11-27T21:00:00.020Z");
+        assert_eq!((summary.alerts, summary.suppressed_alerts), (2, 19));
+        assert!(
+            summary
+                .text()
+                .contains("alerts raised: 2 (19 repeats not written"),
+            "{}",
+            summary.text()
+        );
+    }
+
+    #[test]
+    fn a_capture_without_a_window_or_a_zero_override_writes_every_alert() {
+        let (summary, _, _) = replay(&repeated_failures(None, 20), None);
+        assert_eq!(summary.unwrap().alerts, 20);
+        let (summary, _, _) = replay_windowed(&repeated_failures(Some(10), 20), None, Some(0));
+        assert_eq!(summary.unwrap().alerts, 20);
+    }
+
+    #[test]
+    fn stop_and_a_new_start_close_the_windows_of_their_run() {
+        let run = repeated_failures(Some(10), 3);
+        let stop = r#"{"kind":"stop","schema":1,"ts":"2026-11-27T21:00:01Z","seq":4,"host":"h"}"#;
+        let (_, out, _) = replay(&format!("{run}{stop}\n{run}"), None);
+        let kinds: Vec<String> = out
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .map(|r| match r["dedup"]["count"].as_u64() {
+                Some(count) => format!("closing {count}"),
+                None => r["kind"].as_str().unwrap().to_owned(),
+            })
+            .collect();
+        // Each run: its first alert, the repeats counted, closed by its end.
+        let one_run = [
+            "start",
+            "delete_module",
+            "alert",
+            "delete_module",
+            "delete_module",
+            "closing 3",
+        ];
+        let expected: Vec<&str> = one_run
+            .iter()
+            .chain(&["stop"])
+            .chain(&one_run)
+            .copied()
+            .collect();
+        assert_eq!(kinds, expected);
+    }
+
     #[test]
     fn summary_text_names_every_verdict_and_rule() {
         let (summary, _, _) = replay(&format!("{DELETE}\n"), None);
@@ -514,8 +657,12 @@ mod tests {
     }
 
     // ---- Fixtures: a capture recorded on a real kernel by `modtrace watch`
-    // with the default policy, while mtcall loaded sctp.ko from /tmp, a memfd
-    // and an image from memory, and unloaded twice. ----
+    // with the default policy (host-default-policy.ndjson: on this machine's
+    // kernel, where every call fails with ENOSYS), while mtcall loaded
+    // sctp.ko from /tmp, a memfd and an image from memory, unloaded twice,
+    // and one process unloaded 5 times (its alerts repeat into one window).
+    // host-damaged.ndjson and newer-schema.ndjson are an older capture of the
+    // first five calls, damaged. ----
 
     fn fixture(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -534,6 +681,7 @@ mod tests {
             colour: false,
             out: Vec::new(),
             diagnostics: Vec::new(),
+            alert_window_s: None,
         };
         let source = PolicySource {
             path: Some(fixture(policy)),
@@ -566,15 +714,47 @@ mod tests {
         let is_event = |r: &&Value| r["kind"].as_str().is_some_and(|k| k.ends_with("_module"));
         let live_events: Vec<&Value> = live.iter().filter(is_event).collect();
         let replayed_events: Vec<&Value> = replayed.iter().filter(is_event).collect();
-        assert_eq!(live_events.len(), 5);
+        assert_eq!(live_events.len(), 10);
         assert_eq!(live_events, replayed_events);
-        let live_alerts = live.iter().filter(|r| r["kind"] == "alert").count() as u64;
+        // The same alert records, the closing one of the repeats included;
+        // only their own `seq` and `ts` differ.
+        let alerts = |records: &[Value]| {
+            let mut alerts: Vec<Value> = records
+                .iter()
+                .filter(|r| r["kind"] == "alert")
+                .map(|r| {
+                    let mut r = r.clone();
+                    let body = r.as_object_mut().unwrap();
+                    body.remove("seq");
+                    body.remove("ts");
+                    r
+                })
+                .collect();
+            // Live and replay write their members in different orders.
+            alerts.sort_by_key(|a| {
+                let seq = a["event_seq"].as_u64();
+                (seq, a["rule"].to_string(), a["dedup"].is_object())
+            });
+            alerts
+        };
+        assert_eq!(alerts(&live), alerts(&replayed));
+        let live_alerts = alerts(&live).len() as u64;
+        assert_eq!(live_alerts, 11);
         assert_eq!(summary.dropped_alerts, live_alerts);
         assert_eq!(summary.alerts, live_alerts);
+        assert_eq!(summary.suppressed_alerts, 4);
+        let closing: Vec<&Value> = replayed.iter().filter(|r| r["dedup"].is_object()).collect();
+        assert_eq!(closing.len(), 1);
+        assert_eq!(closing[0]["dedup"]["count"], 5);
+        assert_eq!(
+            closing[0]["dedup"]["modules"]["sample"],
+            json!(["mtcall_repeated"])
+        );
         assert_eq!(summary.rules.get("fileless-load"), Some(&2));
         assert_eq!(summary.rules.get("cis-denied-module"), Some(&1));
-        assert_eq!(summary.rules.get("module-unload"), Some(&2));
-        assert_eq!(summary.verdicts.get("alert"), Some(&5));
+        assert_eq!(summary.rules.get("module-unload-attempt"), Some(&7));
+        assert_eq!(summary.rules.get("module-unload"), None);
+        assert_eq!(summary.verdicts.get("alert"), Some(&10));
         assert_eq!(summary.malformed, 0);
     }
 
@@ -596,7 +776,7 @@ mod tests {
         assert_eq!(summary.rules.len(), 1, "{summary:?}");
         assert_eq!(summary.rules.get("unload-by-user"), Some(&1));
         assert_eq!(summary.verdicts.get("log"), Some(&1));
-        assert_eq!(summary.verdicts.get("none"), Some(&4));
+        assert_eq!(summary.verdicts.get("none"), Some(&9));
         assert_eq!(summary.alerts, 0);
     }
 

@@ -50,6 +50,7 @@ pub fn ordinary_finit() -> Call {
         process: Process {
             pid: 812,
             tid: 812,
+            start_ns: Some(5_000_000_000),
             ppid: Some(790),
             uid: 0,
             gid: 0,

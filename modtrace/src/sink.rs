@@ -267,6 +267,17 @@ pub fn text_line(record: &Value, colour: bool) -> String {
     format!("{head} {tail}\n")
 }
 
+/// The kernel's "no login uid" (`(uid_t)-1`), which auditd prints as `unset`.
+const AUID_UNSET: u64 = u32::MAX as u64;
+
+/// A login uid as auditd shows it: `unset` rather than 4294967295.
+fn auid(value: &Value) -> String {
+    match value.as_u64() {
+        Some(AUID_UNSET) => "unset".into(),
+        _ => s(value),
+    }
+}
+
 fn call_text(record: &Value, colour: bool) -> String {
     let result = &record["result"];
     let outcome = match (&result["ok"], &result["errno"]) {
@@ -302,10 +313,34 @@ fn call_text(record: &Value, colour: bool) -> String {
         "{outcome} pid={} uid={} auid={} comm={} exe={} parent={}({}) {what}{verdict}",
         s(&p["pid"]),
         s(&p["uid"]),
-        s(&p["auid"]),
+        auid(&p["auid"]),
         s(&p["comm"]),
         s(&p["exe"]),
         s(&record["parent"]["comm"]),
         s(&record["parent"]["pid"]),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn delete_by(auid: Value) -> Value {
+        json!({"kind":"delete_module","ts":"t","process":{"pid":5,"uid":0,"auid":auid,"comm":"c"},
+            "parent":{"pid":1,"comm":"init"},"args":{"name":{"value":"m"},"flags":{"names":[]}},
+            "result":{"ret":-2,"errno":"ENOENT","ok":false}})
+    }
+
+    #[test]
+    fn text_shows_an_unset_login_uid_as_auditd_does() {
+        let line = text_line(&delete_by(json!(4294967295u64)), false);
+        assert!(line.contains(" auid=unset "), "{line}");
+        let line = text_line(&delete_by(json!(1000)), false);
+        assert!(line.contains(" auid=1000 "), "{line}");
+        // Unknown (the kernel lacks the field) stays apart from unset.
+        let line = text_line(&delete_by(Value::Null), false);
+        assert!(line.contains(" auid=- "), "{line}");
+    }
 }

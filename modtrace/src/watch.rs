@@ -30,7 +30,11 @@ use crate::{
     decode::{self, Decoded, KernelEvent},
     enrich::{self, ImageReport, ProcCache, ProcInfo, ProcKey, Wanted},
     execs::{ExeAt, ExecTable},
-    policy::{self, Alert, Policy, PolicyReload, Syscall},
+    policy::{
+        self,
+        dedup::{Alerted, Dedup},
+        Alert, Policy, PolicyReload, Syscall,
+    },
     probes::{self, ProbeOptions, Strategy},
     record::{self, Body, EventCounts, Loss, LossCounts, LostTotals, Start, Stop},
     sink::{self, Emitter, Format, SinkError},
@@ -49,6 +53,8 @@ pub struct WatchOptions {
     pub lock_file: PathBuf,
     /// The policy file; the embedded default policy when absent.
     pub policy: Option<PathBuf>,
+    /// Seconds in which one rule's alerts from one process repeat into one.
+    pub alert_window_s: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +178,7 @@ struct Collector {
     requests: cause::RecentRequests,
     snapshots: Snapshots,
     policy: Policy,
+    alerts: Dedup,
     execs: ExecTable,
     cgroups: CgroupPaths,
     aggregates: Aggregates,
@@ -197,7 +204,23 @@ enum Reading {
 impl Collector {
     fn emit(&mut self, kind: &str, boot_ns: Option<u64>, body: &Body) -> Result<(), WatchError> {
         let ts = self.clock.rfc3339(boot_ns);
-        Ok(self.emitter.emit(kind, &ts, body)?)
+        self.emitter.emit(kind, &ts, body)?;
+        self.close_alert_windows(&ts, false)
+    }
+
+    /// Writes the closing alerts of the windows that time `ts` ends (that of
+    /// a record just written, or the timer's), with that `ts`: replay,
+    /// reading it, closes the same windows.
+    fn close_alert_windows(&mut self, ts: &str, timer: bool) -> Result<(), WatchError> {
+        let closing = if timer {
+            self.alerts.due(ts)
+        } else {
+            self.alerts.observe(ts)
+        };
+        for alert in closing {
+            self.emitter.emit("alert", ts, &Body::Alert(alert))?;
+        }
+        Ok(())
     }
 
     fn on_event(&mut self, event: &KernelEvent) -> Result<(), WatchError> {
@@ -334,7 +357,25 @@ impl Collector {
         };
         self.emitter
             .emit_judged(kind, &ts, &body, evaluation.as_ref())?;
-        for alert in evaluation.map_or_else(Vec::new, |e| Alert::for_event(seq, kind, &e)) {
+        let alerts = evaluation.map_or_else(Vec::new, |e| Alert::for_event(seq, kind, &e));
+        let written = match &body {
+            Body::Call(call) if !alerts.is_empty() => {
+                let module = policy::event::module_of(call, kind);
+                let alerted = Alerted {
+                    seq,
+                    kind,
+                    ts: &ts,
+                    failed: call.result.as_ref().is_some_and(|r| !r.ok),
+                    pid: Some(u64::from(call.process.pid)),
+                    start_ns: call.process.start_ns,
+                    module,
+                };
+                self.alerts.admit_alerted(&alerted, alerts)
+            }
+            // Its time may still end windows.
+            _ => self.alerts.observe(&ts),
+        };
+        for alert in written {
             self.emit("alert", None, &Body::Alert(alert))?;
         }
         Ok(())
@@ -565,7 +606,7 @@ fn policy_context() -> policy::Context {
     }
 }
 
-fn start_body(probes: &probes::Probes, policy: &Policy) -> Start {
+fn start_body(probes: &probes::Probes, policy: &Policy, alert_window_s: u64) -> Start {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -581,6 +622,7 @@ fn start_body(probes: &probes::Probes, policy: &Policy) -> Start {
         loaded_modules: crate::modules::loaded(),
         unavailable_fields: probes.unavailable_fields.clone(),
         policy: policy.info(),
+        alert_window_s,
     }
 }
 
@@ -643,6 +685,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         requests: cause::RecentRequests::default(),
         snapshots: Snapshots::default(),
         policy,
+        alerts: Dedup::new(options.alert_window_s),
         execs,
         cgroups: CgroupPaths::new(),
         aggregates,
@@ -660,7 +703,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io("installing the SIGHUP handler"))?;
-    let start = start_body(&probes, &collector.policy);
+    let start = start_body(&probes, &collector.policy, options.alert_window_s);
     let preloaded = policy::preloaded_alerts(
         &collector.policy,
         start.loaded_modules.iter().map(|m| m.name.as_str()),
@@ -687,6 +730,8 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
             _ = tick.tick() => {
                 collector.drain(&mut rings, &maps)?;
                 collector.report_losses(&maps)?;
+                let now = collector.clock.rfc3339(None);
+                collector.close_alert_windows(&now, true)?;
                 ticks += 1;
                 if ticks.is_multiple_of(5) {
                     collector.report_summaries(Some(Clock::boot_ns()))?;
@@ -767,6 +812,9 @@ fn shutdown(
     collector.finish_analysed(released)?;
     collector.report_summaries(None)?;
     collector.report_losses(&maps)?;
+    for alert in collector.alerts.close_all() {
+        collector.emit("alert", None, &Body::Alert(alert))?;
+    }
     let counts = collector.reported_losses.clone();
     let stop = Stop {
         events: collector.counts.clone(),

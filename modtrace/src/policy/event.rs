@@ -442,7 +442,7 @@ impl<'a> Event<'a> {
 
     /// The module's name as the record gives it, or failing that as the
     /// arguments do (not normalised).
-    pub fn module(&self) -> Option<&str> {
+    pub fn module(&self) -> Option<&'a str> {
         self.module
     }
 
@@ -454,6 +454,14 @@ impl<'a> Event<'a> {
     pub fn clock(&self) -> Option<Clock> {
         *self.clock.get_or_init(|| clock_of(self.time()?))
     }
+}
+
+/// The module a record `watch` has just made is about, as [`Event::module`]
+/// names it for the same record read from JSON.
+pub fn module_of<'a>(call: &'a Call, kind: &str) -> Option<&'a str> {
+    static NO_JSON: fn() -> Value = || Value::Null;
+    let event = Event::from_live(&NO_JSON, Syscall::from_name(kind)?, Live { ts: "", call });
+    event.module()
 }
 
 /// Takes [`Values`] from a record's JSON in one walk over each object the
@@ -894,6 +902,14 @@ mod tests {
             call
         }
 
+        /// An unload that worked: the default policy tells it from an
+        /// attempt by `result` alone.
+        fn unloaded() -> Call {
+            let mut call = delete();
+            call.result = Some(fields::call_result(0));
+            call
+        }
+
         #[test]
         fn for_every_kind_of_call() {
             let calls = [
@@ -901,6 +917,7 @@ mod tests {
                 (Syscall::InitModule, failed_init()),
                 (Syscall::FinitModule, memfd_unfinished()),
                 (Syscall::DeleteModule, delete()),
+                (Syscall::DeleteModule, unloaded()),
             ];
             for (syscall, call) in calls {
                 let json = render(syscall, &call);
@@ -919,6 +936,12 @@ mod tests {
                 assert_eq!(live.module(), read.module());
                 assert_eq!(live.module_key(), read.module_key());
                 assert_ne!(live.values(), Values::default());
+                // What the default policy makes of each, messages included.
+                let policy = crate::policy::Policy::default_policy(&crate::policy::Context {
+                    kernel: "6.1.0-28-amd64".into(),
+                    check_owner: false,
+                });
+                assert_eq!(policy.evaluate_event(&live), policy.evaluate_event(&read));
             }
         }
     }

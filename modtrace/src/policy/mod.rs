@@ -12,6 +12,7 @@
 //! that require nothing indexable, are checked.
 pub mod commands;
 pub mod condition;
+pub mod dedup;
 pub mod defaults;
 pub mod event;
 mod glob;
@@ -137,10 +138,12 @@ impl From<Action> for Verdict {
 /// How a match is put into words for the person reading the alert.
 #[derive(Debug, Clone)]
 pub enum Message {
-    /// The description, then what loaded what.
+    /// The description, whether the call failed (and its errno), then what
+    /// loaded what.
     Default,
     /// With `{module}`, `{syscall}`, `{exe}`, `{comm}`, `{pid}`, `{uid}`,
-    /// `{path}` and `{rule}` filled in from the event.
+    /// `{path}`, `{parent_exe}`, `{result}` and `{rule}` filled in from the
+    /// event.
     Template(String),
     /// A modprobe.d directive that the event got around.
     Bypass(modprobe_d::Directive),
@@ -256,8 +259,9 @@ impl Rule {
     fn message_for(&self, event: &Event) -> String {
         match &self.message {
             Message::Default => format!(
-                "{}: {} {} by {} (pid {}, uid {})",
+                "{}{}: {} {} by {} (pid {}, uid {})",
                 self.description,
+                outcome(event),
                 event.syscall.name(),
                 event.module().unwrap_or(match event.syscall {
                     Syscall::InitModule => "an image from memory",
@@ -291,6 +295,35 @@ fn split_syscalls(when: &Condition) -> (u8, Vec<Condition>) {
     (mask, rest)
 }
 
+/// What became of the call, after a rule's description: nothing when it
+/// succeeded, else that it failed and how, so that a description such as
+/// "module unload attempt" or "load of an unsigned module" never reads as
+/// if a failed call had changed the kernel.
+pub(super) fn outcome(event: &Event) -> String {
+    match event.ok() {
+        Some(true) => String::new(),
+        Some(false) => format!(" failed ({})", errno_of(event)),
+        None => " (no result: the call had not returned)".into(),
+    }
+}
+
+/// The errno name of a failed call, or its raw return when it has none.
+fn errno_of(event: &Event) -> String {
+    match event.errno() {
+        Some(errno) => errno.to_owned(),
+        None => format!("ret {}", display(event, &["result", "ret"])),
+    }
+}
+
+/// `{result}` in a message template: `ok`, the errno name, or `no result`.
+fn result_word(event: &Event) -> String {
+    match event.ok() {
+        Some(true) => "ok".into(),
+        Some(false) => errno_of(event),
+        None => "no result".into(),
+    }
+}
+
 fn display(event: &Event, path: &[&str]) -> String {
     match event.at(path) {
         Some(Value::String(s)) => s.clone(),
@@ -312,6 +345,9 @@ fn fill(template: &str, rule: &str, event: &Event) -> String {
         .replace("{rule}", rule)
         .replace("{syscall}", event.syscall.name())
         .replace("{module}", event.module().unwrap_or("?"));
+    if out.contains("{result}") {
+        out = out.replace("{result}", &result_word(event));
+    }
     for (placeholder, path) in FIELDS {
         if out.contains(placeholder) {
             out = out.replace(placeholder, &display(event, path));
@@ -343,7 +379,8 @@ impl Evaluation {
     }
 }
 
-/// The body of an `alert` record: one matched rule of action `alert`.
+/// The body of an `alert` record: one matched rule of action `alert`, or
+/// the closing alert of a window of its repeats.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
     /// The `seq` of the syscall record that raised it.
@@ -352,6 +389,9 @@ pub struct Alert {
     pub rule: String,
     pub severity: Severity,
     pub message: String,
+    /// On the alert that closes a window of repeats only (see [`dedup`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<dedup::Repeats>,
 }
 
 impl Alert {
@@ -371,6 +411,7 @@ impl Alert {
                 rule: m.rule.clone(),
                 severity: m.severity,
                 message: m.message.clone(),
+                dedup: None,
             })
             .collect()
     }
@@ -399,6 +440,7 @@ pub fn preloaded_alerts<'a>(
                 rule: rule.id.clone(),
                 severity: rule.severity,
                 message: directive.explain_preloaded(),
+                dedup: None,
             }),
             _ => None,
         })

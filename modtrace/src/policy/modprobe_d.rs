@@ -262,12 +262,19 @@ impl Directive {
                 }
             },
         };
+        let module = event.module().unwrap_or(&self.module);
+        // Only a load that succeeded loaded anything; an attempt says how it
+        // ended, as the default messages do.
+        let what = match event.ok() {
+            Some(true) => format!("{module} loaded"),
+            _ => format!("load of {module}"),
+        };
         format!(
-            "{} loaded despite `{}` ({}:{}), via {how}",
-            event.module().unwrap_or(&self.module),
+            "{what} despite `{}` ({}:{}){}, via {how}",
             self.written(),
             self.file.display(),
-            self.line
+            self.line,
+            super::outcome(event),
         )
     }
 }
@@ -414,6 +421,22 @@ mod tests {
         assert_eq!(m.rule, "modprobe.d:blacklist:usb_storage");
         assert!(m.message.contains("insmod by path"), "{}", m.message);
         assert!(m.message.contains("cis.conf:1"), "{}", m.message);
+        let message = |result: serde_json::Value| {
+            let mut record = record.clone();
+            record["result"] = result;
+            policy.evaluate(&record).unwrap().matches[0].message.clone()
+        };
+        let loaded = message(json!({"ret":0,"errno":null,"ok":true}));
+        assert!(
+            loaded.starts_with("usb-storage loaded despite `blacklist usb_storage` ("),
+            "{loaded}"
+        );
+        let refused = message(json!({"ret":-1,"errno":"EPERM","ok":false}));
+        assert!(
+            refused.starts_with("load of usb-storage despite `blacklist usb_storage` (")
+                && refused.contains("cis.conf:1) failed (EPERM), via insmod by path"),
+            "{refused}"
+        );
         let other = load("/usr/bin/kmod", &["modprobe", "ext4"], "finit_module");
         let mut other = other;
         other["args"]["file"]["path"] = json!("/lib/modules/k/ext4.ko");

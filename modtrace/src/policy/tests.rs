@@ -501,13 +501,108 @@ fn default_policy_flags_modules_outside_the_tree_and_odd_loaders() {
     assert_eq!(default_rules_for(&record), ["unexpected-loader"]);
 }
 
+fn delete(result: Value) -> Value {
+    json!({"kind":"delete_module","process":{"exe":"/usr/bin/kmod","pid":7,"uid":0},
+        "args":{"name":{"value":"dummy","truncated":false},"flags":{"raw":0,"names":[]}},
+        "result":result})
+}
+
 #[test]
-fn default_policy_notes_every_unload() {
-    let record = json!({"kind":"delete_module","process":{"exe":"/usr/bin/kmod"},
-        "args":{"name":{"value":"dummy","truncated":false},"flags":{"raw":0,"names":[]}}});
-    let evaluation = default().evaluate(&record).unwrap();
-    assert_eq!(default_rules_for(&record), ["module-unload"]);
+fn default_policy_notes_unloads_and_attempts_apart() {
+    let done = delete(json!({"ret":0,"errno":null,"ok":true}));
+    let evaluation = default().evaluate(&done).unwrap();
+    assert_eq!(default_rules_for(&done), ["module-unload"]);
     assert_eq!(evaluation.matches[0].severity, Severity::Low);
+    assert_eq!(
+        evaluation.matches[0].message,
+        "module unloaded: delete_module dummy by /usr/bin/kmod (pid 7, uid 0)"
+    );
+
+    let failed = delete(json!({"ret":-2,"errno":"ENOENT","ok":false}));
+    let evaluation = default().evaluate(&failed).unwrap();
+    assert_eq!(default_rules_for(&failed), ["module-unload-attempt"]);
+    assert_eq!(evaluation.matches[0].severity, Severity::Info);
+    assert_eq!(
+        evaluation.matches[0].message,
+        "module unload attempt failed (ENOENT): delete_module dummy by /usr/bin/kmod (pid 7, uid 0)"
+    );
+
+    // A call whose task died inside it may or may not have unloaded.
+    let unfinished = delete(Value::Null);
+    let evaluation = default().evaluate(&unfinished).unwrap();
+    assert_eq!(default_rules_for(&unfinished), ["module-unload-attempt"]);
+    assert_eq!(
+        evaluation.matches[0].message,
+        "module unload attempt (no result: the call had not returned): delete_module dummy by /usr/bin/kmod (pid 7, uid 0)"
+    );
+}
+
+#[test]
+fn no_default_message_calls_a_failed_call_a_load_or_an_unload() {
+    let failed_load = |mut record: Value| {
+        record["result"] = json!({"ret":-1,"errno":"EPERM","ok":false});
+        record
+    };
+    let mut unsigned = finit();
+    unsigned["module"]["image"]["signature"]["signed"] = json!(false);
+    unsigned["process"]["exe"] = json!("/tmp/loader");
+    unsigned["args"]["file"]["path"] = json!("/tmp/x.ko");
+    let init = json!({"kind":"init_module","process":{"exe":"/tmp/x","comm":"x","pid":1,"uid":0},
+        "args":{"image_addr":"0x1","image_len":9,"params":{"value":"","truncated":false}}});
+    let records = [
+        failed_load(finit()),
+        failed_load(unsigned),
+        failed_load(init),
+        delete(json!({"ret":-38,"errno":"ENOSYS","ok":false})),
+    ];
+    let mut rules = std::collections::BTreeSet::new();
+    for record in records {
+        for m in default().evaluate(&record).unwrap().matches {
+            let errno = record["result"]["errno"].as_str().unwrap();
+            assert!(
+                m.message.contains(&format!(" failed ({errno}): ")),
+                "{}: {}",
+                m.rule,
+                m.message
+            );
+            assert!(
+                !m.message.contains("loaded") && !m.message.contains("unloaded"),
+                "{}: {}",
+                m.rule,
+                m.message
+            );
+            rules.insert(m.rule);
+        }
+    }
+    // Every default rule but the successful unload's was seen failing.
+    let all: std::collections::BTreeSet<String> = default()
+        .rules()
+        .iter()
+        .map(|r| r.id.clone())
+        .filter(|id| id != "module-unload" && !id.starts_with("modprobe.d:"))
+        .collect();
+    assert_eq!(rules, all);
+}
+
+#[test]
+fn templates_name_the_result() {
+    let p = policy(
+        "[[rule]]\nid = \"t\"\nseverity = \"low\"\nmessage = \"{syscall} {module}: {result}\"\n",
+    );
+    let message = |result: Value| {
+        let mut record = finit();
+        record["result"] = result;
+        p.evaluate(&record).unwrap().matches[0].message.clone()
+    };
+    assert_eq!(
+        message(json!({"ret":0,"errno":null,"ok":true})),
+        "finit_module sctp: ok"
+    );
+    assert_eq!(
+        message(json!({"ret":-17,"errno":"EEXIST","ok":false})),
+        "finit_module sctp: EEXIST"
+    );
+    assert_eq!(message(Value::Null), "finit_module sctp: no result");
 }
 
 // ---- Every error message of `policy check` ----

@@ -139,13 +139,18 @@ fn alert_records<'a>(records: &'a [&'a Value]) -> impl Iterator<Item = &'a Value
 }
 
 /// The live capture's `alert` records against replay's: each alert (the
-/// record that raised it, the rule, its severity and message) as often in
-/// both. Their own `seq` and `ts` differ by design.
+/// record that raised it, the rule, its severity and message, and for the
+/// closing alert of repeats its counts and names) as often in both. Their
+/// own `seq` and `ts` differ by design.
 fn alert_disagreements(live: &[&Value], replayed: &[&Value]) -> Vec<String> {
     let mut alerts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let key = |alert: &Value| {
+        let dedup = match alert.get("dedup") {
+            Some(dedup) => format!(", dedup {dedup}"),
+            None => String::new(),
+        };
         format!(
-            "{} seq {}, rule {}, severity {}, message {}",
+            "{} seq {}, rule {}, severity {}, message {}{dedup}",
             alert["event_kind"],
             alert["event_seq"],
             alert["rule"],
@@ -358,6 +363,32 @@ mod tests {
                 "\"start\" seq 0, rule \"modprobe.d:blacklist:loop\", severity \"high\", message \"m\": 1 live alert record(s), 0 replayed",
             ]
         );
+    }
+
+    #[test]
+    fn closing_alerts_must_agree_on_their_counts() {
+        let closing = |count: u64| {
+            let mut a = alert(7, 6, "delete_module", "module-unload-attempt");
+            a["dedup"] = json!({"closing": true, "count": count, "suppressed": count - 1});
+            a
+        };
+        let live = vec![closing(5)];
+        let replayed = vec![closing(4)];
+        let found = alert_disagreements(&refs(&live), &refs(&replayed));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].ends_with(
+                "dedup {\"closing\":true,\"count\":4,\"suppressed\":3}: 0 live alert record(s), 1 replayed"
+            ),
+            "{found:?}"
+        );
+        assert!(
+            found[1].ends_with(
+                "dedup {\"closing\":true,\"count\":5,\"suppressed\":4}: 1 live alert record(s), 0 replayed"
+            ),
+            "{found:?}"
+        );
+        assert!(alert_disagreements(&refs(&live), &refs(&live)).is_empty());
     }
 
     #[test]
