@@ -440,6 +440,25 @@ impl<'a> Event<'a> {
         self.at(path)?.as_str()
     }
 
+    /// The text of a value default messages name, taken from a live record
+    /// in memory as messages show the JSON (a string as it is, a null or
+    /// absent value as `?`), so that such a message renders no JSON. None
+    /// for any other path, or for a record read from JSON.
+    pub fn live_text(&self, path: &[&str]) -> Option<String> {
+        let Source::Live(live) = &self.source else {
+            return None;
+        };
+        let process = &live.call.process;
+        Some(match path {
+            ["process", "exe"] => process.exe.clone().unwrap_or_else(|| "?".into()),
+            ["process", "pid"] => process.pid.to_string(),
+            ["process", "uid"] => process.uid.to_string(),
+            ["process", "comm"] => process.comm.clone(),
+            ["result", "ret"] => live.call.result.as_ref()?.ret.to_string(),
+            _ => return None,
+        })
+    }
+
     /// The module's name as the record gives it, or failing that as the
     /// arguments do (not normalised).
     pub fn module(&self) -> Option<&'a str> {
@@ -942,6 +961,25 @@ mod tests {
                     check_owner: false,
                 });
                 assert_eq!(policy.evaluate_event(&live), policy.evaluate_event(&read));
+                // What messages take from the record in memory reads as the JSON.
+                let paths: [&[&str]; 5] = [
+                    &["process", "exe"],
+                    &["process", "pid"],
+                    &["process", "uid"],
+                    &["process", "comm"],
+                    &["result", "ret"],
+                ];
+                for path in paths {
+                    let Some(text) = live.live_text(path) else {
+                        continue;
+                    };
+                    let from_json = match read.at(path) {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                        None => "?".into(),
+                    };
+                    assert_eq!(text, from_json, "{path:?} of {json}");
+                }
             }
         }
     }

@@ -325,6 +325,9 @@ fn result_word(event: &Event) -> String {
 }
 
 fn display(event: &Event, path: &[&str]) -> String {
+    if let Some(text) = event.live_text(path) {
+        return text;
+    }
     match event.at(path) {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
