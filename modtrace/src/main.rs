@@ -137,6 +137,23 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     Ok(size)
 }
 
+/// The error and its causes, each said once: an error whose message already
+/// quotes its source (`cannot open output file /etc: Is a directory`) is
+/// not followed by that source again.
+fn each_cause_once(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain().map(ToString::to_string) {
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -148,7 +165,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("modtrace: error: {err:#}");
+            eprintln!("modtrace: error: {}", each_cause_once(&err));
             ExitCode::FAILURE
         }
     }

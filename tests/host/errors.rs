@@ -80,3 +80,14 @@ fn bad_arguments_are_rejected_before_anything_loads() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("raw-syscalls"), "{stderr}");
 }
+
+#[test]
+fn each_cause_is_printed_once() {
+    let _serial = serial();
+    let mut cmd = modtrace();
+    cmd.args(["watch", "--lock-file", LOCK_FILE, "--output", "/etc"]);
+    let (code, stderr) = stderr_of(cmd);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot open output file /etc"), "{stderr}");
+    assert_eq!(stderr.matches("Is a directory").count(), 1, "{stderr}");
+}
