@@ -24,7 +24,8 @@ struct Cli {
 enum Task {
     /// Install what the build and the tests need (idempotent; seconds when done).
     Setup,
-    /// Set up, then run every test: unit, host integration, VM matrix.
+    /// Set up, check formatting and lints, then run every test: unit, host
+    /// integration, VM matrix.
     Test,
     /// Set up, build, then run `modtrace watch` with the given arguments.
     Watch {
@@ -45,6 +46,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Test => {
             setup::run()?;
+            lint()?;
             // Default members only: the eBPF crate builds for the BPF target
             // through build.rs, never for the host.
             run_cargo(&["test", "--release"])?;
@@ -73,6 +75,34 @@ fn main() -> Result<()> {
             bench::run(filter.as_deref())
         }
     }
+}
+
+/// An unformatted file or a clippy warning fails the test command, on the
+/// userspace crates (stable) and on the eBPF crate (nightly, BPF target).
+fn lint() -> Result<()> {
+    run_cargo(&["fmt", "--all", "--check"])?;
+    run_cargo(&[
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    sh::status(Command::new("cargo").args([
+        "+nightly",
+        "clippy",
+        "--release",
+        "--package",
+        "modtrace-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 /// Runs cargo with the toolchain that invoked xtask, failing on a non-zero exit.
