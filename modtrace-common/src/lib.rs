@@ -438,7 +438,7 @@ pub struct AggregateKey {
     pub kind: u16,
     pub _reserved: u16,
     pub ret: i64,
-    /// `enter_ns / aggregate_window_ns` of the calls counted.
+    /// `exit_ns / aggregate_window_ns` of the calls counted.
     pub window: u64,
     pub digest: u64,
 }

@@ -380,7 +380,9 @@ fn complete<T>(
     head.ret = ret;
     let delivered = if ret == 0 {
         LOADS.output::<T>(&*record, 0).is_ok()
-    } else if aggregate::report_in_full(head.kind, ret, head.digest, task, head.enter_ns) {
+    // The window is the exit's: a call held in the kernel for longer than
+    // a window must not add to one that userspace is already reading.
+    } else if aggregate::report_in_full(head.kind, ret, head.digest, task, head.exit_ns) {
         EVENTS.output::<T>(&*record, 0).is_ok()
     } else {
         true
@@ -454,7 +456,7 @@ pub fn on_module_request(name: u64, wait: bool) {
     let hash = aggregate::digest_word(aggregate::DIGEST_SEED, u64::from(event.wait));
     event.header.digest = digest_str(hash, &event.name.bytes, event.name.len);
     let head = &event.header;
-    if aggregate::report_in_full(head.kind, 0, head.digest, &event.task, head.enter_ns)
+    if aggregate::report_in_full(head.kind, 0, head.digest, &event.task, head.exit_ns)
         && EVENTS.output::<ModuleRequestEvent>(&*event, 0).is_err()
     {
         count_loss(LOSS_RINGBUF_FULL);

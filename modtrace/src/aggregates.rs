@@ -51,7 +51,8 @@ impl Aggregates {
             kind: header.kind,
             _reserved: 0,
             ret: header.ret,
-            window: header.enter_ns / self.window_ns,
+            // As the kernel side keys it: by the call's exit.
+            window: header.exit_ns / self.window_ns,
             digest: header.digest,
         };
         self.reported.insert(key, seq);
