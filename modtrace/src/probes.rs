@@ -364,12 +364,18 @@ fn raise_memlock_limit() {
 pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
     check_privileges()?;
     raise_memlock_limit();
-    // Both parse the kernel's several-MiB BTF (ours for offsets, aya's for
-    // loading): in parallel, and aya's once for every load attempt.
+    // Both parse the kernel's several-MiB BTF, ours for offsets, aya's to
+    // attach fentry (the programs need no CO-RE relocation): in parallel,
+    // aya's once for every load attempt, and only if fentry may be used.
+    let fentry_possible =
+        options.forced.is_none_or(|s| s == Strategy::Fentry) && Path::new("/proc/modules").exists();
     let (support, aya_btf) = std::thread::scope(|scope| {
-        let aya_btf = scope.spawn(|| Btf::from_sys_fs().ok());
+        let aya_btf = fentry_possible.then(|| scope.spawn(|| Btf::from_sys_fs().ok()));
         let support = KernelSupport::probe(&options.btf_path);
-        (support, aya_btf.join().ok().flatten())
+        (
+            support,
+            aya_btf.and_then(|parse| parse.join().ok().flatten()),
+        )
     });
     let mut refused: Vec<(usize, Strategy, String)> = Vec::new();
     loop {
