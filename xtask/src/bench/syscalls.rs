@@ -131,8 +131,8 @@ fn run_guest(
         out_dir: &boot_dir,
     };
     eprintln!(
-        "bench: {}: booting {} for {} runs of {} getppid calls",
-        kernel.name, prepared.unpacked.release, runs, settings.guest_calls
+        "bench: {}: booting {} for {runs} runs of {} loops of {} getppid calls",
+        kernel.name, prepared.unpacked.release, settings.loops, settings.guest_calls
     );
     let (results, elapsed) = qemu::run(&boot)?;
     let _ = fs::remove_dir_all(&prepared.work);
@@ -214,8 +214,9 @@ fn run_host(
     }
     let release = output(Command::new("uname").arg("-r"))?.trim().to_owned();
     eprintln!(
-        "bench: host: {} runs of {} getppid calls on {release}",
+        "bench: host: {} runs of {} loops of {} getppid calls on {release}",
         u32::try_from(CONFIGS.len())? * settings.rounds,
+        settings.loops,
         settings.host_calls
     );
     status(&mut script)?;
