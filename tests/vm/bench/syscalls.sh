@@ -97,7 +97,7 @@ modtrace_up() {
     watch_start "$label" --strategy "$1"
     status=$(cat "$R/watch/$label/status")
     [ "$status" = started ] && return 0
-    note=$status
+    note="$status: $(tail -n1 "$R/watch/$label/stderr" | tr '\t' ' ' | cut -c1-200)"
     return 1
 }
 
