@@ -1,5 +1,11 @@
 //! `cargo xtask bench`: the workspace's criterion benches, then the median of
-//! each benchmark this run measured (criterion's own summary gives the mean).
+//! each benchmark this run measured (criterion's own summary gives the mean);
+//! then the kernel benches (`bench/syscalls.rs`): what each tracer costs an
+//! unrelated syscall, and the collector's start-up, latency and RSS
+//! (`bench/collector.rs`), in the VM matrix's guests and on this host.
+mod collector;
+mod syscalls;
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -9,7 +15,45 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 
-pub fn run(filter: Option<&str>) -> Result<()> {
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Only criterion benchmarks whose name contains this (criterion's filter).
+    filter: Option<String>,
+    /// Run one part only: the criterion benches (`policy`) or the kernel benches (`kernels`).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// Kernel benches on this kernel only: a name of the VM matrix (as vm-test's
+    /// --kernel) or `host`. Implies --only kernels.
+    #[arg(long)]
+    kernel: Option<String>,
+    #[command(flatten)]
+    syscalls: syscalls::Settings,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Policy,
+    Kernels,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let only = match (args.only, &args.kernel) {
+        (Some(Part::Policy), Some(_)) => {
+            anyhow::bail!("--kernel selects a kernel bench; drop --only policy")
+        }
+        (None, Some(_)) => Some(Part::Kernels),
+        (only, _) => only,
+    };
+    if only != Some(Part::Kernels) {
+        run_criterion(args.filter.as_deref())?;
+    }
+    if only != Some(Part::Policy) {
+        syscalls::run(args.kernel.as_deref(), &args.syscalls)?;
+    }
+    Ok(())
+}
+
+fn run_criterion(filter: Option<&str>) -> Result<()> {
     let started = SystemTime::now();
     // Default members only: the eBPF crate never builds for the host.
     let mut args = vec!["bench", "--benches"];

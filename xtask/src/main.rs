@@ -34,11 +34,10 @@ enum Task {
     },
     /// Boot Debian kernels in QEMU and run the real-module scenarios.
     VmTest(vm::VmTestArgs),
-    /// Set up, run the workspace's criterion benches, then print the median of each.
-    Bench {
-        /// Only benchmarks whose name contains this (criterion's filter).
-        filter: Option<String>,
-    },
+    /// Set up, run the workspace's criterion benches and print the median of each,
+    /// then measure each tracer's cost per unrelated syscall on the VM matrix's
+    /// kernels and this host (tables on stdout and in target/bench/).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -70,9 +69,9 @@ fn main() -> Result<()> {
             setup::run()?;
             vm::run(&args)
         }
-        Task::Bench { filter } => {
+        Task::Bench(args) => {
             setup::run()?;
-            bench::run(filter.as_deref())
+            bench::run(&args)
         }
     }
 }

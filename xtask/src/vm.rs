@@ -2,9 +2,9 @@
 //! scenario of `tests/vm/scenarios/` with the real kmod tools in its own fresh guest,
 //! brings the results back, and asserts them on the host (see `vm/checks.rs`).
 mod checks;
-mod image;
-mod kernels;
-mod qemu;
+pub mod image;
+pub mod kernels;
+pub mod qemu;
 mod results;
 
 use std::{
@@ -43,7 +43,7 @@ struct Scenario {
 pub fn run(args: &VmTestArgs) -> Result<()> {
     let workspace = crate::workspace_root();
     let vm_dir = crate::target_dir().join("vm");
-    let kernels = selected_kernels(args)?;
+    let kernels = selected_kernels(args.kernel.as_deref())?;
     let scenarios = selected_scenarios(&workspace.join("tests/vm/scenarios"), args)?;
     let binaries = build_guest_binaries();
     // Downloads and images one kernel at a time (apt and the disk gain nothing from
@@ -52,7 +52,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     // host with a core per kernel.
     let prepared = kernels
         .into_iter()
-        .map(|kernel| prepare_kernel(kernel, &binaries, &workspace, &vm_dir))
+        .map(|kernel| prepare_kernel(kernel, &binaries, &[], &workspace, &vm_dir))
         .collect::<Result<Vec<_>>>()?;
     let outcomes = std::thread::scope(|scope| {
         let runs: Vec<_> = prepared
@@ -77,16 +77,17 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     report(&outcomes)
 }
 
-fn selected_kernels(args: &VmTestArgs) -> Result<Vec<&'static Kernel>> {
+/// Every kernel of the matrix, or the one named.
+pub fn selected_kernels(name: Option<&str>) -> Result<Vec<&'static Kernel>> {
     let kernels: Vec<_> = KERNELS
         .iter()
-        .filter(|k| args.kernel.as_deref().is_none_or(|want| want == k.name))
+        .filter(|k| name.is_none_or(|want| want == k.name))
         .collect();
     if kernels.is_empty() {
         let names: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
         bail!(
             "no kernel named {:?}; known: {}",
-            args.kernel.as_deref().unwrap_or(""),
+            name.unwrap_or(""),
             names.join(", ")
         );
     }
@@ -128,7 +129,7 @@ fn selected_scenarios(dir: &Path, args: &VmTestArgs) -> Result<Vec<Scenario>> {
 
 /// Builds modtrace and mtcall; a failed build leaves the binary out of the guest, so
 /// the scenarios that need it fail and say why (a stale binary is never used).
-fn build_guest_binaries() -> image::GuestBinaries {
+pub fn build_guest_binaries() -> image::GuestBinaries {
     let build =
         |package: &str| match crate::run_cargo(&["build", "--release", "--package", package]) {
             Ok(()) => Some(crate::target_dir().join("release").join(package)),
@@ -146,23 +147,32 @@ fn build_guest_binaries() -> image::GuestBinaries {
 }
 
 /// A kernel ready to boot: unpacked, with the initramfs built for it.
-struct PreparedKernel {
-    kernel: &'static Kernel,
-    unpacked: kernels::UnpackedKernel,
-    initramfs: PathBuf,
-    work: PathBuf,
+pub struct PreparedKernel {
+    pub kernel: &'static Kernel,
+    pub unpacked: kernels::UnpackedKernel,
+    pub initramfs: PathBuf,
+    pub work: PathBuf,
 }
 
-fn prepare_kernel(
+/// Fetches the kernel and builds its initramfs under `vm_dir/work/<kernel>`; `debs`
+/// are Debian packages to unpack into the image besides the usual userland.
+pub fn prepare_kernel(
     kernel: &'static Kernel,
     binaries: &image::GuestBinaries,
+    debs: &[PathBuf],
     workspace: &Path,
     vm_dir: &Path,
 ) -> Result<PreparedKernel> {
     let unpacked = kernels::fetch(kernel, vm_dir)?;
     let work = vm_dir.join("work").join(kernel.name);
-    let initramfs = image::build(&unpacked, binaries, &workspace.join("tests/vm"), &work)
-        .with_context(|| format!("building the initramfs for {}", kernel.name))?;
+    let initramfs = image::build(
+        &unpacked,
+        binaries,
+        debs,
+        &workspace.join("tests/vm"),
+        &work,
+    )
+    .with_context(|| format!("building the initramfs for {}", kernel.name))?;
     eprintln!(
         "vm: {} is {} ({})",
         kernel.name, unpacked.release, unpacked.package
@@ -212,6 +222,7 @@ fn run_scenario(
         vmlinuz: &prepared.unpacked.vmlinuz,
         initramfs: &prepared.initramfs,
         scenario: &scenario.name,
+        append: "",
         timeout: VM_TIMEOUT,
         out_dir: &out_dir,
     };

@@ -36,6 +36,15 @@ ops:
       (so no two calls of a child pass the same name); with --until a child
       stops early once FILE exists (checked every 1,024 calls); prints one
       summary line
+  getppid-loop --calls N
+      N raw getppid() syscalls in a tight loop, timed with CLOCK_MONOTONIC:
+      the cost of a syscall a tracer of module calls should leave alone
+      (for `cargo xtask bench`); prints one line with ns_per_call
+  stamp -- CMD [ARGS...]
+      runs CMD with its stdout on a pipe; prints one line with the
+      CLOCK_BOOTTIME of the spawn, then one per line of CMD's stdout with
+      the CLOCK_BOOTTIME and CLOCK_REALTIME it was read at (start-up and
+      latency benches)
 
 --uid/--gid drop privileges (setgroups, setgid, then setuid) before the op.
 --repeat K (before or after the op) makes the call K times (default 1).
@@ -114,6 +123,12 @@ enum Op {
     HeldDeletes {
         threads: u32,
         release: PathBuf,
+    },
+    GetppidLoop {
+        calls: u64,
+    },
+    Stamp {
+        command: Vec<String>,
     },
 }
 
@@ -200,6 +215,20 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             _ => break arg,
         }
     };
+    if op_name == "stamp" {
+        // Everything after `--` is the command, its options included.
+        let command: Vec<String> = args.skip_while(|a| a != "--").skip(1).collect();
+        if command.is_empty() {
+            return usage("stamp needs -- CMD [ARGS...]");
+        }
+        return Ok(Cli {
+            uid,
+            gid,
+            repeat: 1,
+            linger_ms,
+            op: Op::Stamp { command },
+        });
+    }
 
     // Options shared by the ops that take them; each op checks which it allows.
     let mut positional = Vec::new();
@@ -317,6 +346,7 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             "--until",
         ],
         "held-deletes" => &["--threads", "--release"],
+        "getppid-loop" => &["--calls"],
         other => return usage(format!("unknown op `{other}`")),
     };
     if let Some(bad) = seen.iter().find(|s| !allowed.contains(&s.as_str())) {
@@ -365,6 +395,12 @@ fn parse(args: Vec<String>) -> Res<Cli> {
         "held-deletes" => Op::HeldDeletes {
             threads: threads.map_or_else(|| usage("held-deletes needs --threads"), Ok)?,
             release: release.map_or_else(|| usage("held-deletes needs --release"), Ok)?,
+        },
+        "getppid-loop" => Op::GetppidLoop {
+            calls: match calls {
+                Some(0) | None => return usage("getppid-loop needs --calls N, N at least 1"),
+                Some(n) => n,
+            },
         },
         _ => unreachable!("op names were checked above"),
     };
@@ -435,6 +471,8 @@ fn run(cli: Cli) -> Res<()> {
                 until,
             } => flood(*procs, *calls, name, *distinct, until.as_deref())?,
             Op::HeldDeletes { threads, release } => held_deletes(*threads, release)?,
+            Op::GetppidLoop { calls } => getppid_loop(*calls),
+            Op::Stamp { command } => stamp(command)?,
         };
         out.insert("call".into(), json!(call));
         emit(out)?;
@@ -962,5 +1000,78 @@ fn flood(
     m.insert("children".into(), Value::Array(report));
     m.insert("total_calls".into(), json!(total));
     m.insert("all_children_ok".into(), json!(all_ok));
+    Ok(m)
+}
+
+fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_REALTIME in ns: the clock of a record's `ts`.
+fn realtime_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `calls` raw getppid syscalls, timed as a whole. The two clock reads are vDSO
+/// calls, not syscalls, so a tracer of syscalls sees only the loop.
+fn getppid_loop(calls: u64) -> Map<String, Value> {
+    let start = monotonic_ns();
+    for _ in 0..calls {
+        // SAFETY: getppid takes no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    let elapsed = monotonic_ns() - start;
+    let mut m = Map::new();
+    m.insert("op".into(), json!("getppid-loop"));
+    m.insert("calls".into(), json!(calls));
+    m.insert("elapsed_ns".into(), json!(elapsed));
+    m.insert("ns_per_call".into(), json!(elapsed as f64 / calls as f64));
+    m
+}
+
+/// Runs the command with its stdout on a pipe and stamps each line as it arrives:
+/// prints the spawn's line, then one `stamp-line` object per line of the command;
+/// returns the command's exit status as the closing line.
+fn stamp(command: &[String]) -> Res<Map<String, Value>> {
+    use std::io::BufRead as _;
+    let spawn_ns = boottime_ns();
+    let mut child = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(setup_err(format!("spawning {}", command[0])))?;
+    let mut spawned = Map::new();
+    spawned.insert("op".into(), json!("stamp-spawn"));
+    spawned.insert("spawn_ns".into(), json!(spawn_ns));
+    spawned.insert("child".into(), json!(child.id()));
+    spawned.insert("command".into(), json!(command));
+    emit(spawned)?;
+    let lines = io::BufReader::new(child.stdout.take().expect("stdout is piped"));
+    for line in lines.lines() {
+        let line = line.map_err(setup_err("reading the command's stdout"))?;
+        let ns = boottime_ns();
+        let realtime_ns = realtime_ns();
+        // Without the caller's identity of `emit`: these lines are the command's.
+        let mut stdout = io::stdout().lock();
+        let stamped =
+            json!({"op": "stamp-line", "ns": ns, "realtime_ns": realtime_ns, "line": line});
+        writeln!(stdout, "{stamped}")
+            .and_then(|()| stdout.flush())
+            .map_err(setup_err("writing to stdout"))?;
+    }
+    let exit = child.wait().map_err(setup_err("waiting for the command"))?;
+    let mut m = Map::new();
+    m.insert("op".into(), json!("stamp-exit"));
+    m.insert("exit_code".into(), json!(exit.code()));
     Ok(m)
 }

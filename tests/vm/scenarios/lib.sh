@@ -1,6 +1,8 @@
-# Helpers sourced by every scenario (run by /init from /tmp with results in $R).
-R=/results
-T=/sys/kernel/tracing
+# Helpers sourced by every scenario (run by /init from /tmp with results in $R) and by
+# the benches, which `cargo xtask bench` also runs on the host with R, T and MODTRACE set.
+R=${R:-/results}
+T=${T:-/sys/kernel/tracing}
+MODTRACE=${MODTRACE:-/usr/bin/modtrace}
 KVER=$(uname -r)
 act_seq=0
 watch_pid=
@@ -72,11 +74,11 @@ watch_start() {
     mkdir -p "$w"
     printf '%s\n' "$@" > "$w/argv"
     watch_pid=
-    if [ ! -x /usr/bin/modtrace ]; then
-        echo "missing: /usr/bin/modtrace is not in the image (target/release/modtrace was not built)" > "$w/status"
+    if [ ! -x "$MODTRACE" ]; then
+        echo "missing: $MODTRACE is not in the image (target/release/modtrace was not built)" > "$w/status"
         return 0
     fi
-    /usr/bin/modtrace watch --format json "$@" > "$w/out.ndjson" 2> "$w/stderr" &
+    "$MODTRACE" watch --format json "$@" > "$w/out.ndjson" 2> "$w/stderr" &
     watch_pid=$!
     i=0
     while ! head -n1 "$w/out.ndjson" | grep -q '"kind": *"start"'; do
@@ -127,7 +129,7 @@ replay_capture() {
         --policy=*) set -- "$arg" ;;
         esac
     done < "$w/argv"
-    /usr/bin/modtrace replay --format json "$@" "$w/out.ndjson" \
+    "$MODTRACE" replay --format json "$@" "$w/out.ndjson" \
         > "$w/replayed.ndjson" 2> "$w/replay.stderr"
     echo $? > "$w/replay_exit_code"
 }

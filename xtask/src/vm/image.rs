@@ -1,6 +1,8 @@
 //! The guest initramfs: busybox, Debian's kmod, modtrace, mtcall, the selected modules
-//! with their dependencies, and the init and scenario scripts from `tests/vm/`.
+//! with their dependencies, the init, scenario and bench scripts from `tests/vm/`, and
+//! any Debian packages a caller adds (the benches' auditd).
 use std::{
+    ffi::OsString,
     fs,
     os::unix::fs::symlink,
     path::{Path, PathBuf},
@@ -31,10 +33,12 @@ pub struct GuestBinaries {
     pub mtcall: Option<PathBuf>,
 }
 
-/// Builds `<out_dir>/initramfs.cpio` for the kernel and returns its path.
+/// Builds `<out_dir>/initramfs.cpio` for the kernel and returns its path. `debs` are
+/// Debian packages unpacked into the image as they are.
 pub fn build(
     kernel: &UnpackedKernel,
     binaries: &GuestBinaries,
+    debs: &[PathBuf],
     tests_vm: &Path,
     out_dir: &Path,
 ) -> Result<PathBuf> {
@@ -68,6 +72,7 @@ pub fn build(
     install_fixtures(&root, kernel)
         .with_context(|| format!("making the dummy module variants of {}", kernel.package))?;
     install_scripts(&root, tests_vm)?;
+    install_debs(&root, debs)?;
     install_users(&root)?;
     let cpio = out_dir.join("initramfs.cpio");
     write_cpio(&root, &cpio)?;
@@ -109,7 +114,16 @@ fn which(program: &str) -> Result<PathBuf> {
 /// the same absolute paths in the image.
 fn install_elf(root: &Path, binary: &Path, dest: &str) -> Result<()> {
     copy_file(binary, &root.join(dest))?;
-    for lib in shared_libraries(binary)? {
+    install_libraries(root, binary, None)
+}
+
+/// Copies from this machine every shared library of `binary` that is not in the
+/// image yet. `library_path` (LD_LIBRARY_PATH) lets ldd find the image's own first.
+fn install_libraries(root: &Path, binary: &Path, library_path: Option<&OsString>) -> Result<()> {
+    for lib in shared_libraries(binary, library_path)? {
+        if lib.starts_with(root) {
+            continue;
+        }
         let dest = root.join(lib.strip_prefix("/").unwrap_or(&lib));
         if !dest.exists() {
             copy_file(&lib, &dest)?;
@@ -118,8 +132,12 @@ fn install_elf(root: &Path, binary: &Path, dest: &str) -> Result<()> {
     Ok(())
 }
 
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
+fn shared_libraries(binary: &Path, library_path: Option<&OsString>) -> Result<Vec<PathBuf>> {
+    let mut ldd = Command::new("ldd");
+    if let Some(path) = library_path {
+        ldd.env("LD_LIBRARY_PATH", path);
+    }
+    let out = ldd
         .arg(binary)
         .output()
         .with_context(|| format!("running ldd {}", binary.display()))?;
@@ -127,6 +145,13 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     if !out.status.success() {
         // ldd fails on static executables, which need nothing.
         return Ok(Vec::new());
+    }
+    if let Some(missing) = text.lines().find(|l| l.contains("not found")) {
+        bail!(
+            "{} needs a library nothing provides: {}",
+            binary.display(),
+            missing.trim()
+        );
     }
     Ok(text
         .lines()
@@ -237,19 +262,43 @@ fn strip_signature(image: &[u8]) -> Result<&[u8]> {
         .context("signature length exceeds the module")
 }
 
+/// The init, the scenarios in /scenarios, and the benches in /scenarios/bench, so that
+/// init runs a bench as the scenario `bench/NAME`.
 fn install_scripts(root: &Path, tests_vm: &Path) -> Result<()> {
     copy_file(&tests_vm.join("init"), &root.join("init"))?;
-    let scenarios = tests_vm.join("scenarios");
-    for entry in
-        fs::read_dir(&scenarios).with_context(|| format!("listing {}", scenarios.display()))?
-    {
-        let path = entry?.path();
-        copy_file(
-            &path,
-            &root
-                .join("scenarios")
-                .join(path.file_name().unwrap_or_default()),
-        )?;
+    for (from, to) in [("scenarios", "scenarios"), ("bench", "scenarios/bench")] {
+        let dir = tests_vm.join(from);
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let path = entry?.path();
+            copy_file(
+                &path,
+                &root.join(to).join(path.file_name().unwrap_or_default()),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks Debian packages into the image, then adds from this machine each shared
+/// library their executables need that none of them brings (libc and the like).
+fn install_debs(root: &Path, debs: &[PathBuf]) -> Result<()> {
+    let mut executables = Vec::new();
+    for deb in debs {
+        status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(root))?;
+        // `-rwxr-xr-x root/root 12345 2023-01-01 00:00 ./sbin/auditd`
+        let listing = output(Command::new("dpkg-deb").arg("-c").arg(deb))?;
+        executables.extend(listing.lines().filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let mode = fields.next()?;
+            let path = fields.last()?.strip_prefix("./")?;
+            (mode.starts_with("-rwx") && path.contains("bin/")).then(|| root.join(path))
+        }));
+    }
+    let library_path = std::env::join_paths(
+        ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"].map(|dir| root.join(dir)),
+    )?;
+    for executable in executables {
+        install_libraries(root, &executable, Some(&library_path))?;
     }
     Ok(())
 }
@@ -260,7 +309,11 @@ fn install_users(root: &Path) -> Result<()> {
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
     )?;
-    fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n")?;
+    // adm: auditd's log_group in Debian's auditd.conf.
+    fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nadm:x:4:\nuser:x:1000:\n",
+    )?;
     Ok(())
 }
 

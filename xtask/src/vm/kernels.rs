@@ -53,9 +53,8 @@ impl UnpackedKernel {
 
 /// Downloads (unless cached) and unpacks the newest package matching the kernel's glob.
 pub fn fetch(kernel: &Kernel, vm_dir: &Path) -> Result<UnpackedKernel> {
-    let debs = vm_dir.join("debs");
-    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let deb = match newest_cached_deb(kernel, &debs)? {
+    let debs = debs_dir(vm_dir)?;
+    let deb = match newest_cached_deb(kernel.package_glob, &debs)? {
         Some(deb) => deb,
         None => download(kernel, &debs)?,
     };
@@ -63,7 +62,23 @@ pub fn fetch(kernel: &Kernel, vm_dir: &Path) -> Result<UnpackedKernel> {
         .with_context(|| format!("unpacking {} for kernel {}", deb.display(), kernel.name))
 }
 
-fn newest_cached_deb(kernel: &Kernel, debs: &Path) -> Result<Option<PathBuf>> {
+/// The .deb of one named package (a guest's userland, not a kernel), downloaded
+/// into `target/vm/debs/` unless it is there already; nothing is installed.
+pub fn fetch_package(package: &str, vm_dir: &Path) -> Result<PathBuf> {
+    let debs = debs_dir(vm_dir)?;
+    if let Some(deb) = newest_cached_deb(package, &debs)? {
+        return Ok(deb);
+    }
+    apt_download(package, &debs)
+}
+
+fn debs_dir(vm_dir: &Path) -> Result<PathBuf> {
+    let debs = vm_dir.join("debs");
+    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    Ok(debs)
+}
+
+fn newest_cached_deb(package_glob: &str, debs: &Path) -> Result<Option<PathBuf>> {
     let mut found = Vec::new();
     for entry in fs::read_dir(debs).with_context(|| format!("listing {}", debs.display()))? {
         let path = entry?.path();
@@ -75,7 +90,7 @@ fn newest_cached_deb(kernel: &Kernel, debs: &Path) -> Result<Option<PathBuf>> {
         let Some((package, _)) = file.split_once('_') else {
             continue;
         };
-        if file.ends_with(".deb") && glob_matches(kernel.package_glob, package) {
+        if file.ends_with(".deb") && glob_matches(package_glob, package) {
             found.push((package.to_owned(), path));
         }
     }
@@ -98,12 +113,17 @@ fn download(kernel: &Kernel, debs: &Path) -> Result<PathBuf> {
         }
     };
     eprintln!("vm: downloading {package} for kernel {}", kernel.name);
+    apt_download(&package, debs)
+}
+
+/// `apt-get download` of one package into `debs`, returning the .deb it left.
+fn apt_download(package: &str, debs: &Path) -> Result<PathBuf> {
     status(
         Command::new("apt-get")
-            .args(["download", "-q", &package])
+            .args(["download", "-q", package])
             .current_dir(debs),
     )?;
-    newest_cached_deb(kernel, debs)?.with_context(|| {
+    newest_cached_deb(package, debs)?.with_context(|| {
         format!(
             "apt-get download {package} left no .deb in {}",
             debs.display()

@@ -21,6 +21,8 @@ pub struct Boot<'a> {
     pub vmlinuz: &'a Path,
     pub initramfs: &'a Path,
     pub scenario: &'a str,
+    /// More of the kernel command line (`modtrace.NAME=VALUE` for the scenario).
+    pub append: &'a str,
     pub timeout: Duration,
     /// Receives console.log, results.txt and the unpacked results.
     pub out_dir: &'a Path,
@@ -61,8 +63,8 @@ pub fn run(boot: &Boot) -> Result<(PathBuf, Duration)> {
         .arg(boot.initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 loglevel=4 modtrace.scenario={}",
-            boot.scenario
+            "console=ttyS0 panic=-1 loglevel=4 modtrace.scenario={} {}",
+            boot.scenario, boot.append
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,0 +1,258 @@
+//! The collector's own figures from `tests/vm/bench/collector.sh`: start-up time,
+//! latency from a call's return to its line, and RSS idle and after a flood.
+//! `mtcall stamp` reads the clocks as each line of modtrace's stdout arrives on
+//! a pipe: start-up runs from its spawn of `modtrace watch` to the start record
+//! (CLOCK_BOOTTIME), latency from the call's return as the record gives it
+//! (`ts` plus `duration_ns`, wall clock from the kernel's) to its line
+//! (CLOCK_REALTIME).
+use std::{collections::HashSet, fmt::Write as _, fs, path::Path};
+
+use anyhow::{Context as _, Result};
+use serde_json::{json, Value};
+
+pub struct Collector {
+    strategy: String,
+    startup_ms: Vec<f64>,
+    latency_us: Vec<f64>,
+    calls: usize,
+    rss: Vec<(&'static str, Vec<(String, u64)>)>,
+    flood_calls: Option<u64>,
+    stop: Option<Value>,
+}
+
+impl Collector {
+    /// None when the bench did not run (no `bench/collector/` in the results).
+    pub fn load(results: &Path) -> Result<Option<Collector>> {
+        let dir = results.join("bench/collector");
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let mut startup_ms = Vec::new();
+        let mut strategy = String::from("?");
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let is_start = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("start-"));
+            if !is_start {
+                continue;
+            }
+            let stamped = read_lines(&path.join("stamped.ndjson"))?;
+            let spawn = stamped.iter().find(|l| l["op"] == "stamp-spawn");
+            let start = stamped.iter().find_map(|l| {
+                let record: Value = serde_json::from_str(l["line"].as_str()?).ok()?;
+                (record["kind"] == "start").then(|| (l["ns"].as_u64(), record))
+            });
+            if let (Some(spawn), Some((Some(ns), record))) = (spawn, start) {
+                let spawn_ns = spawn["spawn_ns"].as_u64().unwrap_or(ns);
+                startup_ms.push((ns - spawn_ns) as f64 / 1e6);
+                strategy = strategies(&record);
+            }
+        }
+        startup_ms.sort_by(f64::total_cmp);
+
+        let run = dir.join("run");
+        let calls = read_lines(&run.join("calls.ndjson"))?;
+        let ours: HashSet<u64> = calls.iter().filter_map(|c| c["tid"].as_u64()).collect();
+        // The call's return as the kernel saw it (the record's entry time plus
+        // its duration), not mtcall's own clock read after it: on a busy host
+        // mtcall can be descheduled between the two, after modtrace wrote the line.
+        let mut latency_us: Vec<f64> = read_lines(&run.join("idle.ndjson"))?
+            .iter()
+            .filter_map(|l| {
+                let record: Value = serde_json::from_str(l["line"].as_str()?).ok()?;
+                if record["kind"] != "delete_module"
+                    || !ours.contains(&record["process"]["tid"].as_u64()?)
+                {
+                    return None;
+                }
+                let exit = rfc3339_ns(record["ts"].as_str()?)? + record["duration_ns"].as_u64()?;
+                Some(l["realtime_ns"].as_u64()?.checked_sub(exit)? as f64 / 1e3)
+            })
+            .collect();
+        latency_us.sort_by(f64::total_cmp);
+        let rss = [
+            ("idle", "rss_idle"),
+            ("after the flood", "rss_flooded"),
+            ("drained", "rss_drained"),
+        ]
+        .into_iter()
+        .map(|(label, file)| Ok((label, read_status(&run.join(file))?)))
+        .collect::<Result<Vec<_>>>()?;
+        let flood_calls = read_lines(&run.join("flood.json"))?
+            .first()
+            .and_then(|f| f["total_calls"].as_u64());
+        let stop = read_lines(&run.join("end.ndjson"))?
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l["line"].as_str()?).ok())
+            .find(|r| r["kind"] == "stop");
+        Ok(Some(Collector {
+            strategy,
+            startup_ms,
+            latency_us,
+            calls: calls.len(),
+            rss,
+            flood_calls,
+            stop,
+        }))
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = format!("  collector, default strategy ({}):\n", self.strategy);
+        let _ = writeln!(
+            text,
+            "    start-up, exec to start record: median {} ms, {} over {} starts",
+            fmt(quantile(&self.startup_ms, 0.5), 1),
+            spread(&self.startup_ms, 1),
+            self.startup_ms.len()
+        );
+        let _ = writeln!(
+            text,
+            "    latency, call's return to its line, at idle: p50 {} µs, p99 {} µs, max {} µs ({} of {} calls matched)",
+            fmt(quantile(&self.latency_us, 0.5), 0),
+            fmt(quantile(&self.latency_us, 0.99), 0),
+            fmt(self.latency_us.last().copied(), 0),
+            self.latency_us.len(),
+            self.calls
+        );
+        for (label, status) in &self.rss {
+            let fields: Vec<String> = status
+                .iter()
+                .map(|(k, kb)| format!("{k} {:.1} MiB", *kb as f64 / 1024.0))
+                .collect();
+            let _ = writeln!(text, "    RSS {label}: {}", fields.join(", "));
+        }
+        if let (Some(calls), Some(stop)) = (self.flood_calls, &self.stop) {
+            let _ = writeln!(
+                text,
+                "    flood: {calls} failing delete_module calls; stop counted {} records, {} lost",
+                stop["events"]["total"], stop["lost"]["total"]
+            );
+        }
+        text
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "strategy": self.strategy,
+            "startup_ms": self.startup_ms,
+            "latency_idle_us": {
+                "p50": quantile(&self.latency_us, 0.5),
+                "p99": quantile(&self.latency_us, 0.99),
+                "max": self.latency_us.last(),
+                "matched": self.latency_us.len(),
+                "calls": self.calls,
+            },
+            "rss_kib": self.rss.iter().map(|(label, status)| {
+                let fields: serde_json::Map<String, Value> =
+                    status.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                (label.to_string(), Value::Object(fields))
+            }).collect::<serde_json::Map<_, _>>(),
+            "flood_calls": self.flood_calls,
+            "stop": self.stop,
+        })
+    }
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 UTC time as modtrace writes it
+/// (`2026-12-01T22:22:31.355220810Z`).
+fn rfc3339_ns(ts: &str) -> Option<u64> {
+    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
+    let mut date = date.split('-').map(|f| f.parse::<i64>());
+    let (y, m, d) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut hms = hms.split(':').map(|f| f.parse::<i64>());
+    let (h, min, s) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
+    let nanos: u64 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + h * 3_600 + min * 60 + s).ok()?;
+    Some(secs * 1_000_000_000 + nanos)
+}
+
+/// The strategies of a start record, one name when all syscalls share it.
+fn strategies(start: &Value) -> String {
+    let Some(map) = start["strategies"].as_object() else {
+        return "?".into();
+    };
+    let mut names: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+    names.dedup();
+    names.join("/")
+}
+
+fn read_lines(path: &Path) -> Result<Vec<Value>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// `VmRSS:   1234 kB` lines of /proc/PID/status, in kB.
+fn read_status(path: &Path) -> Result<Vec<(String, u64)>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (key, rest) = l.split_once(':')?;
+            Some((
+                key.to_owned(),
+                rest.split_whitespace().next()?.parse().ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// The q-quantile of sorted values, by the nearest rank.
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn fmt(value: Option<f64>, decimals: usize) -> String {
+    value.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn spread(sorted: &[f64], decimals: usize) -> String {
+    match (sorted.first(), sorted.last()) {
+        (Some(lo), Some(hi)) => format!("{lo:.decimals$}-{hi:.decimals$}"),
+        _ => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_to_epoch_ns() {
+        assert_eq!(rfc3339_ns("1970-01-01T00:00:00.000000001Z"), Some(1));
+        // date -u -d 2026-12-01T22:22:31Z +%s
+        assert_eq!(
+            rfc3339_ns("2026-12-01T22:22:31.355220810Z"),
+            Some(1_796_163_751_355_220_810)
+        );
+        assert_eq!(
+            rfc3339_ns("2024-02-29T00:00:00Z"),
+            Some(1_709_164_800_000_000_000)
+        );
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&values, 0.5), Some(50.0));
+        assert_eq!(quantile(&values, 0.99), Some(99.0));
+        assert_eq!(quantile(&[7.0], 0.99), Some(7.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+}
