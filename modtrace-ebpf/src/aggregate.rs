@@ -17,11 +17,20 @@ use modtrace_common::{AggregateCount, AggregateKey, TaskInfo, AGGREGATE_CAPACITY
 static AGGREGATES: HashMap<AggregateKey, AggregateCount> =
     HashMap::with_max_entries(AGGREGATE_CAPACITY, 0);
 
+/// A captured string folded into `hash`: its length and the prefix
+/// `digest_bytes` reads. Bytes past the length are stale scratch data, but
+/// the same for the same thread repeating a call: at worst two equal calls
+/// count as distinct. Never 0, which is the process's own entry.
+#[inline(always)]
+pub fn digest_str<const N: usize>(hash: u64, bytes: &[u8; N], len: u32) -> u64 {
+    digest_bytes(digest_word(hash, u64::from(len)), bytes) | 1
+}
+
 /// FNV-1a over the first `WORDS` 8-byte words of `bytes`, folded into `hash`.
 /// A bounded prefix keeps the cost per call fixed; an attacker who varies
 /// only what lies beyond it makes repeats, which are counted all the same.
 #[inline(always)]
-pub fn digest_bytes<const N: usize>(mut hash: u64, bytes: &[u8; N]) -> u64 {
+fn digest_bytes<const N: usize>(mut hash: u64, bytes: &[u8; N]) -> u64 {
     const WORDS: usize = 32;
     let words = if N / 8 < WORDS { N / 8 } else { WORDS };
     let mut i = 0;

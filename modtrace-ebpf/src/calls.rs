@@ -180,7 +180,7 @@ pub fn on_enter(call: Syscall, args: [u64; 3]) {
 
 #[inline(always)]
 pub fn on_exit(call: Syscall, ret: i64) {
-    use aggregate::{digest_bytes, digest_word, DIGEST_SEED};
+    use aggregate::{digest_str, digest_word, DIGEST_SEED};
     match call {
         Syscall::Init => complete(
             &pending!(PENDING_INIT, PENDING_INIT_UNPRIVILEGED),
@@ -199,7 +199,7 @@ pub fn on_exit(call: Syscall, ret: i64) {
                 capture::retry_user_str(e.params_addr, &mut e.params);
                 let hash = digest_word(DIGEST_SEED, e.ino);
                 let hash = digest_word(hash, u64::from(e.flags));
-                let hash = digest_bytes(hash, &e.path.bytes);
+                let hash = digest_str(hash, &e.path.bytes, e.path.len);
                 e.header.digest = digest_str(hash, &e.params.bytes, e.params.len);
                 (&mut e.header, &e.task)
             },
@@ -215,16 +215,6 @@ pub fn on_exit(call: Syscall, ret: i64) {
             },
         ),
     }
-}
-
-/// A string's digest: its length and the prefix `digest_bytes` reads. Bytes
-/// past the length are stale scratch data, but the same stale data for the
-/// same thread repeating a call; at worst two equal calls count as distinct.
-#[inline(always)]
-fn digest_str<const N: usize>(hash: u64, bytes: &[u8; N], len: u32) -> u64 {
-    let hash = aggregate::digest_bytes(aggregate::digest_word(hash, u64::from(len)), bytes);
-    // 0 is the process's own entry in `AGGREGATES`.
-    hash | 1
 }
 
 /// Whether the current task holds CAP_SYS_MODULE in the initial user
@@ -378,10 +368,11 @@ fn complete<T>(
     // SAFETY: helper call without arguments.
     head.exit_ns = unsafe { bpf_ktime_get_boot_ns() };
     head.ret = ret;
+    // A failing call is counted in the window of its exit: one held in the
+    // kernel for longer than a window must not add to one that userspace is
+    // already reading.
     let delivered = if ret == 0 {
         LOADS.output::<T>(&*record, 0).is_ok()
-    // The window is the exit's: a call held in the kernel for longer than
-    // a window must not add to one that userspace is already reading.
     } else if aggregate::report_in_full(head.kind, ret, head.digest, task, head.exit_ns) {
         EVENTS.output::<T>(&*record, 0).is_ok()
     } else {
@@ -434,10 +425,10 @@ pub fn on_module_free() {
 }
 
 /// `module_request`: the kernel is about to run modprobe for `name` on behalf
-/// of the current task. Delivered at once; there is no exit to wait for.
+/// of the current task. There is no exit to wait for; any local user can
+/// cause requests (a socket of an unloaded protocol), so they are aggregated
+/// like failing calls.
 #[inline(always)]
-/// Any local user can cause requests (a socket of an unloaded protocol), so
-/// they are aggregated like failing calls.
 pub fn on_module_request(name: u64, wait: bool) {
     let Some(event) = SCRATCH_REQUEST.get_ptr_mut(0) else {
         return;
@@ -454,7 +445,7 @@ pub fn on_module_request(name: u64, wait: bool) {
     event._reserved = 0;
     capture::kernel_str(name, &mut event.name);
     let hash = aggregate::digest_word(aggregate::DIGEST_SEED, u64::from(event.wait));
-    event.header.digest = digest_str(hash, &event.name.bytes, event.name.len);
+    event.header.digest = aggregate::digest_str(hash, &event.name.bytes, event.name.len);
     let head = &event.header;
     if aggregate::report_in_full(head.kind, 0, head.digest, &event.task, head.exit_ns)
         && EVENTS.output::<ModuleRequestEvent>(&*event, 0).is_err()
