@@ -29,8 +29,10 @@ fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
 }
 
-type Job<T> = (u64, T, TakenImage);
-type Done<T> = (u64, T, ImageReport);
+/// An image to analyse or analysed: its thread, its id in that thread's line,
+/// its record, and the image or its report.
+type Job<T> = (u32, u64, T, TakenImage);
+type Done<T> = (u32, u64, T, ImageReport);
 
 /// One thread's record in line: still being analysed, or ready to go
 /// (boxed: a record and its report are large, an id is not).
@@ -63,8 +65,8 @@ impl<T: Send + 'static> Analyses<T> {
                 std::thread::Builder::new()
                     .name("modtrace-images".into())
                     .spawn(move || {
-                        while let Some((id, item, image)) = next_job(&queue) {
-                            if finished.send((id, item, image.analyze())).is_err() {
+                        while let Some((tid, id, item, image)) = next_job(&queue) {
+                            if finished.send((tid, id, item, image.analyze())).is_err() {
                                 break;
                             }
                         }
@@ -94,14 +96,14 @@ impl<T: Send + 'static> Analyses<T> {
             .push_back(Slot::Analysing(id));
         self.in_flight += 1;
         let analyzed_here = match &self.jobs {
-            Some(jobs) => jobs.send((id, item, image)).err().map(|e| e.0),
-            None => Some((id, item, image)),
+            Some(jobs) => jobs.send((tid, id, item, image)).err().map(|e| e.0),
+            None => Some((tid, id, item, image)),
         };
         // The workers are gone only if they panicked: analyse here instead
         // of dropping the record.
-        if let Some((id, item, image)) = analyzed_here {
+        if let Some((tid, id, item, image)) = analyzed_here {
             self.jobs = None;
-            self.done_here.push_back((id, item, image.analyze()));
+            self.done_here.push_back((tid, id, item, image.analyze()));
         }
     }
 
@@ -138,13 +140,10 @@ impl<T: Send + 'static> Analyses<T> {
 
     /// Marks `id` analysed and lets go of what its thread's line has ready
     /// from its front.
-    fn release(&mut self, (id, item, report): Done<T>) -> Vec<(T, Option<ImageReport>)> {
+    fn release(&mut self, (tid, id, item, report): Done<T>) -> Vec<(T, Option<ImageReport>)> {
         self.in_flight -= 1;
         let mut out = Vec::new();
-        let Some((&tid, line)) = self.lines.iter_mut().find(|(_, line)| {
-            line.iter()
-                .any(|s| matches!(s, Slot::Analysing(i) if *i == id))
-        }) else {
+        let Some(line) = self.lines.get_mut(&tid) else {
             return vec![(item, Some(report))];
         };
         if let Some(slot) = line
