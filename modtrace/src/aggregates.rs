@@ -4,14 +4,11 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, MapError};
-use modtrace_common::{
-    AggregateCount, AggregateKey, EventHeader, KIND_DELETE_MODULE, KIND_FINIT_MODULE,
-    KIND_INIT_MODULE, KIND_MODULE_REQUEST,
-};
+use modtrace_common::{AggregateCount, AggregateKey, EventHeader, KIND_MODULE_REQUEST};
 
 use crate::{
     clock::Clock,
-    fields,
+    decode, fields,
     record::{EventCounts, Summary, SummaryProcess},
 };
 
@@ -86,24 +83,13 @@ impl Aggregates {
             self.map.remove(&key)?;
             let repeats_of = self.reported.remove(&key);
             if count.elided > 0 {
-                self.count(key.kind, count.elided);
+                self.totals.add(key.kind, count.elided);
                 summaries.push((count.last_ns, self.summary(&key, &count, repeats_of, clock)));
             }
         }
         self.reported.retain(|key, _| !closed(key));
         summaries.sort_by_key(|(last_ns, _)| *last_ns);
         Ok(summaries)
-    }
-
-    fn count(&mut self, kind: u16, calls: u64) {
-        let slot = match kind {
-            KIND_INIT_MODULE => &mut self.totals.init_module,
-            KIND_FINIT_MODULE => &mut self.totals.finit_module,
-            KIND_DELETE_MODULE => &mut self.totals.delete_module,
-            _ => &mut self.totals.request,
-        };
-        *slot += calls;
-        self.totals.total += calls;
     }
 
     fn summary(
@@ -114,7 +100,7 @@ impl Aggregates {
         clock: &Clock,
     ) -> Summary {
         Summary {
-            syscall: kind_name(key.kind),
+            syscall: decode::kind_name(key.kind),
             process: SummaryProcess {
                 pid: key.tgid,
                 uid: count.uid,
@@ -133,14 +119,5 @@ impl Aggregates {
             last: clock.rfc3339(Some(count.last_ns)),
             window_seconds: self.window_ns as f64 / 1e9,
         }
-    }
-}
-
-fn kind_name(kind: u16) -> &'static str {
-    match kind {
-        KIND_INIT_MODULE => "init_module",
-        KIND_FINIT_MODULE => "finit_module",
-        KIND_DELETE_MODULE => "delete_module",
-        _ => "request",
     }
 }

@@ -40,14 +40,20 @@ pub enum DecodeError {
     },
 }
 
+/// The record kind of a syscall record's or request's `EventHeader::kind`,
+/// as the output names it.
+pub fn kind_name(kind: u16) -> &'static str {
+    match kind {
+        KIND_INIT_MODULE => "init_module",
+        KIND_FINIT_MODULE => "finit_module",
+        KIND_DELETE_MODULE => "delete_module",
+        _ => "request",
+    }
+}
+
 impl KernelEvent {
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::InitModule(_) => "init_module",
-            Self::FinitModule(_) => "finit_module",
-            Self::DeleteModule(_) => "delete_module",
-            Self::ModuleRequest(_) => "request",
-        }
+        kind_name(self.header().kind)
     }
 
     pub fn header(&self) -> &EventHeader {

@@ -136,6 +136,11 @@ impl Aggregation {
     pub fn enabled(&self) -> bool {
         !self.window.is_zero()
     }
+
+    /// The window in ns, as the kernel side and `Aggregates` count it.
+    pub fn window_ns(&self) -> u64 {
+        u64::try_from(self.window.as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The loaded object with its programs attached; dropping it detaches them.
@@ -321,8 +326,7 @@ impl KernelSupport {
 
     fn config(&self, plan: &[Strategy; 3], aggregation: &Aggregation) -> ProbeConfig {
         let mut config = ProbeConfig::DEFAULT;
-        config.aggregate_window_ns =
-            u64::try_from(aggregation.window.as_nanos()).unwrap_or(u64::MAX);
+        config.aggregate_window_ns = aggregation.window_ns();
         config.aggregate_threshold = aggregation.threshold;
         config.aggregate_budget = aggregation.budget;
         config.cap_sys_module = u32::from(caps::Capability::CAP_SYS_MODULE.index());

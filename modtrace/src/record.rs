@@ -3,8 +3,9 @@ use std::collections::BTreeMap;
 
 use modtrace_common::{
     FinitModuleEvent, LoadedModule, ModuleRequestEvent, TaskInfo, FILE_BAD_FD, FILE_INTERNAL_MOUNT,
-    FILE_RESOLVED, FILE_UNLINKED, MISSING_AUID, MISSING_EUID, MISSING_MNT_NS, MISSING_PARENT,
-    MISSING_PID_NS, MISSING_SESSION, STR_TRUNCATED,
+    FILE_RESOLVED, FILE_UNLINKED, KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE,
+    MISSING_AUID, MISSING_EUID, MISSING_MNT_NS, MISSING_PARENT, MISSING_PID_NS, MISSING_SESSION,
+    STR_TRUNCATED,
 };
 use serde::Serialize;
 
@@ -20,7 +21,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Record<'a> {
     pub kind: &'a str,
     pub schema: u32,
-    pub ts: String,
+    pub ts: &'a str,
     pub seq: u64,
     pub host: &'a str,
     #[serde(flatten)]
@@ -237,6 +238,20 @@ pub struct EventCounts {
     pub delete_module: u64,
     pub request: u64,
     pub total: u64,
+}
+
+impl EventCounts {
+    /// Adds `calls` of `EventHeader::kind` `kind` (a request unless a syscall).
+    pub fn add(&mut self, kind: u16, calls: u64) {
+        let slot = match kind {
+            KIND_INIT_MODULE => &mut self.init_module,
+            KIND_FINIT_MODULE => &mut self.finit_module,
+            KIND_DELETE_MODULE => &mut self.delete_module,
+            _ => &mut self.request,
+        };
+        *slot += calls;
+        self.total += calls;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -31,7 +31,7 @@ pub fn render(syscall: Syscall, call: &Call) -> Value {
     serde_json::to_value(Record {
         kind: syscall.name(),
         schema: SCHEMA_VERSION,
-        ts: TS.into(),
+        ts: TS,
         seq: 7,
         host: "web1",
         body: &body,

@@ -120,7 +120,7 @@ impl Emitter {
         Record {
             kind,
             schema: SCHEMA_VERSION,
-            ts: ts.to_owned(),
+            ts,
             seq: self.seq,
             host: &self.host,
             body,

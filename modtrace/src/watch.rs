@@ -11,9 +11,8 @@ use std::{
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use modtrace_common::{
-    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, KIND_DELETE_MODULE,
-    KIND_FINIT_MODULE, KIND_INIT_MODULE, LOSS_ENTRY_MISSING, LOSS_PENDING_FULL, LOSS_REASONS,
-    LOSS_RINGBUF_FULL,
+    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LOSS_ENTRY_MISSING,
+    LOSS_PENDING_FULL, LOSS_REASONS, LOSS_RINGBUF_FULL,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -188,7 +187,6 @@ struct Collector {
 
 /// A record made from a kernel event, before it is judged and written.
 struct Made {
-    kind: &'static str,
     header: EventHeader,
     tgid: u32,
     body: Body,
@@ -228,7 +226,8 @@ impl Collector {
         let task = event.task();
         // A failing call may be one of a flood: its process's details are
         // shared with its other calls of the moment.
-        let reading = if header.exit_ns != 0 && header.ret != 0 && event.kind() != "request" {
+        let failed = header.exit_ns != 0 && header.ret != 0;
+        let reading = if failed && !matches!(event, KernelEvent::ModuleRequest(_)) {
             Reading::Shared
         } else {
             Reading::Fresh
@@ -296,7 +295,6 @@ impl Collector {
             image = enrich::take_image(event, file, snapshot);
         }
         let made = Made {
-            kind: event.kind(),
             header: *header,
             tgid: task.pid,
             body,
@@ -328,25 +326,14 @@ impl Collector {
 
     /// Counts, judges and writes a record; its seq is the next one now.
     fn finish(&mut self, made: Made) -> Result<(), WatchError> {
-        let Made {
-            kind,
-            header,
-            tgid,
-            body,
-        } = made;
+        let Made { header, tgid, body } = made;
+        let kind = decode::kind_name(header.kind);
         let seq = self.emitter.next_seq();
         self.aggregates.remember(&header, tgid, seq);
         if let Body::Request(request) = &body {
             self.requests.remember(seq, header.enter_ns, request);
         }
-        let count = match header.kind {
-            KIND_INIT_MODULE => &mut self.counts.init_module,
-            KIND_FINIT_MODULE => &mut self.counts.finit_module,
-            KIND_DELETE_MODULE => &mut self.counts.delete_module,
-            _ => &mut self.counts.request,
-        };
-        *count += 1;
-        self.counts.total += 1;
+        self.counts.add(header.kind, 1);
         let ts = self.clock.rfc3339(Some(header.enter_ns));
         let evaluation = match (&body, Syscall::from_name(kind)) {
             (Body::Call(call), Some(syscall)) => {
@@ -657,7 +644,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         ring_buffer_bytes: options.ring_buffer_bytes,
         aggregation: options.aggregation,
     })?;
-    // Attaching parsed the kernel's BTF twice (tens of MiB, freed by now);
+    // Attaching parsed the kernel's BTF (tens of MiB, freed by now);
     // the allocator would keep it for the life of the process otherwise.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
@@ -669,7 +656,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     let mut maps = Maps::take(&mut probes.ebpf)?;
     let aggregates = Aggregates::new(
         take_map(&mut probes.ebpf, "AGGREGATES")?,
-        u64::try_from(options.aggregation.window.as_nanos()).unwrap_or(u64::MAX),
+        options.aggregation.window_ns(),
     );
     let execs = ExecTable::new(if probes.exec_tracking {
         Some(take_map(&mut probes.ebpf, "EXECS")?)
