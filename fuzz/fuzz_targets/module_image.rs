@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modtrace::module_image::{analyze, Limits};
+use modtrace::enrich::module_image::{analyze, Limits};
 
 /// Small limits, so that a bomb hits them quickly and runs stay fast.
 const LIMITS: Limits = Limits {

@@ -8,7 +8,10 @@
 use std::{io::Write, path::PathBuf, sync::OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use modtrace::policy::{commands, Action, Context, Policy, PolicyError, Verdict};
+use modtrace::{
+    policy::{commands, Context, Policy, PolicyError},
+    record::judgement::{Action, Verdict},
+};
 use serde_json::{json, Value};
 
 /// Records to judge: the syscall records of a real capture, a record with

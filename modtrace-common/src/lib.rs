@@ -6,6 +6,14 @@
 //! the host alike, so a change that moves a field breaks both builds at once.
 #![no_std]
 
+#[cfg(feature = "user")]
+extern crate alloc;
+
+#[cfg(feature = "user")]
+mod event;
+#[cfg(feature = "user")]
+pub use event::KernelEvent;
+
 use core::mem::{offset_of, size_of};
 
 /// Bumped whenever any record below changes shape. Userspace refuses records of
@@ -21,6 +29,66 @@ pub const KIND_MODULE_REQUEST: u16 = 4;
 /// A load syscall has begun: userspace copies the image (or opens the fd)
 /// while the call is in progress, before the caller can free or close it.
 pub const KIND_LOAD_ENTRY: u16 = 5;
+
+/// The traced module syscalls: the one definition the kernel side, the
+/// loader, the decoder and the policy share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Syscall {
+    InitModule,
+    FinitModule,
+    DeleteModule,
+}
+
+impl Syscall {
+    pub const ALL: [Syscall; 3] = [
+        Syscall::InitModule,
+        Syscall::FinitModule,
+        Syscall::DeleteModule,
+    ];
+
+    /// Its name in the kernel (`__x64_sys_NAME`, `sys_enter_NAME`) and as
+    /// records name their kind.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Syscall::InitModule => "init_module",
+            Syscall::FinitModule => "finit_module",
+            Syscall::DeleteModule => "delete_module",
+        }
+    }
+
+    /// Its number on x86_64 (arch/x86/entry/syscalls/syscall_64.tbl).
+    #[cfg(target_arch = "x86_64")]
+    pub const fn x86_64_nr(self) -> u32 {
+        match self {
+            Syscall::InitModule => 175,
+            Syscall::FinitModule => 313,
+            Syscall::DeleteModule => 176,
+        }
+    }
+
+    /// The `EventHeader::kind` of its records.
+    pub const fn kind(self) -> u16 {
+        match self {
+            Syscall::InitModule => KIND_INIT_MODULE,
+            Syscall::FinitModule => KIND_FINIT_MODULE,
+            Syscall::DeleteModule => KIND_DELETE_MODULE,
+        }
+    }
+
+    pub fn from_kind(kind: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.kind() == kind)
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// The record kind a syscall record's or request's `EventHeader::kind` has in
+/// the output.
+pub fn kind_name(kind: u16) -> &'static str {
+    Syscall::from_kind(kind).map_or("request", Syscall::name)
+}
 
 /// Capacity of the module parameter string, including its NUL.
 pub const PARAMS_CAP: usize = 4096;

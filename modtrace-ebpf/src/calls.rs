@@ -18,37 +18,27 @@ use aya_ebpf::{
 };
 use modtrace_common::{
     DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LoadEntryEvent,
-    LoadedModule, ModuleRequestEvent, ABI_VERSION, KERNEL_MODULE_NAME_LEN, KIND_DELETE_MODULE,
-    KIND_FINIT_MODULE, KIND_INIT_MODULE, KIND_LOAD_ENTRY, KIND_MODULE_REQUEST, LOSS_ENTRY_MISSING,
-    LOSS_PENDING_FULL, LOSS_REASONS, LOSS_RINGBUF_FULL, PENDING_CAPACITY,
+    LoadedModule, ModuleRequestEvent, Syscall, ABI_VERSION, KERNEL_MODULE_NAME_LEN,
+    KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE, KIND_LOAD_ENTRY, KIND_MODULE_REQUEST,
+    LOSS_ENTRY_MISSING, LOSS_PENDING_FULL, LOSS_REASONS, LOSS_RINGBUF_FULL, PENDING_CAPACITY,
     UNPRIVILEGED_PENDING_CAPACITY,
 };
 
 use crate::{aggregate, capture};
 
-#[derive(Clone, Copy)]
-/// The traced module syscalls.
-pub enum Syscall {
-    Init,
-    Finit,
-    Delete,
-}
-
-impl Syscall {
-    /// Maps a syscall number to ours, using the numbers the loader wrote for
-    /// the running architecture.
-    #[inline(always)]
-    pub fn from_nr(nr: i64) -> Option<Self> {
-        let nr = u32::try_from(nr).ok()?;
-        if nr == config!(nr_finit_module) {
-            Some(Self::Finit)
-        } else if nr == config!(nr_init_module) {
-            Some(Self::Init)
-        } else if nr == config!(nr_delete_module) {
-            Some(Self::Delete)
-        } else {
-            None
-        }
+/// The traced syscall that number `nr` is, by the numbers the loader wrote
+/// for the running architecture.
+#[inline(always)]
+pub fn syscall_of_nr(nr: i64) -> Option<Syscall> {
+    let nr = u32::try_from(nr).ok()?;
+    if nr == config!(nr_finit_module) {
+        Some(Syscall::FinitModule)
+    } else if nr == config!(nr_init_module) {
+        Some(Syscall::InitModule)
+    } else if nr == config!(nr_delete_module) {
+        Some(Syscall::DeleteModule)
+    } else {
+        None
     }
 }
 
@@ -172,9 +162,9 @@ fn current_tid() -> u32 {
 #[inline(always)]
 pub fn on_enter(call: Syscall, args: [u64; 3]) {
     match call {
-        Syscall::Init => enter_init(args),
-        Syscall::Finit => enter_finit(args),
-        Syscall::Delete => enter_delete(args),
+        Syscall::InitModule => enter_init(args),
+        Syscall::FinitModule => enter_finit(args),
+        Syscall::DeleteModule => enter_delete(args),
     }
 }
 
@@ -182,7 +172,7 @@ pub fn on_enter(call: Syscall, args: [u64; 3]) {
 pub fn on_exit(call: Syscall, ret: i64) {
     use aggregate::{digest_str, digest_word, DIGEST_SEED};
     match call {
-        Syscall::Init => complete(
+        Syscall::InitModule => complete(
             &pending!(PENDING_INIT, PENDING_INIT_UNPRIVILEGED),
             ret,
             |e| {
@@ -192,7 +182,7 @@ pub fn on_exit(call: Syscall, ret: i64) {
                 (&mut e.header, &e.task)
             },
         ),
-        Syscall::Finit => complete(
+        Syscall::FinitModule => complete(
             &pending!(PENDING_FINIT, PENDING_FINIT_UNPRIVILEGED),
             ret,
             |e| {
@@ -204,7 +194,7 @@ pub fn on_exit(call: Syscall, ret: i64) {
                 (&mut e.header, &e.task)
             },
         ),
-        Syscall::Delete => complete(
+        Syscall::DeleteModule => complete(
             &pending!(PENDING_DELETE, PENDING_DELETE_UNPRIVILEGED),
             ret,
             |e| {

@@ -21,7 +21,7 @@ use aya_ebpf::{
     macros::{fentry, fexit, raw_tracepoint, tracepoint},
     programs::{FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
 };
-use calls::Syscall;
+use modtrace_common::Syscall;
 
 /// Arguments of a `__x64_sys_*` function or a raw `sys_enter`: both give the
 /// caller's saved registers.
@@ -58,19 +58,19 @@ fentry_pair!(
     fentry_init_module,
     fexit_init_module,
     "__x64_sys_init_module",
-    Syscall::Init
+    Syscall::InitModule
 );
 fentry_pair!(
     fentry_finit_module,
     fexit_finit_module,
     "__x64_sys_finit_module",
-    Syscall::Finit
+    Syscall::FinitModule
 );
 fentry_pair!(
     fentry_delete_module,
     fexit_delete_module,
     "__x64_sys_delete_module",
-    Syscall::Delete
+    Syscall::DeleteModule
 );
 
 macro_rules! tracepoint_pair {
@@ -99,18 +99,26 @@ macro_rules! tracepoint_pair {
     };
 }
 
-tracepoint_pair!(tp_enter_init_module, tp_exit_init_module, Syscall::Init);
-tracepoint_pair!(tp_enter_finit_module, tp_exit_finit_module, Syscall::Finit);
+tracepoint_pair!(
+    tp_enter_init_module,
+    tp_exit_init_module,
+    Syscall::InitModule
+);
+tracepoint_pair!(
+    tp_enter_finit_module,
+    tp_exit_finit_module,
+    Syscall::FinitModule
+);
 tracepoint_pair!(
     tp_enter_delete_module,
     tp_exit_delete_module,
-    Syscall::Delete
+    Syscall::DeleteModule
 );
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
-    if let Some(call) = Syscall::from_nr(id) {
+    if let Some(call) = calls::syscall_of_nr(id) {
         let regs: *const u8 = ctx.arg(0);
         calls::on_enter(call, args_from_regs(regs));
     }
@@ -121,7 +129,7 @@ pub fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
 pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     let id = capture::read_at::<i64>(regs, config!(offsets.pt_regs_orig_ax)).unwrap_or(-1);
-    if let Some(call) = Syscall::from_nr(id) {
+    if let Some(call) = calls::syscall_of_nr(id) {
         let ret: i64 = ctx.arg(1);
         calls::on_exit(call, ret);
     }

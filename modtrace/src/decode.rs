@@ -3,20 +3,9 @@
 use std::mem::size_of;
 
 use modtrace_common::{
-    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LoadEntryEvent,
-    ModuleRequestEvent, ABI_VERSION, KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE,
-    KIND_LOAD_ENTRY, KIND_MODULE_REQUEST,
+    EventHeader, KernelEvent, LoadEntryEvent, ABI_VERSION, KIND_DELETE_MODULE, KIND_FINIT_MODULE,
+    KIND_INIT_MODULE, KIND_LOAD_ENTRY, KIND_MODULE_REQUEST,
 };
-
-/// One syscall record as the kernel wrote it. The large records are boxed so
-/// that moving an event does not copy kilobytes.
-#[derive(Clone)]
-pub enum KernelEvent {
-    InitModule(Box<InitModuleEvent>),
-    FinitModule(Box<FinitModuleEvent>),
-    DeleteModule(Box<DeleteModuleEvent>),
-    ModuleRequest(Box<ModuleRequestEvent>),
-}
 
 /// What the ring buffer carries: records, and notices that a load began.
 pub enum Decoded {
@@ -38,41 +27,6 @@ pub enum DecodeError {
         len: usize,
         expected: usize,
     },
-}
-
-/// The record kind of a syscall record's or request's `EventHeader::kind`,
-/// as the output names it.
-pub fn kind_name(kind: u16) -> &'static str {
-    match kind {
-        KIND_INIT_MODULE => "init_module",
-        KIND_FINIT_MODULE => "finit_module",
-        KIND_DELETE_MODULE => "delete_module",
-        _ => "request",
-    }
-}
-
-impl KernelEvent {
-    pub fn kind(&self) -> &'static str {
-        kind_name(self.header().kind)
-    }
-
-    pub fn header(&self) -> &EventHeader {
-        match self {
-            Self::InitModule(e) => &e.header,
-            Self::FinitModule(e) => &e.header,
-            Self::DeleteModule(e) => &e.header,
-            Self::ModuleRequest(e) => &e.header,
-        }
-    }
-
-    pub fn task(&self) -> &modtrace_common::TaskInfo {
-        match self {
-            Self::InitModule(e) => &e.task,
-            Self::FinitModule(e) => &e.task,
-            Self::DeleteModule(e) => &e.task,
-            Self::ModuleRequest(e) => &e.task,
-        }
-    }
 }
 
 /// Copies a `T` out of `bytes`, which must be exactly its size.
@@ -125,7 +79,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use modtrace_common::{BoundedStr, TaskInfo, MODULE_NAME_CAP};
+    use modtrace_common::{BoundedStr, DeleteModuleEvent, TaskInfo, MODULE_NAME_CAP};
 
     fn as_bytes<T>(value: &T) -> &[u8] {
         // SAFETY: test-only view of a plain-data record.

@@ -1,30 +1,34 @@
 //! modtrace: an eBPF tracer of Linux kernel module loading.
 //!
-//! The data path, one module per stage: [`probes`] (attach the kernel programs)
-//! → ring buffer → [`decode`] → [`enrich`] → [`record`] → [`sink`], driven by
-//! [`watch`].
-pub mod aggregates;
-pub mod analysis;
-pub mod btf;
-pub mod cause;
-pub mod cgroups;
+//! The data path, one folder or module per stage:
+//!
+//! ```text
+//!  kernel/   eBPF programs loaded and attached; their maps and ring buffers
+//!    │ ring-buffer bytes
+//!  decode    bytes → modtrace_common::KernelEvent (length, kind, ABI checked)
+//!    │ KernelEvent
+//!  enrich/   event → record: /proc, exec records, cgroups, cause, module image
+//!    │ record::Body
+//!  policy/   judges the typed record → record::judgement::Evaluation
+//!    │ record + evaluation
+//!  sink/     renders (json, text) and writes
+//! ```
+//!
+//! `record/` is the output schema every stage shares; it depends on none of
+//! them, and no stage depends on another (a test reads the `use` lines).
+//! [`pipeline`] joins the stages, [`watch`] schedules them (epoll, timers,
+//! signals), [`replay`] runs a capture through the same policy.
 pub mod clock;
-pub mod container;
 pub mod decode;
 pub mod enrich;
-pub mod execs;
-pub mod fields;
-pub mod module_image;
-pub mod modules;
+pub mod kernel;
+pub mod pipeline;
 pub mod policy;
-pub mod probes;
 pub mod record;
 pub mod replay;
 #[cfg(any(test, feature = "samples"))]
 pub mod samples;
 pub mod sink;
-pub mod snapshot;
+#[cfg(test)]
+mod stages;
 pub mod watch;
-
-/// The eBPF object built from `modtrace-ebpf` by build.rs for this very build.
-pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modtrace"));

@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use modtrace::{policy, probes::Strategy, replay, sink::Format, watch};
+use modtrace::{kernel::Strategy, policy, replay, sink::Format, watch};
 
 #[derive(Parser)]
 #[command(
@@ -73,7 +73,7 @@ struct WatchArgs {
     #[arg(long, value_enum, env = "MODTRACE_STRATEGY")]
     strategy: Option<Strategy>,
     /// Kernel BTF to read structure offsets from.
-    #[arg(long, default_value = modtrace::btf::VMLINUX_BTF, value_name = "FILE")]
+    #[arg(long, default_value = modtrace::kernel::btf::VMLINUX_BTF, value_name = "FILE")]
     btf: PathBuf,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     #[arg(long, default_value_t = 8 << 20, value_parser = parse_ring_size)]
@@ -114,12 +114,12 @@ enum Switch {
 }
 
 impl WatchArgs {
-    fn aggregation(&self) -> modtrace::probes::Aggregation {
+    fn aggregation(&self) -> modtrace::kernel::Aggregation {
         let window = match self.aggregate {
             Switch::On => std::time::Duration::from_secs(self.aggregate_window.into()),
             Switch::Off => std::time::Duration::ZERO,
         };
-        modtrace::probes::Aggregation {
+        modtrace::kernel::Aggregation {
             window,
             threshold: self.aggregate_threshold,
             budget: self.aggregate_budget,

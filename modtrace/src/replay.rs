@@ -19,8 +19,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
-    policy::{self, dedup::Dedup, Alert, Policy, Verdict},
-    record::SCHEMA_VERSION,
+    policy::{self, dedup::Dedup, Policy},
+    record::{
+        judgement::{Alert, Verdict},
+        SCHEMA_VERSION,
+    },
     sink::{text_line, Format},
 };
 
@@ -261,7 +264,9 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
                 for m in &evaluation.matches {
                     *summary.rules.entry(m.rule.clone()).or_default() += 1;
                 }
-                let raised = Alert::all_for(&record, &evaluation);
+                let seq = record["seq"].as_u64().unwrap_or_default();
+                let kind = record["kind"].as_str().unwrap_or_default();
+                let raised = Alert::for_event(seq, kind, &evaluation);
                 let written = alerts.admit(&record, raised);
                 self.write_alerts(&record, written, &mut summary)?;
             }

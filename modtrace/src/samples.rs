@@ -2,16 +2,13 @@
 //! benchmarks: the typed record and, from it, its JSON.
 use serde_json::Value;
 
-use crate::{
-    container::Container,
-    enrich::ImageReport,
+use modtrace_common::Syscall;
+
+use crate::record::{
     fields::{self, Captured},
-    module_image::{Analysis, Modinfo, Signature},
-    policy::Syscall,
-    record::{
-        AncestorRecord, Args, Body, Call, Cause, FileArg, ModuleInfo, Namespaces, Parent, Process,
-        Record, Requester, SCHEMA_VERSION,
-    },
+    image::{Analysis, ImageReport, Modinfo, Signature},
+    AncestorRecord, Args, Body, Call, Cause, Container, FileArg, ModuleInfo, Namespaces, Parent,
+    Process, Record, RecordId, Requester, SCHEMA_VERSION,
 };
 
 /// The time of every sample record.
@@ -143,6 +140,7 @@ pub fn ordinary_finit() -> Call {
             }),
         }),
         cause: Some(Cause {
+            request_id: RecordId::default(),
             request_seq: 2,
             request: "fs-ext4".into(),
             process: Requester {

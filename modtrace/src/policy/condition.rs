@@ -8,7 +8,7 @@ use regex::RegexSet;
 use serde_json::Value;
 
 use super::{
-    event::{normalise_module_name, Clock, Event, Field, Fields, Syscall},
+    event::{normalise_module_name, Event, Field, Fields, Syscall, SyscallBit, WeekTime},
     glob::{Globs, Text},
 };
 
@@ -313,7 +313,7 @@ pub struct TimeWindow {
 }
 
 impl TimeWindow {
-    fn contains(&self, Clock { minute, day_bit }: Clock) -> bool {
+    fn contains(&self, WeekTime { minute, day_bit }: WeekTime) -> bool {
         let in_day = if self.from <= self.to {
             (self.from..self.to).contains(&minute)
         } else {

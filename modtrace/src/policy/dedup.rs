@@ -21,12 +21,12 @@ use std::{
     hash::{DefaultHasher, Hash, Hasher},
 };
 
-use serde::Serialize;
 use serde_json::Value;
 
-use super::{
-    event::{Event, Fields},
-    Alert,
+use super::event::{Event, Fields};
+use crate::record::{
+    judgement::{Alert, Modules, Repeats},
+    Call,
 };
 
 /// Window of `watch --alert-window` when none is given, in seconds.
@@ -40,39 +40,6 @@ pub const MAX_DISTINCT: usize = 1024;
 /// each; past this the window that ends first closes early, so that memory
 /// stays bounded (about 10 KiB a window at most, 10 MiB in all).
 pub const MAX_WINDOWS: usize = 1024;
-
-/// What a closing alert adds to an alert record (its `dedup` object).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Repeats {
-    /// Always true: this alert closes a window (the first alert of a window
-    /// carries no `dedup` object).
-    pub closing: bool,
-    /// Alerts of the rule from the process in the window, the written first
-    /// one included.
-    pub count: u64,
-    /// Of those, the alerts not written: `count - 1`.
-    pub suppressed: u64,
-    pub window_s: u64,
-    pub pid: Option<u64>,
-    pub start_ns: Option<u64>,
-    /// The record whose alert opened the window, and its time.
-    pub first_event_seq: u64,
-    pub first_ts: String,
-    /// The time of the last record counted (`event_seq` names it).
-    pub last_ts: String,
-    pub modules: Modules,
-}
-
-/// The module names of a window's records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Modules {
-    /// Distinct names (`-` and `_` alike), up to [`MAX_DISTINCT`].
-    pub distinct: u64,
-    /// False when there were more than [`MAX_DISTINCT`].
-    pub exact: bool,
-    /// The first [`SAMPLE_NAMES`] distinct names, in the order they came.
-    pub sample: Vec<String>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -208,6 +175,21 @@ pub struct Alerted<'a> {
     pub start_ns: Option<u64>,
     /// The module's name as policies read it ([`Event::module`]).
     pub module: Option<&'a str>,
+}
+
+impl<'a> Alerted<'a> {
+    /// Syscall record `seq` of `kind`, as `watch` holds it.
+    pub fn of_call(seq: u64, kind: &'a str, ts: &'a str, call: &'a Call) -> Self {
+        Self {
+            seq,
+            kind,
+            ts,
+            failed: call.result.as_ref().is_some_and(|r| !r.ok),
+            pid: Some(u64::from(call.process.pid)),
+            start_ns: call.process.start_ns,
+            module: super::event::module_of(call, kind),
+        }
+    }
 }
 
 impl Dedup {

@@ -11,44 +11,25 @@ use std::{borrow::Cow, cell::OnceCell};
 use chrono::{Datelike, Timelike};
 use serde_json::Value;
 
-use crate::{
-    module_image::Analysis,
-    record::{AncestorRecord, Args, Call, FileArg},
-};
+use crate::record::{image::Analysis, AncestorRecord, Args, Call, FileArg};
 
-/// The traced syscalls; the discriminants are bits of a rule's prefilter mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Syscall {
-    InitModule = 1,
-    FinitModule = 2,
-    DeleteModule = 4,
+pub use modtrace_common::Syscall;
+
+/// Syscalls as bits of a rule's prefilter mask.
+pub trait SyscallBit {
+    fn bit(self) -> u8;
 }
 
-impl Syscall {
-    pub const ALL: [Syscall; 3] = [
-        Syscall::InitModule,
-        Syscall::FinitModule,
-        Syscall::DeleteModule,
-    ];
-    pub const LOADS: u8 = Syscall::InitModule as u8 | Syscall::FinitModule as u8;
-    pub const ANY: u8 = Self::LOADS | Syscall::DeleteModule as u8;
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Syscall::InitModule => "init_module",
-            Syscall::FinitModule => "finit_module",
-            Syscall::DeleteModule => "delete_module",
-        }
-    }
-
-    pub fn bit(self) -> u8 {
-        self as u8
+impl SyscallBit for Syscall {
+    fn bit(self) -> u8 {
+        1 << self as u8
     }
 }
+
+/// The mask of the load syscalls.
+pub const LOAD_SYSCALLS: u8 = 1 << Syscall::InitModule as u8 | 1 << Syscall::FinitModule as u8;
+/// The mask of every traced syscall.
+pub const ANY_SYSCALL: u8 = LOAD_SYSCALLS | 1 << Syscall::DeleteModule as u8;
 
 /// The record values that conditions test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,12 +316,12 @@ pub struct Event<'a> {
     /// `module` as names are compared: `-` spelled `_`.
     module_key: Option<Cow<'a, str>>,
     /// Minute of the day and weekday bit of `ts`, parsed on first use.
-    clock: OnceCell<Option<Clock>>,
+    clock: OnceCell<Option<WeekTime>>,
 }
 
 /// When an event happened, as time windows test it (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Clock {
+pub struct WeekTime {
     /// Minutes after midnight.
     pub minute: u32,
     /// Bit 0 = Monday.
@@ -470,8 +451,8 @@ impl<'a> Event<'a> {
         self.module_key.as_deref()
     }
 
-    pub fn clock(&self) -> Option<Clock> {
-        *self.clock.get_or_init(|| clock_of(self.time()?))
+    pub fn clock(&self) -> Option<WeekTime> {
+        *self.clock.get_or_init(|| week_time_of(self.time()?))
     }
 }
 
@@ -689,11 +670,11 @@ fn members(value: &Value) -> impl Iterator<Item = (&str, &Value)> {
         .map(|(key, value)| (key.as_str(), value))
 }
 
-fn clock_of(ts: &str) -> Option<Clock> {
+fn week_time_of(ts: &str) -> Option<WeekTime> {
     let time = chrono::DateTime::parse_from_rfc3339(ts)
         .ok()?
         .with_timezone(&chrono::Utc);
-    Some(Clock {
+    Some(WeekTime {
         minute: time.hour() * 60 + time.minute(),
         day_bit: 1 << time.weekday().num_days_from_monday(),
     })
@@ -847,9 +828,7 @@ mod tests {
     mod live_and_json_agree {
         use super::*;
         use crate::{
-            enrich::ImageReport,
-            fields,
-            record::{FileArg, ModuleInfo},
+            record::{fields, image::ImageReport, FileArg, ModuleInfo},
             samples::{captured, ordinary_finit as finit, render, TS},
         };
 

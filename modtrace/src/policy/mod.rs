@@ -23,15 +23,17 @@ pub mod secure_file;
 
 use std::{fmt, path::Path};
 
-use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::record::Call;
+use crate::record::{
+    judgement::{Action, Alert, Evaluation, Match, PolicyInfo, Severity, Verdict},
+    Call,
+};
 
 use self::{
     condition::{Condition, Matcher, Pattern, TextField},
-    event::{Event, Fields, Live},
+    event::{Event, Fields, Live, SyscallBit},
     glob::{Glob, GlobIndex, GlobIndexBuilder, Shape},
     program::Program,
 };
@@ -39,101 +41,6 @@ pub use self::{
     event::Syscall,
     parse::{line_column, Context, ParseError},
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub const NAMES: &'static [&'static str] = &["info", "low", "medium", "high", "critical"];
-    const ALL: [Severity; 5] = [
-        Severity::Info,
-        Severity::Low,
-        Severity::Medium,
-        Severity::High,
-        Severity::Critical,
-    ];
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        Self::NAMES[self as usize]
-    }
-}
-
-/// What to do when a rule matches; ordered so that the strongest wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Recorded in the event's `matches`, nothing more.
-    Ignore,
-    /// Recorded, and makes the verdict `log`.
-    Log,
-    /// Also raises an `alert` record.
-    Alert,
-}
-
-impl Action {
-    pub const NAMES: &'static [&'static str] = &["alert", "log", "ignore"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Alert => "alert",
-            Action::Log => "log",
-            Action::Ignore => "ignore",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "alert" => Some(Action::Alert),
-            "log" => Some(Action::Log),
-            "ignore" => Some(Action::Ignore),
-            _ => None,
-        }
-    }
-}
-
-/// The highest action of the rules that matched; `none` when none did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    None,
-    Ignore,
-    Log,
-    Alert,
-}
-
-impl Verdict {
-    pub const ALL: [Verdict; 4] = [Verdict::None, Verdict::Ignore, Verdict::Log, Verdict::Alert];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::None => "none",
-            Verdict::Ignore => "ignore",
-            Verdict::Log => "log",
-            Verdict::Alert => "alert",
-        }
-    }
-}
-
-impl From<Action> for Verdict {
-    fn from(action: Action) -> Self {
-        match action {
-            Action::Ignore => Verdict::Ignore,
-            Action::Log => Verdict::Log,
-            Action::Alert => Verdict::Alert,
-        }
-    }
-}
 
 /// How a match is put into words for the person reading the alert.
 #[derive(Debug, Clone)]
@@ -284,7 +191,7 @@ fn split_syscalls(when: &Condition) -> (u8, Vec<Condition>) {
         Condition::All(all) => all.as_slice(),
         single => std::slice::from_ref(single),
     };
-    let mut mask = Syscall::ANY;
+    let mut mask = event::ANY_SYSCALL;
     let mut rest = Vec::new();
     for conjunct in conjuncts {
         match conjunct {
@@ -359,67 +266,6 @@ fn fill(template: &str, rule: &str, event: &Event) -> String {
     out
 }
 
-/// One rule that matched one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Match {
-    pub rule: String,
-    pub severity: Severity,
-    pub action: Action,
-    pub message: String,
-}
-
-/// The `policy` object every syscall record carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Evaluation {
-    pub verdict: Verdict,
-    pub matches: Vec<Match>,
-}
-
-impl Evaluation {
-    /// The matches that raise alerts.
-    pub fn alerts(&self) -> impl Iterator<Item = &Match> {
-        self.matches.iter().filter(|m| m.action == Action::Alert)
-    }
-}
-
-/// The body of an `alert` record: one matched rule of action `alert`, or
-/// the closing alert of a window of its repeats.
-#[derive(Debug, Clone, Serialize)]
-pub struct Alert {
-    /// The `seq` of the syscall record that raised it.
-    pub event_seq: u64,
-    pub event_kind: String,
-    pub rule: String,
-    pub severity: Severity,
-    pub message: String,
-    /// On the alert that closes a window of repeats only (see [`dedup`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dedup: Option<dedup::Repeats>,
-}
-
-impl Alert {
-    /// The alerts that `evaluation` of `record` raises.
-    pub fn all_for(record: &Value, evaluation: &Evaluation) -> Vec<Alert> {
-        let seq = record["seq"].as_u64().unwrap_or_default();
-        Self::for_event(seq, record["kind"].as_str().unwrap_or_default(), evaluation)
-    }
-
-    /// The alerts that `evaluation` of record `seq`, of `kind`, raises.
-    pub fn for_event(seq: u64, kind: &str, evaluation: &Evaluation) -> Vec<Alert> {
-        evaluation
-            .alerts()
-            .map(|m| Alert {
-                event_seq: seq,
-                event_kind: kind.to_owned(),
-                rule: m.rule.clone(),
-                severity: m.severity,
-                message: m.message.clone(),
-                dedup: None,
-            })
-            .collect()
-    }
-}
-
 /// Alerts for modules loaded before modtrace started that a modprobe.d
 /// directive of `policy` disables: something got around it before modtrace
 /// could see the load, most often the initramfs.
@@ -448,25 +294,6 @@ pub fn preloaded_alerts<'a>(
             _ => None,
         })
         .collect()
-}
-
-/// Which policy is in force, for the `start` record.
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyInfo {
-    pub source: String,
-    pub sha256: String,
-    pub rules: usize,
-}
-
-/// The body of a `policy_reload` record. On a rejected reload `error` says
-/// why, and the other fields name the policy still in force.
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyReload {
-    #[serde(flatten)]
-    pub policy: PolicyInfo,
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

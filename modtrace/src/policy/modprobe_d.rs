@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::{
     condition::{Condition, Matcher, Pattern, TextField},
-    event::{normalise_module_name, Event, Syscall},
+    event::{normalise_module_name, Event, LOAD_SYSCALLS},
     glob::{Glob, Globs},
     Action, Message, Rule, Severity,
 };
@@ -166,7 +166,7 @@ pub fn rules(directives: &[Directive]) -> Vec<Rule> {
                 Severity::High,
                 Action::Alert,
                 Message::Bypass(d.clone()),
-                Condition::All(vec![Condition::Syscall(Syscall::LOADS), module_condition]),
+                Condition::All(vec![Condition::Syscall(LOAD_SYSCALLS), module_condition]),
                 None,
                 true,
             )

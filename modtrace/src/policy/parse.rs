@@ -11,7 +11,7 @@ use toml::{
 
 use super::{
     condition::{Condition, FlagField, IdField, Matcher, Outcome, Pattern, TextField, TimeWindow},
-    event::Syscall,
+    event::{Syscall, SyscallBit, LOAD_SYSCALLS},
     glob::{dash_underscore_alike, Glob, Globs},
     secure_file, Action, Message, Rule, Severity,
 };
@@ -321,7 +321,7 @@ impl Parser<'_> {
             "load" => {
                 let load = self.boolean(value)?;
                 let mask = if load {
-                    Syscall::LOADS
+                    LOAD_SYSCALLS
                 } else {
                     Syscall::DeleteModule.bit()
                 };

@@ -77,7 +77,7 @@ mod tests {
     use super::*;
     use crate::policy::{
         condition::FlagField,
-        event::{Fields, Syscall},
+        event::{Fields, Syscall, SyscallBit},
     };
 
     /// Leaves that are true, false or undecided (absent) for the events below.

@@ -4,19 +4,19 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, MapError};
-use modtrace_common::{AggregateCount, AggregateKey, EventHeader, KIND_MODULE_REQUEST};
+use modtrace_common::{kind_name, AggregateCount, AggregateKey, EventHeader, KIND_MODULE_REQUEST};
 
+use super::capture::c_name;
 use crate::{
     clock::Clock,
-    decode, fields,
-    record::{EventCounts, Summary, SummaryProcess},
+    record::{fields, EventCounts, Summary, SummaryProcess},
 };
 
 /// A window is read once the next one has closed too: a program that took
 /// its window's number just before the boundary has long finished by then.
 const GRACE_WINDOWS: u64 = 1;
 
-pub struct Aggregates {
+pub struct Summaries {
     map: HashMap<MapData, AggregateKey, AggregateCount>,
     window_ns: u64,
     /// Seq of each failing record reported in full, by the key its repeats
@@ -26,7 +26,7 @@ pub struct Aggregates {
     pub totals: EventCounts,
 }
 
-impl Aggregates {
+impl Summaries {
     /// `window_ns` 0: aggregation is off, and the map stays empty.
     pub fn new(map: HashMap<MapData, AggregateKey, AggregateCount>, window_ns: u64) -> Self {
         Self {
@@ -100,11 +100,11 @@ impl Aggregates {
         clock: &Clock,
     ) -> Summary {
         Summary {
-            syscall: decode::kind_name(key.kind),
+            syscall: kind_name(key.kind),
             process: SummaryProcess {
                 pid: key.tgid,
                 uid: count.uid,
-                comm: fields::c_name(&count.comm),
+                comm: c_name(&count.comm),
             },
             result: (key.kind != KIND_MODULE_REQUEST).then(|| fields::call_result(key.ret)),
             elided: if key.digest == 0 {

@@ -10,7 +10,7 @@ use std::{collections::HashMap, fs::File};
 
 use modtrace_common::{LoadEntryEvent, KIND_INIT_MODULE};
 
-use crate::{enrich, module_image::Limits};
+use super::{image::read_caller_memory, module_image::Limits};
 
 /// What was taken at the call's entry notice, or why nothing could be.
 pub struct Snapshot {
@@ -39,7 +39,7 @@ impl Snapshots {
     /// whether the call is still in progress once the copy is made.
     pub fn take(&mut self, notice: &LoadEntryEvent, still_in_call: impl Fn(u32, u64) -> bool) {
         let taken = if notice.syscall == u32::from(KIND_INIT_MODULE) {
-            Taken::Memory(enrich::read_caller_memory(
+            Taken::Memory(read_caller_memory(
                 notice.pid,
                 notice.image_addr,
                 notice.image_len,

@@ -8,10 +8,10 @@ use std::process::Command;
 
 use super::*;
 
-const DUMMY_61: &[u8] = include_bytes!("../../../tests/fixtures/modules/dummy-6.1.ko");
-const DUMMY_612_XZ: &[u8] = include_bytes!("../../../tests/fixtures/modules/dummy-6.12.ko.xz");
-const UIO_61: &[u8] = include_bytes!("../../../tests/fixtures/modules/uio_pci_generic-6.1.ko");
-const NF_DUP_61: &[u8] = include_bytes!("../../../tests/fixtures/modules/nf_dup_ipv6-6.1.ko");
+const DUMMY_61: &[u8] = include_bytes!("../../../../tests/fixtures/modules/dummy-6.1.ko");
+const DUMMY_612_XZ: &[u8] = include_bytes!("../../../../tests/fixtures/modules/dummy-6.12.ko.xz");
+const UIO_61: &[u8] = include_bytes!("../../../../tests/fixtures/modules/uio_pci_generic-6.1.ko");
+const NF_DUP_61: &[u8] = include_bytes!("../../../../tests/fixtures/modules/nf_dup_ipv6-6.1.ko");
 
 const DEBIAN_61_KEY: &str = "66:F5:4E:15:66:A0:43:CC:30:30:42:0E:18:1C:F8:50:FB:9F:42:AC";
 const DEBIAN_612_KEY: &str = "0A:9E:DA:18:37:F6:61:70:E4:8D:E8:F6:BC:EE:9B:C2:D2:BC:60:C0";

@@ -1,18 +1,10 @@
 //! Modules already loaded, from /proc/modules, so that a capture is complete
 //! from its first line.
-use serde::Serialize;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LoadedModule {
-    pub name: String,
-    pub size: u64,
-    /// Taint letters as the kernel lists them, e.g. "OE"; empty when clean.
-    pub taint: String,
-}
+use crate::record::PreloadedModule;
 
 /// Parses /proc/modules lines: `name size refcount deps state address [(taint)]`.
 /// A line that does not fit is skipped rather than guessed at.
-pub fn parse_proc_modules(content: &str) -> Vec<LoadedModule> {
+pub fn parse_proc_modules(content: &str) -> Vec<PreloadedModule> {
     content
         .lines()
         .filter_map(|line| {
@@ -24,13 +16,13 @@ pub fn parse_proc_modules(content: &str) -> Vec<LoadedModule> {
                 .and_then(|t| t.strip_prefix('(')?.strip_suffix(')'))
                 .unwrap_or_default()
                 .to_owned();
-            Some(LoadedModule { name, size, taint })
+            Some(PreloadedModule { name, size, taint })
         })
         .collect()
 }
 
 /// The running kernel's modules; none on a kernel without module support.
-pub fn loaded() -> Vec<LoadedModule> {
+pub fn loaded() -> Vec<PreloadedModule> {
     std::fs::read_to_string("/proc/modules")
         .map(|c| parse_proc_modules(&c))
         .unwrap_or_default()
@@ -48,12 +40,12 @@ mod tests {
         assert_eq!(
             parse_proc_modules(content),
             vec![
-                LoadedModule {
+                PreloadedModule {
                     name: "sctp".into(),
                     size: 434176,
                     taint: String::new()
                 },
-                LoadedModule {
+                PreloadedModule {
                     name: "vboxdrv".into(),
                     size: 700416,
                     taint: "OE".into()

@@ -17,10 +17,16 @@ use aya::{
     programs::{FEntry, FExit, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use modtrace_common::{ProbeConfig, OFFSET_NONE};
+use modtrace_common::{ProbeConfig, Syscall, OFFSET_NONE};
 use tracing::{info, warn};
 
-use crate::btf::{KernelBtf, ResolvedOffsets};
+use self::btf::{KernelBtf, ResolvedOffsets};
+
+pub mod btf;
+pub mod maps;
+
+/// The eBPF object built from `modtrace-ebpf` by build.rs for this very build.
+const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modtrace"));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Strategy {
@@ -41,40 +47,27 @@ impl Strategy {
     }
 }
 
-/// One traced syscall: its names in the kernel and in our object.
-struct Syscall {
-    name: &'static str,
-    nr: u32,
+/// The names a traced syscall has in the kernel and in our object.
+trait Names {
+    fn kernel_function(self) -> String;
+    fn program(self, prefix: &str) -> String;
+    fn tracepoint(self, phase: &str) -> String;
 }
 
-impl Syscall {
-    fn kernel_function(&self) -> String {
-        format!("__x64_sys_{}", self.name)
+impl Names for Syscall {
+    fn kernel_function(self) -> String {
+        format!("__x64_sys_{}", self.name())
     }
-    fn program(&self, prefix: &str) -> String {
-        format!("{prefix}_{}", self.name)
+    fn program(self, prefix: &str) -> String {
+        format!("{prefix}_{}", self.name())
     }
-    fn tracepoint(&self, phase: &str) -> String {
-        format!("sys_{phase}_{}", self.name)
+    fn tracepoint(self, phase: &str) -> String {
+        format!("sys_{phase}_{}", self.name())
     }
 }
 
-// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-#[cfg(target_arch = "x86_64")]
-const SYSCALLS: [Syscall; 3] = [
-    Syscall {
-        name: "init_module",
-        nr: 175,
-    },
-    Syscall {
-        name: "finit_module",
-        nr: 313,
-    },
-    Syscall {
-        name: "delete_module",
-        nr: 176,
-    },
-];
+/// In the order of `ProbeConfig`'s syscall numbers.
+const SYSCALLS: [Syscall; 3] = Syscall::ALL;
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!(
     "modtrace supports x86_64 only: the syscall numbers and __x64_sys_ names are per architecture"
@@ -85,7 +78,7 @@ pub enum ProbeError {
     #[error("modtrace needs root, or the capabilities CAP_BPF and CAP_PERFMON (and CAP_SYS_RESOURCE on kernels before 5.11): run it with sudo")]
     NotPrivileged,
     #[error("reading the kernel's BTF: {0}")]
-    Btf(#[from] crate::btf::BtfError),
+    Btf(#[from] btf::BtfError),
     #[error("no attach strategy works for {syscall} on this kernel: {reasons}")]
     NoStrategy {
         syscall: &'static str,
@@ -276,7 +269,7 @@ impl KernelSupport {
     }
 
     /// Why `strategy` cannot serve `syscall` here, or None when it can.
-    fn unavailable(&self, strategy: Strategy, syscall: &Syscall) -> Option<String> {
+    fn unavailable(&self, strategy: Strategy, syscall: Syscall) -> Option<String> {
         match strategy {
             Strategy::Fentry => match &self.btf {
                 None => Some("no kernel BTF".into()),
@@ -341,7 +334,7 @@ impl KernelSupport {
         // planned for them are enabled, so no call is reported twice.
         let nr = |i: usize| {
             if plan[i] == Strategy::RawSyscalls {
-                SYSCALLS[i].nr
+                SYSCALLS[i].x86_64_nr()
             } else {
                 u32::MAX
             }
@@ -403,7 +396,7 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
                 let strategies = SYSCALLS
                     .iter()
                     .zip(plan)
-                    .map(|(s, p)| (s.name, p.as_str()))
+                    .map(|(s, p)| (s.name(), p.as_str()))
                     .collect();
                 let mut unavailable_fields = support
                     .offsets
@@ -447,7 +440,7 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
                     detail,
                 } = failures.swap_remove(0);
                 return Err(ProbeError::Attach {
-                    syscall: SYSCALLS[index].name,
+                    syscall: SYSCALLS[index].name(),
                     strategy: strategy.as_str(),
                     detail,
                 });
@@ -461,7 +454,7 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
 fn warn_once(failures: &[AttachFailure]) {
     let mut grouped: Vec<(Strategy, &str, Vec<&str>)> = Vec::new();
     for f in failures {
-        let name = SYSCALLS[f.index].name;
+        let name = SYSCALLS[f.index].name();
         match grouped
             .iter_mut()
             .find(|(s, d, _)| *s == f.strategy && *d == f.detail)
@@ -485,7 +478,7 @@ fn plan(
     refused: &[(usize, Strategy, String)],
 ) -> Result<[Strategy; 3], ProbeError> {
     let mut plan = [Strategy::RawSyscalls; 3];
-    for (index, syscall) in SYSCALLS.iter().enumerate() {
+    for (index, syscall) in SYSCALLS.into_iter().enumerate() {
         let candidates = forced.map_or(Strategy::ALL.to_vec(), |s| vec![s]);
         let mut reasons = Vec::new();
         let chosen = candidates.into_iter().find(|&strategy| {
@@ -500,7 +493,7 @@ fn plan(
             why.is_none()
         });
         plan[index] = chosen.ok_or_else(|| ProbeError::NoStrategy {
-            syscall: syscall.name,
+            syscall: syscall.name(),
             reasons: reasons.join("; "),
         })?;
     }
@@ -527,7 +520,7 @@ fn load_and_attach(
         .map_max_entries("EVENTS", options.ring_buffer_bytes);
     // A load failure is not specific to one syscall; report it against the
     // first and let the caller fall back only when attaching differs.
-    let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(|e| {
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
         vec![AttachFailure {
             index: 0,
             strategy: plan[0],
@@ -538,7 +531,7 @@ fn load_and_attach(
     // all the fallbacks (each load of the object costs a fraction of a second).
     let mut failures = Vec::new();
     let mut raw_attached = false;
-    for (index, (syscall, strategy)) in SYSCALLS.iter().zip(plan).enumerate() {
+    for (index, (syscall, strategy)) in SYSCALLS.into_iter().zip(plan).enumerate() {
         let attached = match strategy {
             Strategy::Fentry => aya_btf
                 .ok_or_else(|| "aya could not read the kernel BTF".to_owned())
@@ -597,7 +590,7 @@ fn brief(err: impl std::fmt::Display) -> String {
     format!("{} verifier: {verdict}", head.trim())
 }
 
-fn attach_fentry(ebpf: &mut Ebpf, syscall: &Syscall, btf: &Btf) -> Result<(), String> {
+fn attach_fentry(ebpf: &mut Ebpf, syscall: Syscall, btf: &Btf) -> Result<(), String> {
     let function = syscall.kernel_function();
     let enter: &mut FEntry = program_mut(ebpf, &syscall.program("fentry"))?;
     enter
@@ -614,7 +607,7 @@ fn attach_fentry(ebpf: &mut Ebpf, syscall: &Syscall, btf: &Btf) -> Result<(), St
     Ok(())
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf, syscall: &Syscall) -> Result<(), String> {
+fn attach_tracepoints(ebpf: &mut Ebpf, syscall: Syscall) -> Result<(), String> {
     for (prefix, phase) in [("tp_enter", "enter"), ("tp_exit", "exit")] {
         let program: &mut TracePoint = program_mut(ebpf, &syscall.program(prefix))?;
         let tracepoint = syscall.tracepoint(phase);
@@ -659,7 +652,7 @@ fn attach_module_events(ebpf: &mut Ebpf) -> Result<(), String> {
     Ok(())
 }
 
-/// Every exec's executable, remembered by pid (`crate::execs`), so that
+/// Every exec's executable, remembered by pid (`crate::enrich::execs`), so that
 /// records can name the exe of processes gone before they are read.
 fn attach_exec_tracking(ebpf: &mut Ebpf) -> Result<(), String> {
     let program: &mut RawTracePoint = program_mut(ebpf, "process_exec")?;

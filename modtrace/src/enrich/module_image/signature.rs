@@ -15,11 +15,10 @@ use cms::content_info::ContentInfo;
 use cms::signed_data::{SignedData, SignerIdentifier};
 use der::asn1::ObjectIdentifier;
 use der::Decode;
-use serde::Serialize;
 use x509_cert::name::Name;
 
 use super::{hex_bytes, ImageError};
-use crate::fields::escape_bytes;
+use crate::record::{fields::escape_bytes, image::Signature};
 
 const MAGIC: &[u8] = b"~Module signature appended~\n";
 const HEADER_LEN: usize = 12;
@@ -31,23 +30,6 @@ const HASH_ALGOS: [&str; 9] = [
 ];
 const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
 const ID_COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
-
-/// Whether a signature is appended and, when it can be read, by whom.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Signature {
-    /// The image ends with the "~Module signature appended~" trailer.
-    pub signed: bool,
-    /// Issuer common name of the signing certificate (modinfo's `signer`).
-    pub signer: Option<String>,
-    /// Certificate serial number (or key id), uppercase hex joined by ':'.
-    pub sig_key: Option<String>,
-    /// Digest algorithm, as OpenSSL names it (`sha256`, `sha512`, …).
-    pub sig_hashalgo: Option<String>,
-    /// modinfo's `sig_id`: `PKCS#7` (or `PGP`, `X509` in old formats).
-    pub id_type: Option<String>,
-    /// Why a present signature could not be read in full.
-    pub error: Option<String>,
-}
 
 /// Read the trailer of `image`: the signature, and the length of the image
 /// before it when the trailer's lengths are consistent.

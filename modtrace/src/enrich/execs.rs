@@ -5,7 +5,7 @@
 use aya::maps::{HashMap, MapData};
 use modtrace_common::{ExecEntry, PATH_CAP, STR_OK, STR_TRUNCATED};
 
-use crate::fields;
+use super::capture;
 
 /// What the kernel's exec records say about one process at one moment.
 #[derive(Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ fn judge(entry: &ExecEntry, start_ns: u64, at_ns: u64) -> ExeAt {
         return ExeAt::NotSeen;
     }
     let len = (path.len as usize).min(PATH_CAP);
-    ExeAt::Known(fields::path_from_leaf_first(
+    ExeAt::Known(capture::path_from_leaf_first(
         &path.bytes[..len],
         path.state == STR_TRUNCATED,
     ))

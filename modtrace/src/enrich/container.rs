@@ -4,17 +4,7 @@
 //! the systemd driver (`…/docker-<id>.scope`) and the cgroupfs driver
 //! (`/docker/<id>`). Kubernetes nests them under `kubepods…` with the pod's
 //! uid. Anything else under `*.service` is a systemd unit.
-use serde::Serialize;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Container {
-    /// `docker`, `containerd`, `cri-o`, `podman`, or `unknown` for a
-    /// Kubernetes container whose runtime the path does not name.
-    pub runtime: &'static str,
-    pub id: String,
-    /// The Kubernetes pod uid, when the path shows one.
-    pub pod_uid: Option<String>,
-}
+use crate::record::Container;
 
 /// Systemd-driver scope prefixes, by runtime.
 const SCOPE_PREFIXES: &[(&str, &str)] = &[

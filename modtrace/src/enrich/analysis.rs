@@ -17,7 +17,8 @@ use std::{
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::enrich::{ImageReport, TakenImage};
+use super::image::TakenImage;
+use crate::record::image::ImageReport;
 
 /// Images queued for the worker before `submit` waits for it: each may hold
 /// a copy of a whole image.

@@ -7,14 +7,14 @@
 //! is outstanding, and never on a guess between several.
 use std::collections::VecDeque;
 
-use crate::record::{Call, Cause, Request, Requester};
+use crate::record::{Args, Call, Cause, RecordId, Request, Requester};
 
 /// How long a request may wait for its modprobe.
 const WINDOW_NS: u64 = 30_000_000_000;
 const MAX_REMEMBERED: usize = 256;
 
 struct Remembered {
-    seq: u64,
+    id: RecordId,
     boot_ns: u64,
     name: String,
     requester: Requester,
@@ -26,7 +26,9 @@ pub struct RecentRequests {
 }
 
 impl RecentRequests {
-    pub fn remember(&mut self, seq: u64, boot_ns: u64, request: &Request) {
+    /// Notes request record `id`, made at `boot_ns`, for the loads it may
+    /// cause.
+    pub fn remember(&mut self, id: RecordId, boot_ns: u64, request: &Request) {
         let Some(name) = request.name.value.clone() else {
             return;
         };
@@ -35,7 +37,7 @@ impl RecentRequests {
         }
         let p = &request.process;
         self.recent.push_back(Remembered {
-            seq,
+            id,
             boot_ns,
             name,
             requester: Requester {
@@ -52,10 +54,7 @@ impl RecentRequests {
     pub fn cause_of(&mut self, boot_ns: u64, call: &Call) -> Option<Cause> {
         self.recent
             .retain(|r| boot_ns.saturating_sub(r.boot_ns) <= WINDOW_NS);
-        if !matches!(
-            call.args,
-            crate::record::Args::Init { .. } | crate::record::Args::Finit { .. }
-        ) {
+        if !matches!(call.args, Args::Init { .. } | Args::Finit { .. }) {
             return None;
         }
         let in_window = || self.recent.iter().filter(|r| r.boot_ns <= boot_ns);
@@ -75,7 +74,9 @@ impl RecentRequests {
             None => return None,
         };
         Some(Cause {
-            request_seq: matched.seq,
+            request_id: matched.id,
+            // The request's seq once it is written (`pipeline`).
+            request_seq: 0,
             request: matched.name.clone(),
             process: matched.requester.clone(),
             matched_by: how,

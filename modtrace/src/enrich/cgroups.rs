@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::process::ProcRoot;
+
 /// How often an unknown id may trigger a walk of the hierarchy: records of a
 /// cgroup removed since must not make every record walk it again.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -25,8 +27,8 @@ pub struct CgroupPaths {
 
 impl CgroupPaths {
     /// For the cgroup2 hierarchy mounted on this host, if any.
-    pub fn new() -> Self {
-        let mount = fs::read_to_string("/proc/self/mountinfo")
+    pub fn new(proc: &ProcRoot) -> Self {
+        let mount = fs::read_to_string(proc.path().join("self/mountinfo"))
             .ok()
             .and_then(|text| cgroup2_mount(&text));
         Self::at(mount)
@@ -90,12 +92,6 @@ impl CgroupPaths {
                     .map(|e| e.path()),
             );
         }
-    }
-}
-
-impl Default for CgroupPaths {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -211,9 +207,10 @@ mod tests {
 
     #[test]
     fn this_process_cgroup_by_its_id() {
-        let mut paths = CgroupPaths::new();
+        let mut paths = CgroupPaths::new(&ProcRoot::default());
         let own =
-            crate::enrich::parse_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap()).unwrap();
+            crate::enrich::process::parse_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap())
+                .unwrap();
         let (mount, _) = paths
             .mount
             .clone()

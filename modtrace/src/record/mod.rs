@@ -1,18 +1,18 @@
-//! The output schema (docs/output.md): what one line of NDJSON holds.
+//! The output schema (docs/output.md): what one line of NDJSON holds. Every
+//! stage may use it; it uses none of them.
 use std::collections::BTreeMap;
 
-use modtrace_common::{
-    FinitModuleEvent, LoadedModule, ModuleRequestEvent, TaskInfo, FILE_BAD_FD, FILE_INTERNAL_MOUNT,
-    FILE_RESOLVED, FILE_UNLINKED, KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE,
-    MISSING_AUID, MISSING_EUID, MISSING_MNT_NS, MISSING_PARENT, MISSING_PID_NS, MISSING_SESSION,
-    STR_TRUNCATED,
-};
+use modtrace_common::{KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE};
 use serde::Serialize;
 
-use crate::{
-    decode::KernelEvent,
-    enrich::ProcInfo,
-    fields::{self, call_result, captured, CallResult, Captured, Flags},
+pub mod fields;
+pub mod image;
+pub mod judgement;
+
+use self::{
+    fields::{CallResult, Captured, Flags},
+    image::ImageReport,
+    judgement::{Alert, Evaluation, PolicyInfo, PolicyReload},
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -28,7 +28,7 @@ pub struct Record<'a> {
     pub body: &'a Body,
     /// The policy's judgement of a syscall record, last (docs/policy.md).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<&'a crate::policy::Evaluation>,
+    pub policy: Option<&'a Evaluation>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,8 +40,8 @@ pub enum Body {
     Loss(Loss),
     Summary(Summary),
     Stop(Stop),
-    Alert(crate::policy::Alert),
-    PolicyReload(crate::policy::PolicyReload),
+    Alert(Alert),
+    PolicyReload(PolicyReload),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,14 +56,23 @@ pub struct Start {
     /// `request` records appear.
     pub module_events: bool,
     /// Modules already loaded when modtrace started, from /proc/modules.
-    pub loaded_modules: Vec<crate::modules::LoadedModule>,
+    pub loaded_modules: Vec<PreloadedModule>,
     /// Fields this kernel cannot provide, rendered as null in every record.
     pub unavailable_fields: Vec<&'static str>,
     /// The policy in force: its source and sha256.
-    pub policy: crate::policy::PolicyInfo,
+    pub policy: PolicyInfo,
     /// The window in which alerts of one rule from one process repeat into
     /// one (0: every alert is written); replay takes it from here.
     pub alert_window_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A module loaded before modtrace started, from /proc/modules.
+pub struct PreloadedModule {
+    pub name: String,
+    pub size: u64,
+    /// Taint letters as the kernel lists them, e.g. "OE"; empty when clean.
+    pub taint: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,11 +104,31 @@ pub struct ModuleInfo {
     pub freed: Option<bool>,
     /// init/finit_module: the image the call passed, identified.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<crate::enrich::ImageReport>,
+    pub image: Option<ImageReport>,
+}
+
+/// Which record a record is, independent of when it is written: the thread
+/// that made the call and when it entered it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RecordId {
+    pub tid: u32,
+    pub enter_ns: u64,
+}
+
+impl RecordId {
+    pub fn of(header: &modtrace_common::EventHeader, tid: u32) -> Self {
+        Self {
+            tid,
+            enter_ns: header.enter_ns,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Cause {
+    /// The request record, until its seq is known.
+    #[serde(skip)]
+    pub request_id: RecordId,
     pub request_seq: u64,
     pub request: String,
     pub process: Requester,
@@ -147,13 +176,24 @@ pub struct Process {
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
     /// The container the process runs in, as its cgroup path names it.
-    pub container: Option<crate::container::Container>,
+    pub container: Option<Container>,
     /// Its systemd service, as its cgroup path names it.
     pub systemd_unit: Option<String>,
     pub namespaces: Namespaces,
     /// The `real_parent` chain from the parent up to pid 1, captured in the
     /// kernel at the call (at most 8 deep).
     pub ancestors: Vec<AncestorRecord>,
+}
+
+/// The container a process runs in, as its cgroup path names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Container {
+    /// `docker`, `containerd`, `cri-o`, `podman`, or `unknown` for a
+    /// Kubernetes container whose runtime the path does not name.
+    pub runtime: &'static str,
+    pub id: String,
+    /// The Kubernetes pod uid, when the path shows one.
+    pub pod_uid: Option<String>,
 }
 
 /// Namespace inode numbers, as `/proc/PID/ns/*` links show them
@@ -300,170 +340,4 @@ pub struct SummaryProcess {
     pub pid: u32,
     pub uid: u32,
     pub comm: String,
-}
-
-pub fn file_arg(event: &FinitModuleEvent) -> FileArg {
-    if event.file_flags & FILE_BAD_FD != 0 || event.file_flags & FILE_RESOLVED == 0 {
-        let error = if event.file_flags & FILE_BAD_FD != 0 {
-            "bad fd"
-        } else {
-            "unresolved"
-        };
-        return FileArg {
-            path: None,
-            truncated: false,
-            ino: None,
-            unlinked: false,
-            memfd: false,
-            error: Some(error),
-        };
-    }
-    let unlinked = event.file_flags & FILE_UNLINKED != 0;
-    let path = captured(&event.path);
-    let truncated = event.path.state == STR_TRUNCATED;
-    let rebuilt = path.value.is_some().then(|| {
-        let len = (event.path.len as usize).min(event.path.bytes.len());
-        fields::path_from_leaf_first(&event.path.bytes[..len], truncated)
-    });
-    let memfd = event.file_flags & FILE_INTERNAL_MOUNT != 0
-        && rebuilt.as_deref().is_some_and(|p| p.starts_with("/memfd:"));
-    FileArg {
-        path: rebuilt,
-        truncated,
-        ino: Some(event.ino),
-        unlinked,
-        memfd,
-        error: path.error,
-    }
-}
-
-/// The syscall's arguments, or the request itself for a `request` event,
-/// which has none.
-fn args(event: &KernelEvent) -> Result<Args, &ModuleRequestEvent> {
-    Ok(match event {
-        KernelEvent::InitModule(e) => Args::Init {
-            image_addr: format!("{:#x}", e.image_addr),
-            image_len: e.image_len,
-            params: captured(&e.params),
-        },
-        KernelEvent::FinitModule(e) => Args::Finit {
-            fd: e.fd,
-            file: file_arg(e),
-            params: captured(&e.params),
-            flags: fields::decode_flags(e.flags, fields::FINIT_FLAGS),
-        },
-        KernelEvent::DeleteModule(e) => Args::Delete {
-            name: captured(&e.name),
-            flags: fields::decode_flags(e.flags, fields::DELETE_FLAGS),
-        },
-        KernelEvent::ModuleRequest(request) => return Err(request),
-    })
-}
-
-fn loaded(module: &LoadedModule) -> Option<ModuleInfo> {
-    (module.seen != 0).then(|| ModuleInfo {
-        name: Some(fields::c_name(&module.name)),
-        taint: Some(fields::taint(module.taints)),
-        ..ModuleInfo::default()
-    })
-}
-
-/// What the kernel's module events add to a syscall record.
-fn module_info(event: &KernelEvent, module_events: bool) -> Option<ModuleInfo> {
-    if !module_events {
-        return None;
-    }
-    match event {
-        KernelEvent::InitModule(e) => loaded(&e.module),
-        KernelEvent::FinitModule(e) => loaded(&e.module),
-        KernelEvent::DeleteModule(e) => Some(ModuleInfo {
-            name: captured(&e.name).value,
-            freed: Some(e.freed != 0),
-            ..ModuleInfo::default()
-        }),
-        KernelEvent::ModuleRequest(_) => None,
-    }
-}
-
-fn present(task: &TaskInfo, bit: u32, value: u32) -> Option<u32> {
-    (task.missing & bit == 0).then_some(value)
-}
-
-fn caller(task: &TaskInfo, own: ProcInfo, parent: ProcInfo) -> (Process, Parent) {
-    let has_parent = task.missing & MISSING_PARENT == 0;
-    let process = Process {
-        pid: task.pid,
-        tid: task.tid,
-        start_ns: (task.start_ns != 0).then_some(task.start_ns),
-        ppid: present(task, MISSING_PARENT, task.ppid),
-        uid: task.uid,
-        gid: task.gid,
-        euid: present(task, MISSING_EUID, task.euid),
-        auid: present(task, MISSING_AUID, task.auid),
-        session: present(task, MISSING_SESSION, task.session),
-        comm: fields::c_name(&task.comm),
-        exe: own.exe,
-        cmdline: own.cmdline,
-        cgroup_id: task.cgroup_id,
-        container: own
-            .cgroup
-            .as_deref()
-            .and_then(crate::container::container_of),
-        systemd_unit: own
-            .cgroup
-            .as_deref()
-            .and_then(crate::container::systemd_unit),
-        cgroup: own.cgroup,
-        namespaces: Namespaces {
-            mnt: present(task, MISSING_MNT_NS, task.mnt_ns),
-            pid: present(task, MISSING_PID_NS, task.pid_ns),
-        },
-        ancestors: task
-            .ancestors
-            .iter()
-            .take(task.ancestor_count as usize)
-            .map(|a| AncestorRecord {
-                pid: a.pid,
-                comm: fields::c_name(&a.comm),
-                uid: a.uid,
-                exe: None,
-            })
-            .collect(),
-    };
-    let parent = Parent {
-        pid: has_parent.then_some(task.ppid),
-        comm: has_parent.then(|| fields::c_name(&task.parent_comm)),
-        exe: parent.exe,
-        cmdline: parent.cmdline,
-    };
-    (process, parent)
-}
-
-/// The record body for a kernel event, from the kernel's capture and what
-/// /proc gave.
-pub fn body(event: &KernelEvent, own: ProcInfo, parent: ProcInfo, module_events: bool) -> Body {
-    let (process, parent) = caller(event.task(), own, parent);
-    let args = match args(event) {
-        Ok(args) => args,
-        Err(request) => {
-            return Body::Request(Box::new(Request {
-                process,
-                parent,
-                name: captured(&request.name),
-                wait: request.wait != 0,
-            }))
-        }
-    };
-    let header = event.header();
-    let exited = header.exit_ns != 0;
-    Body::Call(Box::new(Call {
-        duration_ns: exited.then(|| header.exit_ns.saturating_sub(header.enter_ns)),
-        exited,
-        process,
-        parent,
-        args,
-        result: exited.then(|| call_result(header.ret)),
-        module: module_info(event, module_events),
-        cause: None,
-    }))
 }

@@ -11,7 +11,7 @@ use object::read::elf::{FileHeader, SectionHeader};
 use object::Endianness;
 
 use super::{ImageError, Limits};
-use crate::fields::escape_bytes;
+use crate::record::fields::escape_bytes;
 
 pub(super) const MAGIC: &[u8] = b"\x7fELF";
 const MODINFO: &[u8] = b".modinfo";

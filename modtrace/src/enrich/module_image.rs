@@ -38,16 +38,13 @@ mod signature;
 mod tests;
 
 use std::borrow::Cow;
-use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use modinfo::Modinfo;
-pub use signature::Signature;
+pub use crate::record::image::{Analysis, Compression, Modinfo, Signature};
 
 /// Bounds on what one analysis may read, decompress and walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,63 +67,6 @@ impl Default for Limits {
             max_sections: 65535,
         }
     }
-}
-
-/// Compression of a module file, detected by magic bytes, not by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Xz,
-    Zstd,
-    Gzip,
-}
-
-impl Compression {
-    /// The format whose magic `bytes` start with, if any.
-    pub fn detect(bytes: &[u8]) -> Option<Compression> {
-        const XZ: &[u8] = b"\xfd7zXZ\x00";
-        const ZSTD: &[u8] = b"\x28\xb5\x2f\xfd";
-        const GZIP: &[u8] = b"\x1f\x8b";
-        if bytes.starts_with(XZ) {
-            Some(Compression::Xz)
-        } else if bytes.starts_with(ZSTD) {
-            Some(Compression::Zstd)
-        } else if bytes.starts_with(GZIP) {
-            Some(Compression::Gzip)
-        } else {
-            None
-        }
-    }
-}
-
-impl fmt::Display for Compression {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Compression::Xz => "xz",
-            Compression::Zstd => "zstd",
-            Compression::Gzip => "gzip",
-        })
-    }
-}
-
-/// What one module image is: the record's `module` object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Analysis {
-    /// SHA-256 (lowercase hex) of the bytes given: the file as on disk.
-    pub sha256: String,
-    /// SHA-256 of the decompressed image, for a compressed file.
-    pub decompressed_sha256: Option<String>,
-    pub compression: Option<Compression>,
-    /// Size of the bytes given.
-    pub size: u64,
-    pub modinfo: Modinfo,
-    pub signature: Signature,
-    /// The name in the image's `struct module` (`.gnu.linkonce.this_module`),
-    /// which is the name the kernel registers; `modinfo.name` can differ in a
-    /// crafted module.
-    pub this_module_name: Option<String>,
-    /// Problems that left the analysis partial (for example no `.modinfo`).
-    pub warnings: Vec<String>,
 }
 
 /// A parsed (decompressed) module image: its modinfo, signature and name.

@@ -1,38 +1,12 @@
 //! The `.modinfo` section: NUL-separated `key=value` strings written by
 //! `MODULE_INFO()` and modpost, as `modinfo(8)` lists them.
 
-use std::collections::BTreeMap;
-
-use serde::Serialize;
-
-use crate::fields::escape_bytes;
+use crate::record::{fields::escape_bytes, image::Modinfo};
 
 /// Most entries kept from one `.modinfo`: the largest in-tree modules have a
 /// few thousand aliases; a crafted section of `a\0a\0…` must not turn into
 /// millions of map entries.
 const MAX_ENTRIES: usize = 65536;
-
-/// What `.modinfo` says. Text that is not UTF-8 appears as `\xNN`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Modinfo {
-    pub name: Option<String>,
-    pub license: Option<String>,
-    pub description: Option<String>,
-    /// Every `author=` entry, in order (modules often have several).
-    pub author: Vec<String>,
-    pub version: Option<String>,
-    pub srcversion: Option<String>,
-    pub vermagic: Option<String>,
-    /// `depends=`, split at commas; empty when the module depends on none.
-    pub depends: Vec<String>,
-    /// `intree` is present: the kernel then does not taint with O.
-    pub intree: bool,
-    /// `retpoline` is present: built with retpoline mitigations.
-    pub retpoline: bool,
-    /// Every other key (`alias`, `parm`, `parmtype`, `import_ns`, …), and
-    /// repeats of the keys above, with all their values in order.
-    pub other: BTreeMap<String, Vec<String>>,
-}
 
 /// Parse a `.modinfo` section found at `offset`; the warning says where
 /// entries were dropped, if any were.

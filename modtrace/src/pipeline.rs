@@ -1,0 +1,271 @@
+//! The stages joined: decode → enrich → (image analysis) → judge → write.
+//! [`crate::watch`] decides when each step runs; this says what it does.
+use std::collections::{HashMap, VecDeque};
+
+use modtrace_common::{kind_name, KernelEvent, Syscall};
+use tracing::warn;
+
+use crate::{
+    clock::Clock,
+    decode::{self, Decoded},
+    enrich::{analysis::Analyses, summaries::Summaries, Enricher, Made},
+    policy::{
+        dedup::{Alerted, Dedup},
+        Policy,
+    },
+    record::{
+        image::ImageReport,
+        judgement::{Alert, Evaluation},
+        Body, EventCounts, Record, RecordId, SCHEMA_VERSION,
+    },
+    sink::{Emitter, SinkError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("map AGGREGATES: {0}")]
+    Aggregates(aya::maps::MapError),
+}
+
+/// Requests remembered by id until the loads they cause are written.
+const REMEMBERED_REQUESTS: usize = 256;
+
+pub struct Pipeline {
+    pub enricher: Enricher,
+    pub analyses: Analyses<Made>,
+    pub summaries: Summaries,
+    pub policy: Policy,
+    pub alerts: Dedup,
+    emitter: Emitter,
+    clock: Clock,
+    host: String,
+    /// The next record's seq: assigned here only, as each record is written.
+    seq: u64,
+    /// Syscall records and requests written, by kind (for `stop`).
+    pub counts: EventCounts,
+    /// The seqs of requests written, by record id, for the `cause` of loads.
+    requests_written: HashMap<RecordId, u64>,
+    requests_order: VecDeque<RecordId>,
+}
+
+impl Pipeline {
+    pub fn new(
+        enricher: Enricher,
+        analyses: Analyses<Made>,
+        summaries: Summaries,
+        policy: Policy,
+        alerts: Dedup,
+        emitter: Emitter,
+        host: String,
+    ) -> Self {
+        Self {
+            enricher,
+            analyses,
+            summaries,
+            policy,
+            alerts,
+            emitter,
+            clock: Clock,
+            host,
+            seq: 0,
+            counts: EventCounts::default(),
+            requests_written: HashMap::new(),
+            requests_order: VecDeque::new(),
+        }
+    }
+
+    /// The seq the next record will get, so that records can name it.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        self.emitter.flush()
+    }
+
+    /// One item of a ring buffer.
+    pub fn on_ring_item(
+        &mut self,
+        bytes: &[u8],
+        still_in_call: impl Fn(u32, u64) -> bool,
+    ) -> Result<(), SinkError> {
+        match decode::decode(bytes) {
+            Ok(Decoded::Record(event)) => self.on_event(&event),
+            Ok(Decoded::LoadEntry(notice)) => {
+                self.enricher.load_began(&notice, still_in_call);
+                Ok(())
+            }
+            // A record we cannot read is still a lost event: say so.
+            Err(err) => {
+                warn!("dropping an unreadable kernel record: {err}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the record of `event`; writes it now, or once its image (or an
+    /// earlier record of its thread) is analysed.
+    pub fn on_event(&mut self, event: &KernelEvent) -> Result<(), SinkError> {
+        let (made, image) = self.enricher.enrich(event);
+        match image {
+            Some(image) => self.analyses.submit(made.tid, made, image),
+            None => {
+                if let Some(made) = self.analyses.pass(made.tid, made) {
+                    self.finish(made)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records let go by image analysis, the analysed ones with their image.
+    pub fn finish_analysed(
+        &mut self,
+        released: Vec<(Made, Option<ImageReport>)>,
+    ) -> Result<(), SinkError> {
+        for (mut made, image) in released {
+            if let (Body::Call(call), Some(image)) = (&mut made.body, image) {
+                call.module.get_or_insert_with(Default::default).image = Some(image);
+            }
+            self.finish(made)?;
+        }
+        Ok(())
+    }
+
+    /// Counts, judges and writes a record; its seq is the next one now.
+    fn finish(&mut self, mut made: Made) -> Result<(), SinkError> {
+        let seq = self.seq;
+        let kind = kind_name(made.header.kind);
+        self.summaries.remember(&made.header, made.tgid, seq);
+        self.counts.add(made.header.kind, 1);
+        match &mut made.body {
+            Body::Request(_) => self.remember_request(made.id(), seq),
+            Body::Call(call) => {
+                // A cause is cited by seq once its request is written.
+                if let Some(cause) = &mut call.cause {
+                    match self.requests_written.get(&cause.request_id) {
+                        Some(&request_seq) => cause.request_seq = request_seq,
+                        None => call.cause = None,
+                    }
+                }
+            }
+            _ => {}
+        }
+        let ts = self.clock.rfc3339(Some(made.header.enter_ns));
+        let evaluation = match (&made.body, Syscall::from_kind(made.header.kind)) {
+            (Body::Call(call), Some(syscall)) => {
+                let render = || self.json_of(kind, &ts, &made.body);
+                Some(self.policy.judge_call(syscall, &ts, call, &render))
+            }
+            _ => None,
+        };
+        self.write(kind, &ts, &made.body, evaluation.as_ref())?;
+        let alerts = evaluation.map_or_else(Vec::new, |e| Alert::for_event(seq, kind, &e));
+        let written = match &made.body {
+            Body::Call(call) if !alerts.is_empty() => {
+                let alerted = Alerted::of_call(seq, kind, &ts, call);
+                self.alerts.admit_alerted(&alerted, alerts)
+            }
+            // Its time may still end windows.
+            _ => self.alerts.observe(&ts),
+        };
+        for alert in written {
+            self.emit("alert", None, &Body::Alert(alert))?;
+        }
+        Ok(())
+    }
+
+    fn remember_request(&mut self, id: RecordId, seq: u64) {
+        if self.requests_order.len() == REMEMBERED_REQUESTS {
+            if let Some(oldest) = self.requests_order.pop_front() {
+                self.requests_written.remove(&oldest);
+            }
+        }
+        self.requests_order.push_back(id);
+        self.requests_written.insert(id, seq);
+    }
+
+    /// The JSON of a record about to be written (without its policy
+    /// object): for policy messages, which may name any field.
+    fn json_of(&self, kind: &str, ts: &str, body: &Body) -> serde_json::Value {
+        serde_json::to_value(Record {
+            kind,
+            schema: SCHEMA_VERSION,
+            ts,
+            seq: self.seq,
+            host: &self.host,
+            body,
+            policy: None,
+        })
+        .expect("records serialize to JSON")
+    }
+
+    /// Writes a record as the next one: its seq is assigned here, and
+    /// nowhere else.
+    fn write(
+        &mut self,
+        kind: &str,
+        ts: &str,
+        body: &Body,
+        policy: Option<&Evaluation>,
+    ) -> Result<(), SinkError> {
+        let record = Record {
+            kind,
+            schema: SCHEMA_VERSION,
+            ts,
+            seq: self.seq,
+            host: &self.host,
+            body,
+            policy,
+        };
+        self.emitter.write(&record, kind == "alert")?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// Writes a record that no policy judges, with the time `boot_ns` (now,
+    /// when None), then the closing alerts of windows that time ends.
+    pub fn emit(&mut self, kind: &str, boot_ns: Option<u64>, body: &Body) -> Result<(), SinkError> {
+        let ts = self.clock.rfc3339(boot_ns);
+        self.write(kind, &ts, body, None)?;
+        self.close_alert_windows(&ts, false)
+    }
+
+    /// Writes the closing alerts of the windows that time `ts` ends (that of
+    /// a record just written, or the timer's), with that `ts`: replay,
+    /// reading it, closes the same windows.
+    pub fn close_alert_windows(&mut self, ts: &str, timer: bool) -> Result<(), SinkError> {
+        let closing = if timer {
+            self.alerts.due(ts)
+        } else {
+            self.alerts.observe(ts)
+        };
+        for alert in closing {
+            self.write("alert", ts, &Body::Alert(alert), None)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the summaries of closed aggregation windows (of all, at
+    /// shutdown, with `now` None).
+    pub fn report_summaries(&mut self, now: Option<u64>) -> Result<(), PipelineError> {
+        let summaries = self
+            .summaries
+            .take_closed(now, &self.clock)
+            .map_err(PipelineError::Aggregates)?;
+        for (last_ns, summary) in summaries {
+            self.emit("summary", Some(last_ns), &Body::Summary(summary))?;
+        }
+        Ok(())
+    }
+
+    /// Alerts closing every window still open, then nothing more.
+    pub fn close_all_alerts(&mut self) -> Result<(), SinkError> {
+        for alert in self.alerts.close_all() {
+            self.emit("alert", None, &Body::Alert(alert))?;
+        }
+        Ok(())
+    }
+}
