@@ -77,16 +77,16 @@ fn bench(c: &mut Criterion) {
 
     // What every evaluation pays before any rule: making the event.
     c.bench_function("empty policy, ordinary load, as watch", |b| {
-        b.iter(|| live(&empty, black_box(&record), black_box(&call)))
+        b.iter(|| live(&empty, black_box(&record), black_box(&call)));
     });
     c.bench_function("empty policy, ordinary load, from JSON as replay", |b| {
-        b.iter(|| empty.evaluate(black_box(&record)))
+        b.iter(|| empty.evaluate(black_box(&record)));
     });
     c.bench_function("default policy, ordinary load, as watch", |b| {
-        b.iter(|| live(&quiet_default, black_box(&record), black_box(&call)))
+        b.iter(|| live(&quiet_default, black_box(&record), black_box(&call)));
     });
     c.bench_function("default policy, ordinary load, from JSON as replay", |b| {
-        b.iter(|| quiet_default.evaluate(black_box(&record)))
+        b.iter(|| quiet_default.evaluate(black_box(&record)));
     });
     // What `watch` calls: the evaluation, written as the record's `policy`
     // object (serialized with the line).
@@ -98,11 +98,11 @@ fn bench(c: &mut Criterion) {
                 let evaluation =
                     quiet_default.judge_call(Syscall::FinitModule, TS, black_box(&call), &render);
                 serde_json::to_vec(&evaluation).map(|bytes| bytes.len())
-            })
+            });
         },
     );
     c.bench_function("1000-rule policy, ordinary load, as watch", |b| {
-        b.iter(|| live(&large, black_box(&record), black_box(&call)))
+        b.iter(|| live(&large, black_box(&record), black_box(&call)));
     });
     c.bench_function(
         "1000-rule policy, ordinary load, from JSON as replay",
@@ -116,7 +116,7 @@ fn bench(c: &mut Criterion) {
     assert_eq!(denied["module"]["name"], json!("deny-5-b"));
     assert_eq!(live(&large, &denied, &denied_call), 1);
     c.bench_function("1000-rule policy, a denied module, as watch", |b| {
-        b.iter(|| live(&large, black_box(&denied), black_box(&denied_call)))
+        b.iter(|| live(&large, black_box(&denied), black_box(&denied_call)));
     });
 }
 

@@ -5,9 +5,9 @@ use nix::time::{clock_gettime, ClockId};
 pub struct Clock;
 
 fn ns(clock: ClockId) -> u64 {
-    clock_gettime(clock)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
+    clock_gettime(clock).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 impl Clock {

@@ -16,7 +16,7 @@ use crate::record::{
     AncestorRecord, Args, Body, Call, FileArg, ModuleInfo, Namespaces, Parent, Process, Request,
 };
 
-pub fn file_arg(event: &FinitModuleEvent) -> FileArg {
+pub(super) fn file_arg(event: &FinitModuleEvent) -> FileArg {
     if event.file_flags & FILE_BAD_FD != 0 || event.file_flags & FILE_RESOLVED == 0 {
         let error = if event.file_flags & FILE_BAD_FD != 0 {
             "bad fd"
@@ -149,7 +149,12 @@ fn caller(task: &TaskInfo, own: ProcInfo, parent: ProcInfo) -> (Process, Parent)
 
 /// The record body for a kernel event, from the kernel's capture and what
 /// /proc gave.
-pub fn body(event: &KernelEvent, own: ProcInfo, parent: ProcInfo, module_events: bool) -> Body {
+pub(super) fn body(
+    event: &KernelEvent,
+    own: ProcInfo,
+    parent: ProcInfo,
+    module_events: bool,
+) -> Body {
     let (process, parent) = caller(event.task(), own, parent);
     let args = match args(event) {
         Ok(args) => args,

@@ -18,7 +18,7 @@ fn capture_error(state: u32) -> Option<&'static str> {
     }
 }
 
-pub fn captured<const N: usize>(s: &BoundedStr<N>) -> Captured {
+pub(super) fn captured<const N: usize>(s: &BoundedStr<N>) -> Captured {
     match capture_error(s.state) {
         None => Captured {
             value: Some(escape_bytes(captured_bytes(s))),
@@ -34,7 +34,7 @@ pub fn captured<const N: usize>(s: &BoundedStr<N>) -> Captured {
 }
 
 /// A fixed-size, NUL-padded kernel name such as `comm`.
-pub fn c_name(bytes: &[u8]) -> String {
+pub(super) fn c_name(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     escape_bytes(&bytes[..end])
 }
@@ -42,7 +42,7 @@ pub fn c_name(bytes: &[u8]) -> String {
 /// Rebuilds a path the kernel wrote leaf first, each component ended by its
 /// NUL (`sctp.ko\0sctp\0net\0`). A cut
 /// path lacks its root side and so does not start with `/`.
-pub fn path_from_leaf_first(bytes: &[u8], truncated: bool) -> String {
+pub(super) fn path_from_leaf_first(bytes: &[u8], truncated: bool) -> String {
     let components: Vec<&[u8]> = bytes.split(|&b| b == 0).filter(|c| !c.is_empty()).collect();
     let mut path = String::new();
     for component in components.iter().rev() {

@@ -21,14 +21,14 @@ struct Remembered {
 }
 
 #[derive(Default)]
-pub struct RecentRequests {
+pub(super) struct RecentRequests {
     recent: VecDeque<Remembered>,
 }
 
 impl RecentRequests {
     /// Notes request record `id`, made at `boot_ns`, for the loads it may
     /// cause.
-    pub fn remember(&mut self, id: RecordId, boot_ns: u64, request: &Request) {
+    pub(super) fn remember(&mut self, id: RecordId, boot_ns: u64, request: &Request) {
         let Some(name) = request.name.value.clone() else {
             return;
         };
@@ -51,7 +51,7 @@ impl RecentRequests {
     }
 
     /// The request `call` serves, if it is a load by the kernel's modprobe.
-    pub fn cause_of(&mut self, boot_ns: u64, call: &Call) -> Option<Cause> {
+    pub(super) fn cause_of(&mut self, boot_ns: u64, call: &Call) -> Option<Cause> {
         self.recent
             .retain(|r| boot_ns.saturating_sub(r.boot_ns) <= WINDOW_NS);
         if !matches!(call.args, Args::Init { .. } | Args::Finit { .. }) {

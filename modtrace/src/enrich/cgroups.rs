@@ -18,7 +18,7 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Bound on directories visited per walk.
 const MAX_CGROUPS: usize = 100_000;
 
-pub struct CgroupPaths {
+pub(super) struct CgroupPaths {
     /// The cgroup2 mount point, and the hierarchy path it shows as its root.
     mount: Option<(PathBuf, String)>,
     known: HashMap<u64, String>,
@@ -27,7 +27,7 @@ pub struct CgroupPaths {
 
 impl CgroupPaths {
     /// For the cgroup2 hierarchy mounted on this host, if any.
-    pub fn new(proc: &ProcRoot) -> Self {
+    pub(super) fn new(proc: &ProcRoot) -> Self {
         let mount = fs::read_to_string(proc.path().join("self/mountinfo"))
             .ok()
             .and_then(|text| cgroup2_mount(&text));
@@ -43,7 +43,7 @@ impl CgroupPaths {
     }
 
     /// The path of cgroup `id` in the hierarchy, as `/proc/PID/cgroup` shows it.
-    pub fn path_of(&mut self, id: u64) -> Option<String> {
+    pub(super) fn path_of(&mut self, id: u64) -> Option<String> {
         if let Some(path) = self.known.get(&id) {
             return Some(path.clone());
         }

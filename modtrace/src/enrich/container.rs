@@ -19,7 +19,7 @@ fn is_container_id(text: &str) -> bool {
 }
 
 /// The container of the process whose cgroup path is `cgroup`.
-pub fn container_of(cgroup: &str) -> Option<Container> {
+pub(super) fn container_of(cgroup: &str) -> Option<Container> {
     let parts: Vec<&str> = cgroup.split('/').filter(|p| !p.is_empty()).collect();
     let (index, runtime, id) = parts.iter().enumerate().rev().find_map(|(i, part)| {
         let name = part.strip_suffix(".scope").unwrap_or(part);
@@ -59,7 +59,7 @@ fn pod_uid(part: &str) -> Option<String> {
 }
 
 /// The systemd service a process belongs to (`sshd.service`), if any.
-pub fn systemd_unit(cgroup: &str) -> Option<String> {
+pub(super) fn systemd_unit(cgroup: &str) -> Option<String> {
     cgroup
         .split('/')
         .rev()

@@ -29,7 +29,7 @@ pub enum Taken {
 const MAX_HELD: usize = 16;
 
 #[derive(Default)]
-pub struct Snapshots {
+pub(super) struct Snapshots {
     /// By thread: a thread is in one syscall at a time.
     held: HashMap<u32, (u64, Snapshot)>,
 }
@@ -37,7 +37,11 @@ pub struct Snapshots {
 impl Snapshots {
     /// Takes the image now; `still_in_call` asks the kernel's pending map
     /// whether the call is still in progress once the copy is made.
-    pub fn take(&mut self, notice: &LoadEntryEvent, still_in_call: impl Fn(u32, u64) -> bool) {
+    pub(super) fn take(
+        &mut self,
+        notice: &LoadEntryEvent,
+        still_in_call: impl Fn(u32, u64) -> bool,
+    ) {
         let taken = if notice.syscall == u32::from(KIND_INIT_MODULE) {
             Taken::Memory(read_caller_memory(
                 notice.pid,
@@ -66,7 +70,7 @@ impl Snapshots {
     }
 
     /// The snapshot of the call that thread `tid` entered at `enter_ns`.
-    pub fn claim(&mut self, tid: u32, enter_ns: u64) -> Option<Snapshot> {
+    pub(super) fn claim(&mut self, tid: u32, enter_ns: u64) -> Option<Snapshot> {
         match self.held.remove(&tid) {
             Some((ns, snapshot)) if ns == enter_ns => Some(snapshot),
             Some(other) => {

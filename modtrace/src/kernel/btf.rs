@@ -212,8 +212,7 @@ impl KernelBtf {
     pub fn has_function(&self, name: &str) -> bool {
         self.btf
             .resolve_types_by_name(name)
-            .map(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
-            .unwrap_or(false)
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
     }
 
     pub fn offsets(&self) -> Result<ResolvedOffsets, BtfError> {
@@ -350,7 +349,7 @@ impl KernelBtf {
         for ty in types {
             match self.strip(ty)? {
                 Type::Struct(s) | Type::Union(s) if s.size() > 0 || !s.members.is_empty() => {
-                    defs.push(s)
+                    defs.push(s);
                 }
                 _ => {}
             }
@@ -364,7 +363,7 @@ impl KernelBtf {
             match ty {
                 Type::Typedef(ref t) | Type::TypeTag(ref t) => ty = self.chained(t)?,
                 Type::Const(ref v) | Type::Volatile(ref v) | Type::Restrict(ref v) => {
-                    ty = self.chained(v)?
+                    ty = self.chained(v)?;
                 }
                 other => return Ok(other),
             }
@@ -522,7 +521,7 @@ mod tests {
                     Some(parent)
                         if rest.trim() == ";" || rest.trim().starts_with("__attribute__") =>
                     {
-                        parent.extend(frame)
+                        parent.extend(frame);
                     }
                     Some(_) => {}
                 }

@@ -496,7 +496,7 @@ impl<'a> JsonReader<'a> {
             Field::Ancestors => {
                 v.ancestors = value
                     .as_array()
-                    .map_or(Ancestors::Absent, |a| Ancestors::Json(a))
+                    .map_or(Ancestors::Absent, |a| Ancestors::Json(a));
             }
             Field::ParentExe => v.parent_exe = value.as_str(),
             Field::Path => v.path = value.as_str(),

@@ -143,7 +143,7 @@ fn simple_shape(pattern: &str, field: TextField) -> Option<Shape> {
 
 /// Rewrites a module-name pattern so that `-` and `_` outside character
 /// classes each match either, as the kernel treats them alike.
-pub fn dash_underscore_alike(pattern: &str) -> String {
+pub(super) fn dash_underscore_alike(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len() + 8);
     let mut in_class = false;
     let mut chars = pattern.chars();
@@ -270,7 +270,7 @@ impl Names {
 /// It finds a superset: prefixes and suffixes ignore whether `*` may cross
 /// `/`, so each rule found is still checked whole.
 #[derive(Debug)]
-pub struct GlobIndex {
+pub(super) struct GlobIndex {
     pub field: TextField,
     exact: RulesBy,
     basenames: RulesBy,
@@ -342,13 +342,13 @@ impl Affixes {
 }
 
 /// Builds a [`GlobIndex`].
-pub struct GlobIndexBuilder {
+pub(super) struct GlobIndexBuilder {
     index: GlobIndex,
     compiled: GlobSetBuilder,
 }
 
 impl GlobIndexBuilder {
-    pub fn new(field: TextField) -> Self {
+    pub(super) fn new(field: TextField) -> Self {
         Self {
             index: GlobIndex {
                 field,
@@ -363,11 +363,11 @@ impl GlobIndexBuilder {
         }
     }
 
-    pub fn field(&self) -> TextField {
+    pub(super) fn field(&self) -> TextField {
         self.index.field
     }
 
-    pub fn add(&mut self, glob: &Glob, rule: usize) {
+    pub(super) fn add(&mut self, glob: &Glob, rule: usize) {
         let index = &mut self.index;
         match glob {
             Glob::Simple(Shape::Exact(exact)) => index.exact.add(exact, rule),
@@ -383,7 +383,7 @@ impl GlobIndexBuilder {
 
     /// Each glob was built alone already; merging them fails only past
     /// globset's size limits.
-    pub fn build(mut self) -> Result<GlobIndex, globset::Error> {
+    pub(super) fn build(mut self) -> Result<GlobIndex, globset::Error> {
         self.index.compiled = self.compiled.build()?;
         Ok(self.index)
     }
@@ -392,7 +392,7 @@ impl GlobIndexBuilder {
 impl GlobIndex {
     /// Calls `found` with each rule that `text` may satisfy, possibly more
     /// than once.
-    pub fn candidates(&self, text: Text, found: &mut impl FnMut(usize)) {
+    pub(super) fn candidates(&self, text: Text, found: &mut impl FnMut(usize)) {
         let key = text.key;
         self.exact.get(key).iter().copied().for_each(&mut *found);
         self.basenames

@@ -368,7 +368,7 @@ impl Policy {
             let dirs = parsed.modprobe_d_dirs.unwrap_or_else(|| {
                 modprobe_d::SYSTEM_DIRS
                     .iter()
-                    .map(|d| d.to_string())
+                    .map(std::string::ToString::to_string)
                     .collect()
             });
             rules.extend(modprobe_d::rules(&modprobe_d::read_config(&dirs)));

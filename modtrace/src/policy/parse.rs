@@ -37,7 +37,7 @@ impl fmt::Display for ParseError {
 
 /// What a policy file says, before modprobe.d rules are added.
 #[derive(Debug, Default)]
-pub struct Parsed {
+pub(super) struct Parsed {
     pub rules: Vec<Rule>,
     pub include_default: bool,
     pub modprobe_d: bool,
@@ -56,7 +56,7 @@ pub struct Context {
     pub check_owner: bool,
 }
 
-pub fn parse(text: &str, file: &str, context: &Context) -> Result<Parsed, Vec<ParseError>> {
+pub(super) fn parse(text: &str, file: &str, context: &Context) -> Result<Parsed, Vec<ParseError>> {
     let mut parser = Parser {
         file,
         text,
@@ -196,7 +196,7 @@ impl Parser<'_> {
         let description = table
             .get("description")
             .and_then(|v| self.string(v))
-            .map(|s| s.to_string());
+            .map(std::string::ToString::to_string);
         let message = table
             .get("message")
             .and_then(|v| self.string(v))
@@ -361,7 +361,10 @@ impl Parser<'_> {
             }
             "time" => self.time(value),
             other => {
-                let mut known: Vec<String> = CONDITION_KEYS.iter().map(|s| s.to_string()).collect();
+                let mut known: Vec<String> = CONDITION_KEYS
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect();
                 for (k, _) in TextField::ALL {
                     known.push(k.to_owned());
                     known.push(format!("{k}_regex"));

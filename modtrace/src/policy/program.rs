@@ -6,7 +6,7 @@
 use super::{condition::Condition, event::Event};
 
 #[derive(Debug, Clone)]
-pub struct Program {
+pub(super) struct Program {
     entry: Next,
     steps: Vec<Step>,
 }
@@ -25,13 +25,13 @@ struct Step {
 }
 
 impl Program {
-    pub fn new(condition: &Condition) -> Self {
+    pub(super) fn new(condition: &Condition) -> Self {
         let mut steps = Vec::new();
         let entry = lay_out(condition, HOLDS, FAILS, &mut steps);
         Self { entry, steps }
     }
 
-    pub fn holds(&self, event: &Event) -> bool {
+    pub(super) fn holds(&self, event: &Event) -> bool {
         let mut at = self.entry;
         // Each step jumps only to steps laid out before it, so the walk ends.
         while let Some(step) = self.steps.get(at) {

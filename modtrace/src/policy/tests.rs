@@ -501,7 +501,7 @@ fn default_policy_flags_modules_outside_the_tree_and_odd_loaders() {
     assert_eq!(default_rules_for(&record), ["unexpected-loader"]);
 }
 
-fn delete(result: Value) -> Value {
+fn delete(result: &Value) -> Value {
     json!({"kind":"delete_module","process":{"exe":"/usr/bin/kmod","pid":7,"uid":0},
         "args":{"name":{"value":"dummy","truncated":false},"flags":{"raw":0,"names":[]}},
         "result":result})
@@ -509,7 +509,7 @@ fn delete(result: Value) -> Value {
 
 #[test]
 fn default_policy_notes_unloads_and_attempts_apart() {
-    let done = delete(json!({"ret":0,"errno":null,"ok":true}));
+    let done = delete(&json!({"ret":0,"errno":null,"ok":true}));
     let evaluation = default().evaluate(&done).unwrap();
     assert_eq!(default_rules_for(&done), ["module-unload"]);
     assert_eq!(evaluation.matches[0].severity, Severity::Low);
@@ -518,7 +518,7 @@ fn default_policy_notes_unloads_and_attempts_apart() {
         "module unloaded: delete_module dummy by /usr/bin/kmod (pid 7, uid 0)"
     );
 
-    let failed = delete(json!({"ret":-2,"errno":"ENOENT","ok":false}));
+    let failed = delete(&json!({"ret":-2,"errno":"ENOENT","ok":false}));
     let evaluation = default().evaluate(&failed).unwrap();
     assert_eq!(default_rules_for(&failed), ["module-unload-attempt"]);
     assert_eq!(evaluation.matches[0].severity, Severity::Info);
@@ -528,7 +528,7 @@ fn default_policy_notes_unloads_and_attempts_apart() {
     );
 
     // A call whose task died inside it may or may not have unloaded.
-    let unfinished = delete(Value::Null);
+    let unfinished = delete(&Value::Null);
     let evaluation = default().evaluate(&unfinished).unwrap();
     assert_eq!(default_rules_for(&unfinished), ["module-unload-attempt"]);
     assert_eq!(
@@ -553,7 +553,7 @@ fn no_default_message_calls_a_failed_call_a_load_or_an_unload() {
         failed_load(finit()),
         failed_load(unsigned),
         failed_load(init),
-        delete(json!({"ret":-38,"errno":"ENOSYS","ok":false})),
+        delete(&json!({"ret":-38,"errno":"ENOSYS","ok":false})),
     ];
     let mut rules = std::collections::BTreeSet::new();
     for record in records {

@@ -147,7 +147,7 @@ mod tests {
 
     use super::*;
 
-    fn delete_by(auid: Value) -> Value {
+    fn delete_by(auid: &Value) -> Value {
         json!({"kind":"delete_module","ts":"t","process":{"pid":5,"uid":0,"auid":auid,"comm":"c"},
             "parent":{"pid":1,"comm":"init"},"args":{"name":{"value":"m"},"flags":{"names":[]}},
             "result":{"ret":-2,"errno":"ENOENT","ok":false}})
@@ -155,12 +155,12 @@ mod tests {
 
     #[test]
     fn text_shows_an_unset_login_uid_as_auditd_does() {
-        let line = text_line(&delete_by(json!(4294967295u64)), false);
+        let line = text_line(&delete_by(&json!(4294967295u64)), false);
         assert!(line.contains(" auid=unset "), "{line}");
-        let line = text_line(&delete_by(json!(1000)), false);
+        let line = text_line(&delete_by(&json!(1000)), false);
         assert!(line.contains(" auid=1000 "), "{line}");
         // Unknown (the kernel lacks the field) stays apart from unset.
-        let line = text_line(&delete_by(Value::Null), false);
+        let line = text_line(&delete_by(&Value::Null), false);
         assert!(line.contains(" auid=- "), "{line}");
     }
 }

@@ -71,7 +71,9 @@ fn read_signed(
     let h = &image[header_start..header_end];
     let (algo, hash, id_type, signer_len, key_id_len) = (h[0], h[1], h[2], h[3], h[4]);
     let sig_len = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-    signature.id_type = ID_TYPES.get(usize::from(id_type)).map(|s| s.to_string());
+    signature.id_type = ID_TYPES
+        .get(usize::from(id_type))
+        .map(std::string::ToString::to_string);
     if signature.id_type.is_none() {
         let detail = format!("unknown id_type {id_type}");
         return Err((trailer_err(header_start, detail), None));
@@ -93,7 +95,9 @@ fn read_signed(
         let key_start = sig_start - usize::from(key_id_len);
         signature.signer = Some(escape_bytes(&image[elf_len..key_start]));
         signature.sig_key = Some(hex_bytes(&image[key_start..sig_start], ":"));
-        signature.sig_hashalgo = HASH_ALGOS.get(usize::from(hash)).map(|s| s.to_string());
+        signature.sig_hashalgo = HASH_ALGOS
+            .get(usize::from(hash))
+            .map(std::string::ToString::to_string);
         if algo > 1 || signature.sig_hashalgo.is_none() {
             let detail = format!("unknown algo {algo} or hash {hash}");
             return Err((trailer_err(header_start, detail), Some(elf_len)));

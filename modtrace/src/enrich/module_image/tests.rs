@@ -120,7 +120,10 @@ fn limits() -> Limits {
 }
 
 fn owned(values: &[&str]) -> Vec<String> {
-    values.iter().map(|s| s.to_string()).collect()
+    values
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect()
 }
 
 #[test]
