@@ -67,7 +67,7 @@ fn ioctl<T>(fd: i32, request: libc::c_ulong, arg: &mut T, what: &str) -> io::Res
 
 /// A page whose first read faults and waits until `release` exists; it then
 /// reads as zeros (an empty parameter string). Needs root (kernel-mode faults).
-pub fn held_page(release: PathBuf) -> io::Result<*const libc::c_char> {
+pub(crate) fn held_page(release: PathBuf) -> io::Result<*const libc::c_char> {
     // SAFETY: plain syscall; the fd it returns is owned by the resolver thread.
     let uffd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as i32;
     if uffd < 0 {

@@ -144,7 +144,7 @@ struct Cli {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match parse(args).and_then(run) {
+    let code = match parse(args).and_then(|cli| run(&cli)) {
         Ok(()) => 0,
         Err(Failure::Usage(msg)) => {
             eprintln!("mtcall: {msg}\n\n{USAGE}");
@@ -205,7 +205,7 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             "--gid" => gid = Some(parse_num("--gid", &value("--gid", &mut args)?)?),
             "--repeat" => repeat = Some(parse_num("--repeat", &value("--repeat", &mut args)?)?),
             "--linger-ms" => {
-                linger_ms = parse_num("--linger-ms", &value("--linger-ms", &mut args)?)?
+                linger_ms = parse_num("--linger-ms", &value("--linger-ms", &mut args)?)?;
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -285,14 +285,14 @@ fn parse(args: Vec<String>) -> Res<Cli> {
                 set_params(Params::Str(cstring(
                     &format!("--params-file {path}"),
                     bytes,
-                )?))?
+                )?))?;
             }
             "--params-ptr" => match value(&arg, &mut args)?.as_str() {
                 "bad" => set_params(Params::BadPtr)?,
                 "untouched" => set_params(Params::Untouched)?,
                 other => match other.strip_prefix("held:") {
                     Some(release) if !release.is_empty() => {
-                        set_params(Params::Held(release.into()))?
+                        set_params(Params::Held(release.into()))?;
                     }
                     _ => {
                         return usage(format!(
@@ -451,7 +451,7 @@ fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> Res<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Res<()> {
+fn run(cli: &Cli) -> Res<()> {
     drop_privileges(cli.uid, cli.gid)?;
     for call in 0..cli.repeat {
         let mut out = match &cli.op {
