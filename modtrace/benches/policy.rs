@@ -2,15 +2,13 @@
 //! 1,000-rule policy of the shapes people write (named deny lists, globs,
 //! loader and path conditions, allow-lists). Each as `watch` evaluates a
 //! record it has just made (its values taken from the record in memory), and
-//! as `replay` evaluates one read back (its values read from the JSON).
+//! as `replay` evaluates one read back (the line deserialised into the same
+//! typed record, then judged).
 use std::{fmt::Write as _, hint::black_box};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use modtrace::{
-    policy::{
-        event::{Event, Live},
-        Context, Policy, Syscall,
-    },
+    policy::{event::Event, Context, Policy, Syscall},
     record::Call,
     samples::{ordinary_finit, render, TS},
 };
@@ -51,7 +49,7 @@ fn thousand_rules() -> String {
 fn live(policy: &Policy, json: &Value, call: &Call) -> usize {
     // The JSON is rendered only for a matched rule's message, as in watch.
     let render = || json.clone();
-    let event = Event::from_live(&render, Syscall::FinitModule, Live { ts: TS, call });
+    let event = Event::live(&render, Syscall::FinitModule, TS, call);
     policy.evaluate_event(&event).matches.len()
 }
 

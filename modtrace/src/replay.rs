@@ -19,9 +19,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
-    policy::{self, dedup::Dedup, Policy},
+    policy::{self, dedup::Dedup, event::ReadRecord, Policy},
     record::{
-        judgement::{Alert, Verdict},
+        judgement::{Alert, Evaluation, Verdict},
         SCHEMA_VERSION,
     },
     sink::{text_line, Format},
@@ -215,6 +215,17 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
                 }
             };
             self.check_schema(&record, summary.lines)?;
+            let read = match ReadRecord::from_json(&record) {
+                Ok(read) => read,
+                Err(err) => {
+                    summary.malformed += 1;
+                    self.report(
+                        summary.lines,
+                        &format!("does not fit the record schema: {err}"),
+                    )?;
+                    continue;
+                }
+            };
             summary.records += 1;
             let ts = record["ts"].as_str().unwrap_or_default().to_owned();
             last = json!({"ts": record["ts"], "host": record["host"]});
@@ -248,28 +259,26 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
                 }
                 _ => {}
             }
-            let evaluation = policy.judge(&mut record);
-            self.write(&record)?;
-            let Some(evaluation) = evaluation else {
+            let Some(read) = read else {
+                self.write(&record)?;
                 let closing = alerts.observe(&ts);
                 self.write_alerts(&record, closing, &mut summary)?;
                 continue;
             };
-            {
-                summary.events += 1;
-                *summary
-                    .verdicts
-                    .entry(evaluation.verdict.name())
-                    .or_default() += 1;
-                for m in &evaluation.matches {
-                    *summary.rules.entry(m.rule.clone()).or_default() += 1;
-                }
-                let seq = record["seq"].as_u64().unwrap_or_default();
-                let kind = record["kind"].as_str().unwrap_or_default();
-                let raised = Alert::for_event(seq, kind, &evaluation);
-                let written = alerts.admit(&record, raised);
-                self.write_alerts(&record, written, &mut summary)?;
+            let evaluation = policy.judge_read(&record, &read);
+            store(&mut record, &evaluation);
+            self.write(&record)?;
+            summary.events += 1;
+            *summary
+                .verdicts
+                .entry(evaluation.verdict.name())
+                .or_default() += 1;
+            for m in &evaluation.matches {
+                *summary.rules.entry(m.rule.clone()).or_default() += 1;
             }
+            let raised = Alert::for_event(read.seq, read.syscall.name(), &evaluation);
+            let written = alerts.admit_read(&read, raised);
+            self.write_alerts(&record, written, &mut summary)?;
         }
         let closing = alerts.close_all();
         self.write_alerts(&last, closing, &mut summary)?;
@@ -343,6 +352,15 @@ fn preloaded_alerts(policy: &Policy, start: &Value) -> Vec<Alert> {
     policy::preloaded_alerts(policy, loaded, seq)
 }
 
+/// Writes `evaluation` into `record` as its `policy` object, in place of
+/// the judgement of the time.
+fn store(record: &mut Value, evaluation: &Evaluation) {
+    if let Value::Object(map) = record {
+        let value = serde_json::to_value(evaluation).expect("evaluations serialize");
+        map.insert("policy".into(), value);
+    }
+}
+
 /// A line that is a JSON object with a string `kind` and a numeric `schema`.
 fn parse_record(line: &[u8]) -> Result<Value, String> {
     let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8 ({e})"))?;
@@ -396,7 +414,7 @@ mod tests {
         )
     }
 
-    const DELETE: &str = r#"{"kind":"delete_module","schema":1,"ts":"2026-11-27T21:00:00Z","seq":1,"host":"h","process":{"pid":5,"exe":"/usr/bin/kmod"},"args":{"name":{"value":"dummy","truncated":false}},"result":{"ret":0,"errno":null,"ok":true}}"#;
+    const DELETE: &str = r#"{"kind":"delete_module","schema":1,"ts":"2026-11-27T21:00:00Z","seq":1,"host":"h","duration_ns":1000,"exited":true,"process":{"pid":5,"tid":5,"ppid":1,"uid":0,"gid":0,"euid":0,"auid":null,"session":null,"comm":"rmmod","exe":"/usr/bin/kmod","cmdline":null,"cgroup_id":0,"cgroup":null},"parent":{"pid":1,"comm":"init","exe":null,"cmdline":null},"args":{"name":{"value":"dummy","truncated":false},"flags":{"raw":0,"names":[]}},"result":{"ret":0,"errno":null,"ok":true}}"#;
 
     #[test]
     fn malformed_lines_are_reported_counted_and_skipped() {
@@ -414,6 +432,31 @@ mod tests {
                 "{diagnostics}"
             );
         }
+    }
+
+    #[test]
+    fn a_syscall_record_that_does_not_fit_the_schema_is_reported_with_its_field() {
+        let bad_uid = DELETE.replace("\"uid\":0", "\"uid\":\"root\"");
+        let no_args = DELETE.replace("\"args\"", "\"arguments\"");
+        let input = format!("{DELETE}\n{bad_uid}\n{no_args}\n");
+        let (summary, out, diagnostics) = replay(&input, None);
+        let summary = summary.unwrap();
+        assert_eq!(
+            (summary.malformed, summary.records, summary.events),
+            (2, 1, 1)
+        );
+        assert!(
+            diagnostics.contains(
+                "cap.ndjson:2: malformed line skipped: does not fit the record schema: process.uid: invalid type: string \"root\""
+            ),
+            "{diagnostics}"
+        );
+        assert!(
+            diagnostics.contains("cap.ndjson:3: malformed line skipped: does not fit the record schema: record: missing field `args`"),
+            "{diagnostics}"
+        );
+        // The good record and its alert only.
+        assert_eq!(out.lines().count(), 2, "{out}");
     }
 
     #[test]
@@ -542,9 +585,9 @@ mod tests {
         let start =
             r#"{"kind":"start","schema":1,"ts":"t","seq":0,"host":"h","kernel":"9.9.9-test"}"#;
         let finit = |path: &str| {
-            format!(
-                r#"{{"kind":"finit_module","schema":1,"ts":"t","seq":1,"host":"h","args":{{"file":{{"path":"{path}"}}}}}}"#
-            )
+            crate::samples::complete(&json!({"kind":"finit_module","ts":"t","seq":1,"host":"h",
+                "args":{"file":{"path":path}}}))
+            .to_string()
         };
         let input = format!(
             "{start}\n{}\n{}\n",

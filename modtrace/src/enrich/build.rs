@@ -29,7 +29,7 @@ pub(super) fn file_arg(event: &FinitModuleEvent) -> FileArg {
             ino: None,
             unlinked: false,
             memfd: false,
-            error: Some(error),
+            error: Some(error.into()),
         };
     }
     let unlinked = event.file_flags & FILE_UNLINKED != 0;

@@ -28,7 +28,7 @@ pub(super) fn captured<const N: usize>(s: &BoundedStr<N>) -> Captured {
         Some(error) => Captured {
             value: None,
             truncated: false,
-            error: Some(error),
+            error: Some(error.into()),
         },
     }
 }
@@ -84,7 +84,10 @@ mod tests {
             (Some("abcdefg"), true)
         );
         let bad = captured(&bounded::<8>(b"", STR_UNREADABLE));
-        assert_eq!((bad.value, bad.error), (None, Some("unreadable")));
+        assert_eq!(
+            (bad.value, bad.error.as_deref()),
+            (None, Some("unreadable"))
+        );
         let json = serde_json::to_string(&captured(&bounded::<8>(b"", STR_NULL))).unwrap();
         assert_eq!(
             json,

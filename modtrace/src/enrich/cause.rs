@@ -79,7 +79,7 @@ impl RecentRequests {
             request_seq: 0,
             request: matched.name.clone(),
             process: matched.requester.clone(),
-            matched_by: how,
+            matched_by: how.into(),
         })
     }
 }

@@ -41,7 +41,7 @@ pub(super) fn container_of(cgroup: &str) -> Option<Container> {
         scoped.or_else(bare).map(|(runtime, id)| (i, runtime, id))
     })?;
     Some(Container {
-        runtime,
+        runtime: runtime.into(),
         id: id.to_owned(),
         pod_uid: parts[..index].iter().rev().find_map(|p| pod_uid(p)),
     })
@@ -77,11 +77,11 @@ mod tests {
     fn docker_with_either_cgroup_driver() {
         let systemd = container_of(&format!("/system.slice/docker-{ID}.scope")).unwrap();
         assert_eq!(
-            (systemd.runtime, systemd.id.as_str(), systemd.pod_uid),
+            (&*systemd.runtime, systemd.id.as_str(), systemd.pod_uid),
             ("docker", ID, None)
         );
         let cgroupfs = container_of(&format!("/docker/{ID}")).unwrap();
-        assert_eq!((cgroupfs.runtime, cgroupfs.id.as_str()), ("docker", ID));
+        assert_eq!((&*cgroupfs.runtime, cgroupfs.id.as_str()), ("docker", ID));
     }
 
     #[test]
@@ -90,7 +90,7 @@ mod tests {
             "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-{ID}.scope"
         );
         let c = container_of(&path).unwrap();
-        assert_eq!((c.runtime, c.id.as_str()), ("containerd", ID));
+        assert_eq!((&*c.runtime, c.id.as_str()), ("containerd", ID));
         assert_eq!(
             c.pod_uid.as_deref(),
             Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d")
@@ -100,7 +100,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            (cgroupfs.runtime, cgroupfs.pod_uid.as_deref()),
+            (&*cgroupfs.runtime, cgroupfs.pod_uid.as_deref()),
             ("unknown", Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"))
         );
         let crio = container_of(&format!("/kubepods.slice/crio-{ID}.scope")).unwrap();

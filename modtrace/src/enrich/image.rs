@@ -119,7 +119,7 @@ impl TakenImage {
             Err(error) => (None, Some(error)),
         };
         ImageReport {
-            source: self.source,
+            source: self.source.into(),
             during_call: self.during_call,
             analysis,
             error,

@@ -14,6 +14,8 @@ pub enum TestError {
     NotJson(serde_json::Error),
     #[error("the event is not a syscall record: its `kind` must be init_module, finit_module or delete_module")]
     NotAnEvent,
+    #[error("the event does not fit the record schema (docs/output.md): {0}")]
+    Schema(#[from] super::event::SchemaError),
 }
 
 /// Offline commands read files the user names; whether `watch` would accept
@@ -97,8 +99,8 @@ pub fn test(path: Option<&Path>, event: &str) -> Result<String, TestError> {
         None => Policy::default_policy(&offline_context()),
     };
     let record: Value = serde_json::from_str(event).map_err(TestError::NotJson)?;
-    let explained = policy.explain(&record).ok_or(TestError::NotAnEvent)?;
-    let evaluation = policy.evaluate(&record).ok_or(TestError::NotAnEvent)?;
+    let explained = policy.explain(&record)?.ok_or(TestError::NotAnEvent)?;
+    let evaluation = policy.evaluate(&record)?.ok_or(TestError::NotAnEvent)?;
     let mut out = format!("verdict: {}\n", evaluation.verdict.name());
     for m in &evaluation.matches {
         let _ = writeln!(

@@ -8,7 +8,7 @@ use regex::RegexSet;
 use serde_json::Value;
 
 use super::{
-    event::{normalise_module_name, Event, Field, Fields, Syscall, SyscallBit, WeekTime},
+    event::{normalise_module_name, Event, Syscall, SyscallBit, WeekTime},
     glob::{Globs, Text},
 };
 
@@ -124,25 +124,8 @@ impl TextField {
         )
     }
 
-    /// The record field holding the value; the module's name falls back to
-    /// other fields (see [`Event::module`]).
-    fn field(self) -> Field {
-        match self {
-            TextField::Module => Field::ModuleName,
-            TextField::Path => Field::Path,
-            TextField::Exe => Field::Exe,
-            TextField::Comm => Field::Comm,
-            TextField::ParentExe | TextField::AncestorExe => Field::ParentExe,
-            TextField::Cgroup => Field::Cgroup,
-            TextField::Container => Field::Container,
-            TextField::Request => Field::Request,
-            TextField::Params => Field::Params,
-            TextField::Signer => Field::Signer,
-            TextField::License => Field::License,
-        }
-    }
-
-    /// The value of [`TextField::field`].
+    /// The value of the field in `event` (the module's name falls back
+    /// to other fields: see [`Event::module`]).
     fn value<'a>(self, event: &Event<'a>) -> Option<&'a str> {
         match self {
             TextField::Module => event.module_name(),
@@ -156,13 +139,6 @@ impl TextField {
             TextField::Params => event.params(),
             TextField::Signer => event.signer(),
             TextField::License => event.license(),
-        }
-    }
-
-    fn reads(self) -> Fields {
-        match self {
-            TextField::AncestorExe => Fields::of(&[Field::ParentExe, Field::Ancestors]),
-            other => Fields::of(&[other.field()]),
         }
     }
 
@@ -217,15 +193,6 @@ impl FlagField {
         ("unlinked", FlagField::Unlinked),
     ];
 
-    fn field(self) -> Field {
-        match self {
-            FlagField::Signed => Field::Signed,
-            FlagField::Intree => Field::Intree,
-            FlagField::Memfd => Field::Memfd,
-            FlagField::Unlinked => Field::Unlinked,
-        }
-    }
-
     fn value(self, event: &Event) -> Option<bool> {
         match self {
             FlagField::Signed => event.signed(),
@@ -249,14 +216,6 @@ impl IdField {
         ("auid", IdField::Auid),
         ("euid", IdField::Euid),
     ];
-
-    fn field(self) -> Field {
-        match self {
-            IdField::Uid => Field::Uid,
-            IdField::Auid => Field::Auid,
-            IdField::Euid => Field::Euid,
-        }
-    }
 
     fn value(self, event: &Event) -> Option<u64> {
         match self {
@@ -394,25 +353,6 @@ impl Condition {
         }
     }
 
-    /// The fields of a record this condition reads.
-    pub fn reads(&self) -> Fields {
-        match self {
-            Condition::All(items) | Condition::Any(items) => items
-                .iter()
-                .fold(Fields::NONE, |reads, item| reads.or(item.reads())),
-            Condition::Not(inner) => inner.reads(),
-            Condition::Syscall(_) => Fields::NONE,
-            Condition::Text { field, .. } => field.reads(),
-            Condition::PathPrefix(_) => Fields::of(&[Field::Path]),
-            Condition::Flag { field, .. } => Fields::of(&[field.field()]),
-            Condition::Id { field, .. } => Fields::of(&[field.field()]),
-            Condition::Taint(_) => Fields::of(&[Field::Taint]),
-            Condition::Sha256(_) => Fields::of(&[Field::Sha256]),
-            Condition::Result(_) => Fields::of(&[Field::Result]),
-            Condition::Time(_) => Fields::of(&[Field::Time]),
-        }
-    }
-
     /// One line per condition, indented by depth, each marked with whether it
     /// held for `event` and the value it looked at: `policy test`'s "why".
     pub fn explain(&self, event: &Event, depth: usize, out: &mut Vec<String>) {
@@ -483,7 +423,7 @@ fn has_hash(set: &HashSet<String>, hash: &str) -> bool {
 
 #[inline(never)]
 fn in_window(window: &TimeWindow, event: &Event) -> bool {
-    event.clock().is_some_and(|clock| window.contains(clock))
+    event.week_time().is_some_and(|time| window.contains(time))
 }
 
 impl fmt::Display for Condition {

@@ -21,9 +21,7 @@ use std::{
     hash::{DefaultHasher, Hash, Hasher},
 };
 
-use serde_json::Value;
-
-use super::event::{Event, Fields};
+use super::event::ReadRecord;
 use crate::record::{
     judgement::{Alert, Modules, Repeats},
     Call,
@@ -230,26 +228,17 @@ impl Dedup {
         self.close(ended)
     }
 
-    /// The alerts to write after syscall `record` (already written), which
-    /// raised `alerts`: the closing alerts of the windows its time ended,
-    /// then each of its alerts that opens a window or that no window holds.
-    /// An alert that falls in an open window is counted there instead.
-    pub fn admit(&mut self, record: &Value, alerts: Vec<Alert>) -> Vec<Alert> {
-        let event = Event::from_json(record, Fields::NONE);
-        let process = &record["process"];
-        let alerted = Alerted {
-            seq: record["seq"].as_u64().unwrap_or_default(),
-            kind: record["kind"].as_str().unwrap_or_default(),
-            ts: record["ts"].as_str().unwrap_or_default(),
-            failed: record["result"]["ok"] == Value::Bool(false),
-            pid: process["pid"].as_u64(),
-            start_ns: process["start_ns"].as_u64(),
-            module: event.as_ref().and_then(Event::module),
-        };
+    /// The alerts to write after syscall record `read` (already written),
+    /// which raised `alerts` (see [`Dedup::admit_alerted`]).
+    pub fn admit_read(&mut self, read: &ReadRecord, alerts: Vec<Alert>) -> Vec<Alert> {
+        let alerted = Alerted::of_call(read.seq, read.syscall.name(), &read.ts, &read.call);
         self.admit_alerted(&alerted, alerts)
     }
 
-    /// [`Dedup::admit`] of a record as `watch` holds it.
+    /// The alerts to write after syscall record `record` (already written),
+    /// which raised `alerts`: the closing alerts of the windows its time
+    /// ended, then each of its alerts that opens a window or that no window
+    /// holds. An alert that falls in an open window is counted there instead.
     pub fn admit_alerted(&mut self, record: &Alerted, alerts: Vec<Alert>) -> Vec<Alert> {
         let ts = record.ts;
         let mut out = self.observe(ts);
@@ -354,7 +343,7 @@ impl Dedup {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
     use crate::policy::Severity;
@@ -375,6 +364,14 @@ mod tests {
             "result":{"ret":if ok {0} else {-2},"errno":if ok {Value::Null} else {json!("ENOENT")},"ok":ok}})
     }
 
+    /// [`Dedup::admit_read`] of `record`, completed to a whole record.
+    fn admit(dedup: &mut Dedup, record: &Value, alerts: Vec<Alert>) -> Vec<Alert> {
+        let read = ReadRecord::from_json(&crate::samples::complete(record))
+            .unwrap()
+            .unwrap();
+        dedup.admit_read(&read, alerts)
+    }
+
     fn alert(record: &Value, rule: &str) -> Alert {
         Alert {
             event_seq: record["seq"].as_u64().unwrap(),
@@ -391,7 +388,7 @@ mod tests {
     fn run(dedup: &mut Dedup, records: &[Value], rule: &str) -> Vec<Alert> {
         let mut written = Vec::new();
         for record in records {
-            written.extend(dedup.admit(record, vec![alert(record, rule)]));
+            written.extend(admit(dedup, record, vec![alert(record, rule)]));
         }
         written.extend(dedup.close_all());
         written
@@ -454,12 +451,16 @@ mod tests {
         let mut written = Vec::new();
         for i in 0..40u64 {
             let record = delete(i, i, 100 + i % 2, "x", false);
-            written.extend(dedup.admit(&record, vec![alert(&record, "a"), alert(&record, "b")]));
+            written.extend(admit(
+                &mut dedup,
+                &record,
+                vec![alert(&record, "a"), alert(&record, "b")],
+            ));
         }
         // The same pid with another start time is another process.
         let mut reused = delete(40, 40, 100, "x", false);
         reused["process"]["start_ns"] = json!(1);
-        written.extend(dedup.admit(&reused, vec![alert(&reused, "a")]));
+        written.extend(admit(&mut dedup, &reused, vec![alert(&reused, "a")]));
         written.extend(dedup.close_all());
         let first: Vec<(u64, &str)> = written
             .iter()
@@ -519,7 +520,7 @@ mod tests {
         let mut written = Vec::new();
         for (seq, ms) in [(0, 0), (1, 5_000), (2, 9_999)] {
             let r = delete(seq, ms, 9, "x", false);
-            written.extend(dedup.admit(&r, vec![alert(&r, "r")]));
+            written.extend(admit(&mut dedup, &r, vec![alert(&r, "r")]));
         }
         assert_eq!(written.len(), 1);
         // Any record's time closes it, before that record's own alerts.
@@ -529,7 +530,7 @@ mod tests {
         assert_eq!(closed[0].dedup.as_ref().unwrap().count, 3);
         // The next alert opens a new window and is written.
         let r = delete(3, 10_001, 9, "x", false);
-        assert_eq!(dedup.admit(&r, vec![alert(&r, "r")]).len(), 1);
+        assert_eq!(admit(&mut dedup, &r, vec![alert(&r, "r")]).len(), 1);
         // A window of one alert closes without a closing alert.
         assert!(dedup.observe(&at(20_001)).is_empty());
         assert!(dedup.close_all().is_empty());
@@ -539,14 +540,14 @@ mod tests {
     fn the_timer_moves_time_only_when_it_closes_something() {
         let mut dedup = Dedup::new(10);
         let one = delete(0, 0, 9, "x", false);
-        dedup.admit(&one, vec![alert(&one, "r")]);
+        admit(&mut dedup, &one, vec![alert(&one, "r")]);
         // Only a window of one alert is due: nothing to write, and time
         // must stay, since replay will never see this moment.
         assert!(dedup.due(&at(15_000)).is_empty());
         let two = delete(1, 1_000, 8, "x", false);
         let three = delete(2, 2_000, 8, "x", false);
-        assert_eq!(dedup.admit(&two, vec![alert(&two, "r")]).len(), 1);
-        assert!(dedup.admit(&three, vec![alert(&three, "r")]).is_empty());
+        assert_eq!(admit(&mut dedup, &two, vec![alert(&two, "r")]).len(), 1);
+        assert!(admit(&mut dedup, &three, vec![alert(&three, "r")]).is_empty());
         // pid 8's window opened at 1 s: it ends at 11 s, not 25 s.
         assert!(dedup.due(&at(10_999)).is_empty());
         let closed = dedup.due(&at(11_000));
@@ -565,7 +566,7 @@ mod tests {
         ];
         let mut written = Vec::new();
         for r in &records {
-            written.extend(dedup.admit(r, vec![alert(r, "r")]));
+            written.extend(admit(&mut dedup, r, vec![alert(r, "r")]));
         }
         let order: Vec<(u64, bool)> = written
             .iter()
@@ -578,10 +579,10 @@ mod tests {
     fn time_is_the_latest_ts_seen_so_late_records_open_no_stale_window() {
         let mut dedup = Dedup::new(10);
         let first = delete(0, 20_000, 9, "x", false);
-        assert_eq!(dedup.admit(&first, vec![alert(&first, "r")]).len(), 1);
+        assert_eq!(admit(&mut dedup, &first, vec![alert(&first, "r")]).len(), 1);
         // A long call's record, entered long before: in the open window.
         let late = delete(1, 0, 9, "x", false);
-        assert!(dedup.admit(&late, vec![alert(&late, "r")]).is_empty());
+        assert!(admit(&mut dedup, &late, vec![alert(&late, "r")]).is_empty());
         // Time never runs backwards: the window ends 10 s after 20 s.
         assert!(dedup.observe(&at(29_999)).is_empty());
         assert_eq!(dedup.observe(&at(5_000)).len(), 0);
@@ -594,7 +595,7 @@ mod tests {
         for pid in [30, 10, 20] {
             for seq in 0..2 {
                 let r = delete(seq, 0, pid, "x", false);
-                dedup.admit(&r, vec![alert(&r, "r")]);
+                admit(&mut dedup, &r, vec![alert(&r, "r")]);
             }
         }
         let pids: Vec<Option<u64>> = dedup
@@ -613,7 +614,7 @@ mod tests {
         for pid in 0..MAX_WINDOWS as u64 + 1 {
             for seq in [2 * pid, 2 * pid + 1] {
                 let r = delete(seq, pid, pid, "x", false);
-                written.extend(dedup.admit(&r, vec![alert(&r, "r")]));
+                written.extend(admit(&mut dedup, &r, vec![alert(&r, "r")]));
             }
         }
         assert_eq!(dedup.windows.len(), MAX_WINDOWS);
@@ -661,7 +662,7 @@ mod tests {
         let once = |dedup: &mut Dedup| {
             let mut written = Vec::new();
             for r in &records {
-                written.extend(dedup.admit(r, vec![alert(r, "a"), alert(r, "b")]));
+                written.extend(admit(dedup, r, vec![alert(r, "a"), alert(r, "b")]));
             }
             written.extend(dedup.close_all());
             serde_json::to_string(&written).unwrap()

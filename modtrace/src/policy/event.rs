@@ -1,11 +1,10 @@
-//! The input of policy evaluation: the values of one syscall record that
-//! conditions test (docs/output.md names them by their JSON paths).
+//! The input of policy evaluation: one syscall record, typed, with the
+//! values conditions test (docs/output.md names them by their JSON paths).
 //!
-//! `watch` takes them from the record it has just made, as it is in memory;
-//! replay and `policy test` read them from the record's JSON, walking each
-//! object's members rather than looking keys up one hash at a time, and only
-//! the objects the policy's rules read. Either way conditions see the same
-//! typed [`Values`], and everything after that is one code path.
+//! `watch` judges the record it has just made, as it is in memory; replay
+//! and `policy test` deserialise a line into the same record type
+//! ([`ReadRecord`]) and judge it the same way. Either way each value is
+//! taken from one place: the accessors below.
 use std::{borrow::Cow, cell::OnceCell};
 
 use chrono::{Datelike, Timelike};
@@ -31,271 +30,62 @@ pub const LOAD_SYSCALLS: u8 = 1 << Syscall::InitModule as u8 | 1 << Syscall::Fin
 /// The mask of every traced syscall.
 pub const ANY_SYSCALL: u8 = LOAD_SYSCALLS | 1 << Syscall::DeleteModule as u8;
 
-/// The record values that conditions test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    /// `ts`
-    Time,
-    /// `process.exe`
-    Exe,
-    /// `process.comm`
-    Comm,
-    /// `process.cgroup`
-    Cgroup,
-    /// `process.container.id`
-    Container,
-    /// `process.uid`
-    Uid,
-    /// `process.auid`
-    Auid,
-    /// `process.euid`
-    Euid,
-    /// `process.ancestors`
-    Ancestors,
-    /// `parent.exe`
-    ParentExe,
-    /// `args.file.path`
-    Path,
-    /// `args.file.memfd`
-    Memfd,
-    /// `args.file.unlinked`
-    Unlinked,
-    /// `args.params.value`
-    Params,
-    /// `args.name.value`, the name delete_module was given
-    DeleteName,
-    /// `result`
-    Result,
-    /// `cause.request`
-    Request,
-    /// `module.name`
-    ModuleName,
-    /// `module.taint`
-    Taint,
-    /// `module.image.sha256`
-    Sha256,
-    /// `module.image.signature.signer`
-    Signer,
-    /// `module.image.signature.signed`
-    Signed,
-    /// `module.image.modinfo.license`
-    License,
-    /// `module.image.modinfo.intree`
-    Intree,
+/// A line that claims to be a syscall record but does not fit the schema:
+/// where, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct SchemaError {
+    pub path: String,
+    pub message: String,
 }
 
-const FIELD_COUNT: usize = Field::Intree as usize + 1;
-
-/// A set of [`Field`]s: what a policy's rules read, so that making an event
-/// skips the objects none of them looks into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Fields(u32);
-
-impl Fields {
-    pub const NONE: Fields = Fields(0);
-    pub const ALL: Fields = Fields((1 << FIELD_COUNT) - 1);
-    const PROCESS: Fields = Fields::of(&[
-        Field::Exe,
-        Field::Comm,
-        Field::Cgroup,
-        Field::Container,
-        Field::Uid,
-        Field::Auid,
-        Field::Euid,
-        Field::Ancestors,
-    ]);
-    const PARENT: Fields = Fields::of(&[Field::ParentExe]);
-    const FILE: Fields = Fields::of(&[Field::Path, Field::Memfd, Field::Unlinked]);
-    const ARGS: Fields = Fields::of(&[Field::Params, Field::DeleteName]).or(Self::FILE);
-    const CAUSE: Fields = Fields::of(&[Field::Request]);
-    const IMAGE: Fields = Fields::of(&[Field::Sha256])
-        .or(Self::SIGNATURE)
-        .or(Self::MODINFO);
-    const SIGNATURE: Fields = Fields::of(&[Field::Signer, Field::Signed]);
-    const MODINFO: Fields = Fields::of(&[Field::License, Field::Intree]);
-
-    pub const fn of(fields: &[Field]) -> Fields {
-        let mut bits = 0;
-        let mut i = 0;
-        while i < fields.len() {
-            bits |= 1 << fields[i] as u32;
-            i += 1;
-        }
-        Fields(bits)
-    }
-
-    pub const fn or(self, other: Fields) -> Fields {
-        Fields(self.0 | other.0)
-    }
-
-    fn meets(self, other: Fields) -> bool {
-        self.0 & other.0 != 0
-    }
-
-    fn and(self, other: Fields) -> Fields {
-        Fields(self.0 & other.0)
-    }
-
-    fn has(self, field: Field) -> bool {
-        self.0 & 1 << field as u32 != 0
-    }
-
-    fn without(self, field: Field) -> Fields {
-        Fields(self.0 & !(1 << field as u32))
-    }
+/// A syscall record read back from JSON (replay, `policy test`).
+#[derive(Debug)]
+pub struct ReadRecord {
+    pub syscall: Syscall,
+    /// The record's `ts` (empty when it has none: no time window matches).
+    pub ts: String,
+    pub seq: u64,
+    pub call: Call,
 }
 
-/// Defines [`Values`], one typed value per field that conditions test, and
-/// for each the accessor of [`Event`] that takes it from the record in
-/// memory (`live`, a [`Live`]) or from the values read from JSON: the one
-/// place that says where `watch`'s records keep each value.
-macro_rules! values {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty = |$live:ident| $from_live:expr;)*) => {
-        /// The values of a record that conditions test, typed. A field that
-        /// is absent, null or of another type is `None`, so that a rule
-        /// about a field this record lacks simply does not match.
-        #[derive(Debug, Clone, Default, PartialEq, Eq)]
-        pub struct Values<'a> {
-            $($(#[$doc])* pub $name: $ty,)*
-            /// The letters of `module.taint`.
-            pub taint: Option<Cow<'a, str>>,
-        }
-
-        impl<'a> Event<'a> {
-            $($(#[$doc])* pub fn $name(&self) -> $ty {
-                match &self.source {
-                    Source::Json(values) => values.$name,
-                    Source::Live($live) => $from_live,
-                }
-            })*
-
-            /// All the values, however they are read.
-            pub fn values(&self) -> Values<'_> {
-                Values {
-                    $($name: self.$name(),)*
-                    taint: self.taint().map(Cow::Borrowed),
-                }
-            }
-        }
-    };
-}
-
-values! {
-    /// `ts`
-    time: Option<&'a str> = |live| Some(live.ts);
-    /// `result.ok`
-    ok: Option<bool> = |live| live.call.result.as_ref().map(|r| r.ok);
-    /// `result.errno`
-    errno: Option<&'a str> = |live| live.call.result.as_ref()?.errno.as_deref();
-    /// `process.exe`
-    exe: Option<&'a str> = |live| live.call.process.exe.as_deref();
-    /// `process.comm`
-    comm: Option<&'a str> = |live| Some(&live.call.process.comm);
-    /// `process.cgroup`
-    cgroup: Option<&'a str> = |live| live.call.process.cgroup.as_deref();
-    /// `process.container.id`
-    container: Option<&'a str> = |live| Some(&live.call.process.container.as_ref()?.id);
-    /// `process.uid`
-    uid: Option<u64> = |live| Some(live.call.process.uid.into());
-    /// `process.auid`
-    auid: Option<u64> = |live| live.call.process.auid.map(u64::from);
-    /// `process.euid`
-    euid: Option<u64> = |live| live.call.process.euid.map(u64::from);
-    /// `process.ancestors[].exe`
-    ancestors: Ancestors<'a> = |live| Ancestors::Typed(&live.call.process.ancestors);
-    /// `parent.exe`
-    parent_exe: Option<&'a str> = |live| live.call.parent.exe.as_deref();
-    /// `args.file.path`
-    path: Option<&'a str> = |live| live.file()?.path.as_deref();
-    /// `args.file.memfd`
-    memfd: Option<bool> = |live| Some(live.file()?.memfd);
-    /// `args.file.unlinked`
-    unlinked: Option<bool> = |live| Some(live.file()?.unlinked);
-    /// `args.params.value`
-    params: Option<&'a str> = |live| match &live.call.args {
-        Args::Init { params, .. } | Args::Finit { params, .. } => params.value.as_deref(),
-        Args::Delete { .. } => None,
-    };
-    /// `args.name.value`, the name delete_module was given
-    delete_name: Option<&'a str> = |live| match &live.call.args {
-        Args::Delete { name, .. } => name.value.as_deref(),
-        _ => None,
-    };
-    /// `cause.request`
-    request: Option<&'a str> = |live| Some(&live.call.cause.as_ref()?.request);
-    /// `module.name`
-    module_name: Option<&'a str> = |live| live.call.module.as_ref()?.name.as_deref();
-    /// `module.image.sha256`
-    sha256: Option<&'a str> = |live| Some(&live.analysis()?.sha256);
-    /// `module.image.signature.signer`
-    signer: Option<&'a str> = |live| live.analysis()?.signature.signer.as_deref();
-    /// `module.image.signature.signed`
-    signed: Option<bool> = |live| Some(live.analysis()?.signature.signed);
-    /// `module.image.modinfo.license`
-    license: Option<&'a str> = |live| live.analysis()?.modinfo.license.as_deref();
-    /// `module.image.modinfo.intree`
-    intree: Option<bool> = |live| Some(live.analysis()?.modinfo.intree);
-}
-
-/// A syscall record as `watch` holds it before writing it.
-#[derive(Clone, Copy)]
-pub struct Live<'a> {
-    /// The record's `ts`.
-    pub ts: &'a str,
-    pub call: &'a Call,
-}
-
-impl<'a> Live<'a> {
-    fn file(self) -> Option<&'a FileArg> {
-        match &self.call.args {
-            Args::Finit { file, .. } => Some(file),
-            _ => None,
-        }
-    }
-
-    fn analysis(self) -> Option<&'a Analysis> {
-        self.call.module.as_ref()?.image.as_ref()?.analysis.as_ref()
-    }
-}
-
-enum Source<'a> {
-    /// Boxed: the values of a record read from JSON are many, and an event
-    /// of `watch` should not carry room for them.
-    Json(Box<Values<'a>>),
-    Live(Live<'a>),
-}
-
-/// `process.ancestors`, as the record's JSON or the collector's own list.
-#[derive(Debug, Clone, Copy, Default)]
-pub enum Ancestors<'a> {
-    #[default]
-    Absent,
-    Json(&'a [Value]),
-    Typed(&'a [AncestorRecord]),
-}
-
-impl<'a> Ancestors<'a> {
-    /// The exes the ancestors have, nearest first.
-    pub fn exes(self) -> impl Iterator<Item = &'a str> {
-        let (json, typed) = match self {
-            Ancestors::Absent => (&[][..], &[][..]),
-            Ancestors::Json(json) => (json, &[][..]),
-            Ancestors::Typed(typed) => (&[][..], typed),
+impl ReadRecord {
+    /// The syscall record `record` is; `None` for the other kinds (start,
+    /// loss, …); an error naming the field when it does not fit the schema.
+    pub fn from_json(record: &Value) -> Result<Option<Self>, SchemaError> {
+        let Some(syscall) = record
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(Syscall::from_name)
+        else {
+            return Ok(None);
         };
-        json.iter()
-            .filter_map(|a| a.get("exe")?.as_str())
-            .chain(typed.iter().filter_map(|a| a.exe.as_deref()))
+        let call = serde_path_to_error::deserialize(record).map_err(|err| {
+            // The top level is "." to the path's printer.
+            let path = match err.path().to_string() {
+                root if root == "." => "record".to_owned(),
+                path => path,
+            };
+            SchemaError {
+                path,
+                message: err.inner().to_string(),
+            }
+        })?;
+        Ok(Some(Self {
+            syscall,
+            ts: record
+                .get("ts")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            seq: record
+                .get("seq")
+                .and_then(Value::as_u64)
+                .unwrap_or_default(),
+            call,
+        }))
     }
 }
-
-/// Conditions see ancestors only through their exes.
-impl PartialEq for Ancestors<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.exes().eq(other.exes())
-    }
-}
-
-impl Eq for Ancestors<'_> {}
 
 /// The record as JSON, for messages: they are formatted only for rules that
 /// matched, and may name any field. A live record is rendered only then.
@@ -309,14 +99,15 @@ enum RecordJson<'a> {
 
 /// One syscall record, with the values a policy tests.
 pub struct Event<'a> {
-    record: RecordJson<'a>,
+    json: RecordJson<'a>,
     pub syscall: Syscall,
-    source: Source<'a>,
+    ts: &'a str,
+    call: &'a Call,
     module: Option<&'a str>,
     /// `module` as names are compared: `-` spelled `_`.
     module_key: Option<Cow<'a, str>>,
     /// Minute of the day and weekday bit of `ts`, parsed on first use.
-    clock: OnceCell<Option<WeekTime>>,
+    week_time: OnceCell<Option<WeekTime>>,
 }
 
 /// When an event happened, as time windows test it (UTC).
@@ -328,66 +119,47 @@ pub struct WeekTime {
     pub day_bit: u8,
 }
 
-impl<'a> Event<'a> {
-    /// The event of a record read back from JSON (replay, `policy test`);
-    /// `None` for records that are not syscall records (start, loss, …).
-    /// Fields outside `reads` are left absent; the module's name is always
-    /// read, for the index of rules and for messages.
-    pub fn from_json(record: &'a Value, reads: Fields) -> Option<Self> {
-        let top = TopLevel::of(record);
-        let syscall = Syscall::from_name(top.kind?)?;
-        let mut reader = JsonReader::default();
-        reader.put(Field::Time, top.ts);
-        reader.put(Field::Result, top.result);
-        if let Some(module) = top.module {
-            reader.read_module(module, reads);
-        }
-        let reads = if reader.values.module_name.is_none() {
-            reads.or(Fields::of(&[Field::Path, Field::DeleteName]))
-        } else {
-            reads
-        };
-        if let Some(args) = top.args.filter(|_| reads.meets(Fields::ARGS)) {
-            reader.read_args(args, reads);
-        }
-        if let Some(process) = top.process {
-            reader.read_process(process, reads);
-        }
-        if let Some(parent) = top.parent {
-            reader.read_members(parent, reads.and(Fields::PARENT), |key| {
-                (key == "exe").then_some(Field::ParentExe)
-            });
-        }
-        if let Some(cause) = top.cause {
-            reader.read_members(cause, reads.and(Fields::CAUSE), |key| {
-                (key == "request").then_some(Field::Request)
-            });
-        }
-        Some(Self::new(
-            RecordJson::Read(record),
-            syscall,
-            Source::Json(Box::new(reader.values)),
-        ))
-    }
+/// `process.ancestors`: conditions see them through their exes.
+#[derive(Debug, Clone, Copy)]
+pub struct Ancestors<'a>(&'a [AncestorRecord]);
 
-    /// The event of a record `watch` has just made, its values taken from
-    /// `live` as they are; `render` gives its JSON, for messages only.
-    pub fn from_live(render: &'a dyn Fn() -> Value, syscall: Syscall, live: Live<'a>) -> Self {
-        let record = RecordJson::Live {
+impl<'a> Ancestors<'a> {
+    /// The exes the ancestors have, nearest first.
+    pub fn exes(self) -> impl Iterator<Item = &'a str> {
+        self.0.iter().filter_map(|a| a.exe.as_deref())
+    }
+}
+
+impl<'a> Event<'a> {
+    /// The event of a record `watch` has just made; `render` gives its JSON,
+    /// for messages only.
+    pub fn live(
+        render: &'a dyn Fn() -> Value,
+        syscall: Syscall,
+        ts: &'a str,
+        call: &'a Call,
+    ) -> Self {
+        let json = RecordJson::Live {
             render,
             rendered: OnceCell::new(),
         };
-        Self::new(record, syscall, Source::Live(live))
+        Self::new(json, syscall, ts, call)
     }
 
-    fn new(record: RecordJson<'a>, syscall: Syscall, source: Source<'a>) -> Self {
+    /// The event of a record read back from JSON as `read`, `json` its line.
+    pub fn read(json: &'a Value, read: &'a ReadRecord) -> Self {
+        Self::new(RecordJson::Read(json), read.syscall, &read.ts, &read.call)
+    }
+
+    fn new(json: RecordJson<'a>, syscall: Syscall, ts: &'a str, call: &'a Call) -> Self {
         let mut event = Self {
-            record,
+            json,
             syscall,
-            source,
+            ts,
+            call,
             module: None,
             module_key: None,
-            clock: OnceCell::new(),
+            week_time: OnceCell::new(),
         };
         event.module = event.module_name().or_else(|| match syscall {
             // Until module analysis names it: the name delete_module was
@@ -400,17 +172,151 @@ impl<'a> Event<'a> {
         event
     }
 
-    /// The letters of `module.taint`.
-    pub fn taint(&self) -> Option<&str> {
-        match &self.source {
-            Source::Json(values) => values.taint.as_deref(),
-            Source::Live(live) => Some(&live.call.module.as_ref()?.taint.as_ref()?.letters),
+    fn file(&self) -> Option<&'a FileArg> {
+        match &self.call.args {
+            Args::Finit { file, .. } => Some(file),
+            _ => None,
         }
+    }
+
+    fn analysis(&self) -> Option<&'a Analysis> {
+        self.call.module.as_ref()?.image.as_ref()?.analysis.as_ref()
+    }
+
+    /// `ts`
+    pub fn time(&self) -> Option<&'a str> {
+        (!self.ts.is_empty()).then_some(self.ts)
+    }
+
+    /// `result.ok`
+    pub fn ok(&self) -> Option<bool> {
+        self.call.result.as_ref().map(|r| r.ok)
+    }
+
+    /// `result.errno`
+    pub fn errno(&self) -> Option<&'a str> {
+        self.call.result.as_ref()?.errno.as_deref()
+    }
+
+    /// `process.exe`
+    pub fn exe(&self) -> Option<&'a str> {
+        self.call.process.exe.as_deref()
+    }
+
+    /// `process.comm`
+    pub fn comm(&self) -> Option<&'a str> {
+        Some(&self.call.process.comm)
+    }
+
+    /// `process.cgroup`
+    pub fn cgroup(&self) -> Option<&'a str> {
+        self.call.process.cgroup.as_deref()
+    }
+
+    /// `process.container.id`
+    pub fn container(&self) -> Option<&'a str> {
+        Some(&self.call.process.container.as_ref()?.id)
+    }
+
+    /// `process.uid`
+    pub fn uid(&self) -> Option<u64> {
+        Some(self.call.process.uid.into())
+    }
+
+    /// `process.auid`
+    pub fn auid(&self) -> Option<u64> {
+        self.call.process.auid.map(u64::from)
+    }
+
+    /// `process.euid`
+    pub fn euid(&self) -> Option<u64> {
+        self.call.process.euid.map(u64::from)
+    }
+
+    /// `process.ancestors[].exe`
+    pub fn ancestors(&self) -> Ancestors<'a> {
+        Ancestors(&self.call.process.ancestors)
+    }
+
+    /// `parent.exe`
+    pub fn parent_exe(&self) -> Option<&'a str> {
+        self.call.parent.exe.as_deref()
+    }
+
+    /// `args.file.path`
+    pub fn path(&self) -> Option<&'a str> {
+        self.file()?.path.as_deref()
+    }
+
+    /// `args.file.memfd`
+    pub fn memfd(&self) -> Option<bool> {
+        Some(self.file()?.memfd)
+    }
+
+    /// `args.file.unlinked`
+    pub fn unlinked(&self) -> Option<bool> {
+        Some(self.file()?.unlinked)
+    }
+
+    /// `args.params.value`
+    pub fn params(&self) -> Option<&'a str> {
+        match &self.call.args {
+            Args::Init { params, .. } | Args::Finit { params, .. } => params.value.as_deref(),
+            Args::Delete { .. } => None,
+        }
+    }
+
+    /// `args.name.value`, the name delete_module was given
+    pub fn delete_name(&self) -> Option<&'a str> {
+        match &self.call.args {
+            Args::Delete { name, .. } => name.value.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// `cause.request`
+    pub fn request(&self) -> Option<&'a str> {
+        Some(&self.call.cause.as_ref()?.request)
+    }
+
+    /// `module.name`
+    pub fn module_name(&self) -> Option<&'a str> {
+        self.call.module.as_ref()?.name.as_deref()
+    }
+
+    /// The letters of `module.taint`.
+    pub fn taint(&self) -> Option<&'a str> {
+        Some(&self.call.module.as_ref()?.taint.as_ref()?.letters)
+    }
+
+    /// `module.image.sha256`
+    pub fn sha256(&self) -> Option<&'a str> {
+        Some(&self.analysis()?.sha256)
+    }
+
+    /// `module.image.signature.signer`
+    pub fn signer(&self) -> Option<&'a str> {
+        self.analysis()?.signature.signer.as_deref()
+    }
+
+    /// `module.image.signature.signed`
+    pub fn signed(&self) -> Option<bool> {
+        Some(self.analysis()?.signature.signed)
+    }
+
+    /// `module.image.modinfo.license`
+    pub fn license(&self) -> Option<&'a str> {
+        self.analysis()?.modinfo.license.as_deref()
+    }
+
+    /// `module.image.modinfo.intree`
+    pub fn intree(&self) -> Option<bool> {
+        Some(self.analysis()?.modinfo.intree)
     }
 
     /// Any value of the record, by path, for messages.
     pub fn at(&self, path: &[&str]) -> Option<&Value> {
-        let record = match &self.record {
+        let record = match &self.json {
             RecordJson::Read(record) => record,
             RecordJson::Live { render, rendered } => rendered.get_or_init(render),
         };
@@ -421,21 +327,17 @@ impl<'a> Event<'a> {
         self.at(path)?.as_str()
     }
 
-    /// The text of a value default messages name, taken from a live record
-    /// in memory as messages show the JSON (a string as it is, a null or
-    /// absent value as `?`), so that such a message renders no JSON. None
-    /// for any other path, or for a record read from JSON.
-    pub fn live_text(&self, path: &[&str]) -> Option<String> {
-        let Source::Live(live) = &self.source else {
-            return None;
-        };
-        let process = &live.call.process;
+    /// The text of a value default messages name, taken from the record as
+    /// messages show the JSON (a string as it is, a null or absent value as
+    /// `?`), so that such a message renders no JSON. None for any other path.
+    pub fn typed_text(&self, path: &[&str]) -> Option<String> {
+        let process = &self.call.process;
         Some(match path {
             ["process", "exe"] => process.exe.clone().unwrap_or_else(|| "?".into()),
             ["process", "pid"] => process.pid.to_string(),
             ["process", "uid"] => process.uid.to_string(),
             ["process", "comm"] => process.comm.clone(),
-            ["result", "ret"] => live.call.result.as_ref()?.ret.to_string(),
+            ["result", "ret"] => self.call.result.as_ref()?.ret.to_string(),
             _ => return None,
         })
     }
@@ -451,223 +353,16 @@ impl<'a> Event<'a> {
         self.module_key.as_deref()
     }
 
-    pub fn clock(&self) -> Option<WeekTime> {
-        *self.clock.get_or_init(|| week_time_of(self.time()?))
+    pub fn week_time(&self) -> Option<WeekTime> {
+        *self.week_time.get_or_init(|| week_time_of(self.time()?))
     }
 }
 
-/// The module a record `watch` has just made is about, as [`Event::module`]
-/// names it for the same record read from JSON.
+/// The module a syscall record is about, as [`Event::module`] names it.
 pub fn module_of<'a>(call: &'a Call, kind: &str) -> Option<&'a str> {
     static NO_JSON: fn() -> Value = || Value::Null;
-    let event = Event::from_live(&NO_JSON, Syscall::from_name(kind)?, Live { ts: "", call });
+    let event = Event::live(&NO_JSON, Syscall::from_name(kind)?, "", call);
     event.module()
-}
-
-/// Takes [`Values`] from a record's JSON in one walk over each object the
-/// policy reads, stopping in each once it has what it wants.
-#[derive(Default)]
-struct JsonReader<'a> {
-    values: Values<'a>,
-}
-
-impl<'a> JsonReader<'a> {
-    fn put(&mut self, field: Field, value: Option<&'a Value>) {
-        let Some(value) = value else { return };
-        let v = &mut self.values;
-        match field {
-            Field::Time => v.time = value.as_str(),
-            Field::Result => {
-                for (key, value) in members(value) {
-                    match key {
-                        "ok" => v.ok = value.as_bool(),
-                        "errno" => v.errno = value.as_str(),
-                        _ => {}
-                    }
-                }
-            }
-            Field::Exe => v.exe = value.as_str(),
-            Field::Comm => v.comm = value.as_str(),
-            Field::Cgroup => v.cgroup = value.as_str(),
-            Field::Container => v.container = value.as_str(),
-            Field::Uid => v.uid = value.as_u64(),
-            Field::Auid => v.auid = value.as_u64(),
-            Field::Euid => v.euid = value.as_u64(),
-            Field::Ancestors => {
-                v.ancestors = value
-                    .as_array()
-                    .map_or(Ancestors::Absent, |a| Ancestors::Json(a));
-            }
-            Field::ParentExe => v.parent_exe = value.as_str(),
-            Field::Path => v.path = value.as_str(),
-            Field::Memfd => v.memfd = value.as_bool(),
-            Field::Unlinked => v.unlinked = value.as_bool(),
-            Field::Params => v.params = value.as_str(),
-            Field::DeleteName => v.delete_name = value.as_str(),
-            Field::Request => v.request = value.as_str(),
-            Field::ModuleName => v.module_name = value.as_str(),
-            Field::Taint => v.taint = taint_letters(value),
-            Field::Sha256 => v.sha256 = value.as_str(),
-            Field::Signer => v.signer = value.as_str(),
-            Field::Signed => v.signed = value.as_bool(),
-            Field::License => v.license = value.as_str(),
-            Field::Intree => v.intree = value.as_bool(),
-        }
-    }
-
-    /// Stores each member of `object` that `field_of` names as a field in
-    /// `wanted`, and stops once it has them all.
-    fn read_members(
-        &mut self,
-        object: &'a Value,
-        mut wanted: Fields,
-        field_of: impl Fn(&str) -> Option<Field>,
-    ) {
-        if wanted == Fields::NONE {
-            return;
-        }
-        for (key, value) in members(object) {
-            if let Some(field) = field_of(key).filter(|f| wanted.has(*f)) {
-                self.put(field, Some(value));
-                wanted = wanted.without(field);
-                if wanted == Fields::NONE {
-                    return;
-                }
-            }
-        }
-    }
-
-    fn read_process(&mut self, process: &'a Value, reads: Fields) {
-        if reads.has(Field::Container) {
-            self.put(Field::Container, value_at(process, &["container", "id"]));
-        }
-        self.read_members(process, reads.and(Fields::PROCESS), |key| match key {
-            "exe" => Some(Field::Exe),
-            "comm" => Some(Field::Comm),
-            "cgroup" => Some(Field::Cgroup),
-            "uid" => Some(Field::Uid),
-            "auid" => Some(Field::Auid),
-            "euid" => Some(Field::Euid),
-            "ancestors" => Some(Field::Ancestors),
-            _ => None,
-        });
-    }
-
-    fn read_args(&mut self, args: &'a Value, reads: Fields) {
-        for (key, value) in members(args) {
-            let (wanted, field_of): (_, fn(&str) -> Option<Field>) = match key {
-                "file" => (Fields::FILE, |key| match key {
-                    "path" => Some(Field::Path),
-                    "memfd" => Some(Field::Memfd),
-                    "unlinked" => Some(Field::Unlinked),
-                    _ => None,
-                }),
-                "params" => (Fields::of(&[Field::Params]), |key| {
-                    (key == "value").then_some(Field::Params)
-                }),
-                "name" => (Fields::of(&[Field::DeleteName]), |key| {
-                    (key == "value").then_some(Field::DeleteName)
-                }),
-                _ => continue,
-            };
-            self.read_members(value, reads.and(wanted), field_of);
-        }
-    }
-
-    fn read_module(&mut self, module: &'a Value, reads: Fields) {
-        for (key, value) in members(module) {
-            match key {
-                "name" => self.put(Field::ModuleName, Some(value)),
-                "taint" => self.put(Field::Taint, Some(value)),
-                "image" if reads.meets(Fields::IMAGE) => self.read_image(value, reads),
-                _ => {}
-            }
-        }
-    }
-
-    fn read_image(&mut self, image: &'a Value, reads: Fields) {
-        for (key, value) in members(image) {
-            match key {
-                "sha256" => self.put(Field::Sha256, Some(value)),
-                "signature" => {
-                    self.read_members(value, reads.and(Fields::SIGNATURE), |key| match key {
-                        "signer" => Some(Field::Signer),
-                        "signed" => Some(Field::Signed),
-                        _ => None,
-                    });
-                }
-                "modinfo" => {
-                    self.read_members(value, reads.and(Fields::MODINFO), |key| match key {
-                        "license" => Some(Field::License),
-                        "intree" => Some(Field::Intree),
-                        _ => None,
-                    });
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// The letters of `module.taint`: the record's `{"letters":"OE",…}`, or, as
-/// people write events for `policy test`, "OE" or ["O","E"].
-fn taint_letters(taint: &Value) -> Option<Cow<'_, str>> {
-    match taint {
-        Value::Object(_) => members(taint)
-            .find(|(key, _)| *key == "letters")
-            .and_then(|(_, letters)| letters.as_str())
-            .map(Cow::Borrowed),
-        Value::String(letters) => Some(Cow::Borrowed(letters)),
-        Value::Array(items) => Some(Cow::Owned(items.iter().filter_map(Value::as_str).collect())),
-        _ => None,
-    }
-}
-
-/// The members of the record's top level that events read.
-#[derive(Default)]
-struct TopLevel<'a> {
-    kind: Option<&'a str>,
-    ts: Option<&'a Value>,
-    result: Option<&'a Value>,
-    process: Option<&'a Value>,
-    parent: Option<&'a Value>,
-    args: Option<&'a Value>,
-    module: Option<&'a Value>,
-    cause: Option<&'a Value>,
-}
-
-impl<'a> TopLevel<'a> {
-    fn of(record: &'a Value) -> Self {
-        let mut top = Self::default();
-        for (key, value) in members(record) {
-            let slot = match key {
-                "kind" => {
-                    top.kind = value.as_str();
-                    continue;
-                }
-                "ts" => &mut top.ts,
-                "result" => &mut top.result,
-                "process" => &mut top.process,
-                "parent" => &mut top.parent,
-                "args" => &mut top.args,
-                "module" => &mut top.module,
-                "cause" => &mut top.cause,
-                _ => continue,
-            };
-            *slot = Some(value);
-        }
-        top
-    }
-}
-
-/// The members of `value` if it is an object; a walk over them costs less
-/// than hashing each key looked for.
-fn members(value: &Value) -> impl Iterator<Item = (&str, &Value)> {
-    value
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(key, value)| (key.as_str(), value))
 }
 
 fn week_time_of(ts: &str) -> Option<WeekTime> {
@@ -711,121 +406,93 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::samples::complete;
+
+    /// The module an event of (partial) `record` is about.
+    fn module_of_record(record: &Value) -> Option<String> {
+        let record = complete(record);
+        let read = ReadRecord::from_json(&record).unwrap().unwrap();
+        Event::read(&record, &read).module().map(str::to_owned)
+    }
 
     #[test]
     fn module_name_comes_from_the_module_object_first() {
         let record = json!({"kind":"finit_module","module":{"name":"real"},
             "args":{"file":{"path":"/tmp/other.ko"}}});
-        assert_eq!(
-            Event::from_json(&record, Fields::ALL).unwrap().module(),
-            Some("real")
-        );
+        assert_eq!(module_of_record(&record).as_deref(), Some("real"));
     }
 
     #[test]
     fn module_name_falls_back_to_the_path_or_the_delete_argument() {
         let finit = json!({"kind":"finit_module","args":{"file":{"path":"/x/usb-storage.ko.zst"}}});
-        assert_eq!(
-            Event::from_json(&finit, Fields::ALL).unwrap().module(),
-            Some("usb-storage")
-        );
+        assert_eq!(module_of_record(&finit).as_deref(), Some("usb-storage"));
         let memfd = json!({"kind":"finit_module","args":{"file":{"path":"/memfd:x"}}});
-        assert_eq!(
-            Event::from_json(&memfd, Fields::ALL).unwrap().module(),
-            None
-        );
+        assert_eq!(module_of_record(&memfd), None);
         let delete = json!({"kind":"delete_module","args":{"name":{"value":"dummy"}}});
-        assert_eq!(
-            Event::from_json(&delete, Fields::ALL).unwrap().module(),
-            Some("dummy")
-        );
-        let init = json!({"kind":"init_module","args":{}});
-        assert_eq!(Event::from_json(&init, Fields::ALL).unwrap().module(), None);
+        assert_eq!(module_of_record(&delete).as_deref(), Some("dummy"));
+        let init = json!({"kind":"init_module"});
+        assert_eq!(module_of_record(&init), None);
     }
 
     #[test]
     fn other_records_are_not_events() {
-        assert!(Event::from_json(&json!({"kind":"start"}), Fields::ALL).is_none());
-        assert!(Event::from_json(&json!({"kind":5}), Fields::ALL).is_none());
-        assert!(Event::from_json(&json!([]), Fields::ALL).is_none());
+        for record in [json!({"kind":"start"}), json!({"kind":5}), json!([])] {
+            assert!(
+                ReadRecord::from_json(&record).unwrap().is_none(),
+                "{record}"
+            );
+        }
     }
 
     #[test]
-    fn null_is_absent() {
-        let record = json!({"kind":"init_module","process":{"exe":null}});
-        let event = Event::from_json(&record, Fields::ALL).unwrap();
-        assert!(event.at(&["process", "exe"]).is_none());
-        assert_eq!(event.exe(), None);
+    fn a_record_that_does_not_fit_the_schema_says_where() {
+        let mut record = complete(&json!({"kind":"finit_module"}));
+        record["process"]["uid"] = json!("0");
+        let err = ReadRecord::from_json(&record).unwrap_err();
+        assert_eq!(err.path, "process.uid");
+        assert!(
+            err.to_string()
+                .starts_with("process.uid: invalid type: string"),
+            "{err}"
+        );
+        let mut record = complete(&json!({"kind":"delete_module"}));
+        record.as_object_mut().unwrap().remove("args");
+        let err = ReadRecord::from_json(&record).unwrap_err();
+        assert!(err.to_string().contains("missing field `args`"), "{err}");
     }
 
     #[test]
-    fn fields_come_from_their_paths() {
-        let record = json!({"kind":"finit_module","ts":"t","result":{"ok":true},
-            "process":{"exe":"e","comm":"c","cgroup":"g","container":{"runtime":"docker","id":"k"},"uid":1,"auid":2,
-                "euid":3,"ancestors":[{"exe":"a"}]},
-            "parent":{"exe":"p"},
-            "args":{"file":{"path":"/x.ko","memfd":false,"unlinked":true},"params":{"value":"v"}},
-            "cause":{"request":"r"},
-            "module":{"name":"m","taint":"O","image":{"sha256":"h",
-                "signature":{"signer":"s","signed":true},"modinfo":{"license":"l","intree":false}}}});
-        let event = Event::from_json(&record, Fields::ALL).unwrap();
-        let values = event.values();
-        let ancestors = [json!({"exe":"a"})];
-        let expected = Values {
-            time: Some("t"),
-            ok: Some(true),
-            errno: None,
-            exe: Some("e"),
-            comm: Some("c"),
-            cgroup: Some("g"),
-            container: Some("k"),
-            uid: Some(1),
-            auid: Some(2),
-            euid: Some(3),
-            ancestors: Ancestors::Json(&ancestors),
-            parent_exe: Some("p"),
-            path: Some("/x.ko"),
-            memfd: Some(false),
-            unlinked: Some(true),
-            params: Some("v"),
-            delete_name: None,
-            request: Some("r"),
-            module_name: Some("m"),
-            taint: Some("O".into()),
-            sha256: Some("h"),
-            signer: Some("s"),
-            signed: Some(true),
-            license: Some("l"),
-            intree: Some(false),
-        };
-        assert_eq!(values, expected);
-        assert_eq!(values.ancestors.exes().collect::<Vec<_>>(), ["a"]);
+    fn records_of_older_collectors_are_read() {
+        // From tests/fixtures/replay/host-damaged.ndjson: no namespaces,
+        // ancestors, container, unit or start time yet.
+        let record: Value = serde_json::from_str(
+            r#"{"kind":"finit_module","schema":1,"ts":"2026-11-27T21:52:00.873237598Z","seq":1,"host":"vm","duration_ns":9959,"exited":true,"process":{"pid":1860,"tid":1860,"ppid":1746,"uid":0,"gid":0,"euid":0,"auid":4294967295,"session":4294967295,"comm":"mtcall","exe":"/tmp/m","cmdline":["/tmp/m"],"cgroup_id":1,"cgroup":"/"},"parent":{"pid":1746,"comm":"bash","exe":"/usr/bin/bash","cmdline":["bash"]},"args":{"fd":3,"file":{"path":"/tmp/sctp.ko","truncated":false,"ino":10248392,"unlinked":false,"memfd":false},"params":{"value":"","truncated":false},"flags":{"raw":0,"names":[]}},"result":{"ret":-38,"errno":"ENOSYS","ok":false},"module":null}"#,
+        )
+        .unwrap();
+        let read = ReadRecord::from_json(&record).unwrap().unwrap();
+        let event = Event::read(&record, &read);
+        assert_eq!(event.module(), Some("sctp"));
+        assert_eq!(event.ancestors().exes().count(), 0);
+        assert_eq!(read.call.process.namespaces.mnt, None);
     }
 
     #[test]
     fn taint_letters_come_from_the_record_or_as_people_write_them() {
         for taint in [
-            json!({"raw":12288,"letters":"OE"}),
+            json!({"raw":12288,"letters":"OE","names":["out_of_tree_module","unsigned_module"]}),
             json!("OE"),
             json!(["O", "E"]),
         ] {
-            let record = json!({"kind":"finit_module","module":{"taint":taint}});
-            let event = Event::from_json(&record, Fields::ALL).unwrap();
-            let values = event.values();
-            assert_eq!(values.taint.as_deref(), Some("OE"), "{taint}");
+            let record = complete(&json!({"kind":"finit_module","module":{"taint":taint}}));
+            let read = ReadRecord::from_json(&record).unwrap().unwrap();
+            let event = Event::read(&record, &read);
+            assert_eq!(event.taint(), Some("OE"), "{taint}");
+            let parsed = read.call.module.unwrap().taint.unwrap();
+            assert_eq!(parsed.raw, 12288, "{taint}");
         }
     }
 
-    #[test]
-    fn values_of_another_type_are_absent() {
-        let record = json!({"kind":"finit_module","process":{"uid":"0","exe":7},
-            "args":{"file":{"memfd":"yes"}},"result":{"ok":1,"errno":5}});
-        let event = Event::from_json(&record, Fields::ALL).unwrap();
-        let values = event.values();
-        assert_eq!(values, Values::default());
-    }
-
-    mod live_and_json_agree {
+    mod live_and_read_agree {
         use super::*;
         use crate::{
             record::{fields, image::ImageReport, FileArg, ModuleInfo},
@@ -851,7 +518,7 @@ mod tests {
             call.module = Some(ModuleInfo {
                 taint: Some(fields::taint(1 << 12 | 1 << 13)),
                 image: Some(ImageReport {
-                    source: "caller-memory",
+                    source: "caller-memory".into(),
                     during_call: true,
                     analysis: None,
                     error: Some("unreadable".into()),
@@ -873,7 +540,7 @@ mod tests {
                     ino: None,
                     unlinked: true,
                     memfd: true,
-                    error: Some("unresolved"),
+                    error: Some("unresolved".into()),
                 },
                 params: captured(Some("")),
                 flags: fields::decode_flags(0, fields::FINIT_FLAGS),
@@ -908,6 +575,35 @@ mod tests {
             call
         }
 
+        /// Every value conditions test, as text, for comparing two events.
+        fn values(event: &Event) -> Vec<String> {
+            vec![
+                format!("{:?}", event.time()),
+                format!("{:?} {:?}", event.ok(), event.errno()),
+                format!("{:?} {:?} {:?}", event.exe(), event.comm(), event.cgroup()),
+                format!("{:?}", event.container()),
+                format!("{:?} {:?} {:?}", event.uid(), event.auid(), event.euid()),
+                format!("{:?}", event.ancestors().exes().collect::<Vec<_>>()),
+                format!("{:?} {:?}", event.parent_exe(), event.path()),
+                format!("{:?} {:?}", event.memfd(), event.unlinked()),
+                format!("{:?} {:?}", event.params(), event.delete_name()),
+                format!(
+                    "{:?} {:?} {:?}",
+                    event.request(),
+                    event.module_name(),
+                    event.taint()
+                ),
+                format!(
+                    "{:?} {:?} {:?}",
+                    event.sha256(),
+                    event.signer(),
+                    event.signed()
+                ),
+                format!("{:?} {:?}", event.license(), event.intree()),
+                format!("{:?} {:?}", event.module(), event.module_key()),
+            ]
+        }
+
         #[test]
         fn for_every_kind_of_call() {
             let calls = [
@@ -917,30 +613,26 @@ mod tests {
                 (Syscall::DeleteModule, delete()),
                 (Syscall::DeleteModule, unloaded()),
             ];
+            let policy = crate::policy::Policy::default_policy(&crate::policy::Context {
+                kernel: "6.1.0-28-amd64".into(),
+                check_owner: false,
+            });
             for (syscall, call) in calls {
                 let json = render(syscall, &call);
                 let render = || json.clone();
-                let live = Event::from_live(
-                    &render,
-                    syscall,
-                    Live {
-                        ts: TS,
-                        call: &call,
-                    },
-                );
-                let read = Event::from_json(&json, Fields::ALL).unwrap();
-                assert_eq!(live.values(), read.values(), "{json}");
-                assert_eq!(live.syscall, read.syscall);
-                assert_eq!(live.module(), read.module());
-                assert_eq!(live.module_key(), read.module_key());
-                assert_ne!(live.values(), Values::default());
+                let live = Event::live(&render, syscall, TS, &call);
+                let read = ReadRecord::from_json(&json).unwrap().unwrap();
+                let read_event = Event::read(&json, &read);
+                assert_eq!(values(&live), values(&read_event), "{json}");
+                assert_eq!(live.syscall, read_event.syscall);
+                // The record read back renders as the one written.
+                assert_eq!(render_read(&read), json);
                 // What the default policy makes of each, messages included.
-                let policy = crate::policy::Policy::default_policy(&crate::policy::Context {
-                    kernel: "6.1.0-28-amd64".into(),
-                    check_owner: false,
-                });
-                assert_eq!(policy.evaluate_event(&live), policy.evaluate_event(&read));
-                // What messages take from the record in memory reads as the JSON.
+                assert_eq!(
+                    policy.judge_call(syscall, TS, &call, &render),
+                    policy.judge_read(&json, &read)
+                );
+                // What messages take from the typed record reads as the JSON.
                 let paths: [&[&str]; 5] = [
                     &["process", "exe"],
                     &["process", "pid"],
@@ -949,10 +641,10 @@ mod tests {
                     &["result", "ret"],
                 ];
                 for path in paths {
-                    let Some(text) = live.live_text(path) else {
+                    let Some(text) = live.typed_text(path) else {
                         continue;
                     };
-                    let from_json = match read.at(path) {
+                    let from_json = match read_event.at(path) {
                         Some(Value::String(s)) => s.clone(),
                         Some(other) => other.to_string(),
                         None => "?".into(),
@@ -961,18 +653,9 @@ mod tests {
                 }
             }
         }
-    }
 
-    #[test]
-    fn only_the_fields_read_are_taken_but_always_the_module_name() {
-        let record = json!({"kind":"finit_module","process":{"exe":"e"},
-            "args":{"file":{"path":"/x/usb-storage.ko"}}});
-        let event = Event::from_json(&record, Fields::of(&[Field::Request])).unwrap();
-        assert_eq!(event.exe(), None);
-        assert_eq!(event.path(), Some("/x/usb-storage.ko"));
-        assert_eq!(event.module(), Some("usb-storage"));
-        assert_eq!(event.module_key(), Some("usb_storage"));
-        let event = Event::from_json(&record, Fields::NONE).unwrap();
-        assert_eq!(event.module(), Some("usb-storage"));
+        fn render_read(read: &ReadRecord) -> Value {
+            render(read.syscall, &read.call)
+        }
     }
 }

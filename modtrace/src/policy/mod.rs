@@ -1,15 +1,14 @@
 //! The policy engine: rules over syscall records, verdicts and alerts.
 //!
-//! Rules are evaluated against the JSON form of a record (docs/output.md),
-//! the same value `watch` writes and `replay` reads, so that a policy judges a
-//! recorded capture exactly as it would have judged the live events.
-//! The file format is described in docs/policy.md.
+//! Stage 4. Rules are evaluated against the typed record (docs/output.md):
+//! the one `watch` has just made, or the one `replay` deserialises from a
+//! capture's line, so that a policy judges a recorded capture exactly as it
+//! would have judged the live events. The file format is described in
+//! docs/policy.md.
 //!
-//! A policy is compiled for speed once: it knows which record fields its
-//! rules read (an [`Event`] takes only those, in one walk over the record),
-//! and it indexes each rule that requires a glob or path prefix by that glob,
-//! so that per event only the rules a value can match, and the few rules
-//! that require nothing indexable, are checked.
+//! A policy is compiled for speed once: it indexes each rule that requires a
+//! glob or path prefix by that glob, so that per event only the rules a value
+//! can match, and the few rules that require nothing indexable, are checked.
 pub mod commands;
 pub mod condition;
 pub mod dedup;
@@ -33,7 +32,7 @@ use crate::record::{
 
 use self::{
     condition::{Condition, Matcher, Pattern, TextField},
-    event::{Event, Fields, Live, SyscallBit},
+    event::{Event, ReadRecord, SchemaError, SyscallBit},
     glob::{Glob, GlobIndex, GlobIndexBuilder, Shape},
     program::Program,
 };
@@ -148,12 +147,6 @@ impl Rule {
             })
     }
 
-    /// The fields of a record the rule reads.
-    fn reads(&self) -> Fields {
-        let allow = self.allow.as_ref().map_or(Fields::NONE, Condition::reads);
-        self.when.reads().or(allow)
-    }
-
     fn matched(&self, event: &Event) -> Match {
         Match {
             rule: self.id.clone(),
@@ -232,7 +225,7 @@ fn result_word(event: &Event) -> String {
 }
 
 fn display(event: &Event, path: &[&str]) -> String {
-    if let Some(text) = event.live_text(path) {
+    if let Some(text) = event.typed_text(path) {
         return text;
     }
     match event.at(path) {
@@ -308,10 +301,11 @@ pub enum PolicyError {
 /// index costs about as much as checking four rules whole.
 const MIN_INDEXED_RULES: usize = 4;
 
+/// A rule's id, whether it matched, and one line per condition saying why.
+pub type Explained = (String, bool, Vec<String>);
+
 pub struct Policy {
     rules: Vec<Rule>,
-    /// The fields of a record that the enabled rules read.
-    reads: Fields,
     /// Rules that require a glob or a path prefix on some field, one index
     /// per field.
     indexes: Vec<GlobIndex>,
@@ -377,11 +371,9 @@ impl Policy {
     }
 
     pub fn from_rules(rules: Vec<Rule>, sha256: &str, source: &str) -> Self {
-        let mut reads = Fields::NONE;
         let mut groups: Vec<(GlobIndexBuilder, Vec<usize>)> = Vec::new();
         let mut scan = Vec::new();
         for (index, rule) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
-            reads = reads.or(rule.reads());
             let Some((field, globs)) = rule.index_entry() else {
                 scan.push(index);
                 continue;
@@ -414,7 +406,6 @@ impl Policy {
         scan.sort_unstable();
         Self {
             rules,
-            reads,
             indexes,
             scan,
             sha256: sha256.to_owned(),
@@ -442,10 +433,10 @@ impl Policy {
         &self.rules
     }
 
-    /// Judges one record read back from JSON; `None` for records that are
-    /// not syscall records.
-    pub fn evaluate(&self, record: &Value) -> Option<Evaluation> {
-        Some(self.evaluate_event(&Event::from_json(record, self.reads)?))
+    /// Judges one record read back from JSON (`policy test`); `None` for
+    /// records that are not syscall records.
+    pub fn evaluate(&self, record: &Value) -> Result<Option<Evaluation>, SchemaError> {
+        Ok(ReadRecord::from_json(record)?.map(|read| self.judge_read(record, &read)))
     }
 
     /// Judges one event, however its values were read.
@@ -486,17 +477,15 @@ impl Policy {
         Evaluation { verdict, matches }
     }
 
-    /// Evaluates `record`, read back from JSON, and stores the result in its
-    /// `policy` key, replacing any earlier judgement.
-    pub fn judge(&self, record: &mut Value) -> Option<Evaluation> {
-        let evaluation = self.evaluate(record)?;
-        Some(store(record, evaluation))
+    /// Judges a record read back from JSON: `read`, the typed record of the
+    /// line `json` (which messages may quote).
+    pub fn judge_read(&self, json: &Value, read: &ReadRecord) -> Evaluation {
+        self.evaluate_event(&Event::read(json, read))
     }
 
-    /// [`Policy::judge`] for a record `watch` has just made, whose values
-    /// the policy takes from `call` as they are; `render` gives its JSON,
-    /// called only if a matched rule's message needs it. The evaluation is
-    /// the record's `policy` object.
+    /// Judges a record `watch` has just made, as it is in memory; `render`
+    /// gives its JSON, called only if a matched rule's message needs it.
+    /// The evaluation is the record's `policy` object.
     pub fn judge_call(
         &self,
         syscall: Syscall,
@@ -504,14 +493,16 @@ impl Policy {
         call: &Call,
         render: &dyn Fn() -> Value,
     ) -> Evaluation {
-        let live = Live { ts, call };
-        self.evaluate_event(&Event::from_live(render, syscall, live))
+        self.evaluate_event(&Event::live(render, syscall, ts, call))
     }
 
     /// For each enabled rule: whether it matched `record`, and why, one line
     /// per condition.
-    pub fn explain(&self, record: &Value) -> Option<Vec<(String, bool, Vec<String>)>> {
-        let event = Event::from_json(record, self.reads)?;
+    pub fn explain(&self, record: &Value) -> Result<Option<Vec<Explained>>, SchemaError> {
+        let Some(read) = ReadRecord::from_json(record)? else {
+            return Ok(None);
+        };
+        let event = Event::read(record, &read);
         let explained = self
             .rules
             .iter()
@@ -526,17 +517,8 @@ impl Policy {
                 (rule.id.clone(), rule.matches(&event), lines)
             })
             .collect();
-        Some(explained)
+        Ok(Some(explained))
     }
-}
-
-/// Writes `evaluation` into `record` as its `policy` object.
-fn store(record: &mut Value, evaluation: Evaluation) -> Evaluation {
-    if let Value::Object(map) = record {
-        let value = serde_json::to_value(&evaluation).expect("evaluations serialize");
-        map.insert("policy".into(), value);
-    }
-    evaluation
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -284,7 +284,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::policy::Policy;
+    use crate::policy::{event::ReadRecord, Policy};
 
     fn parsed(text: &str) -> Vec<Directive> {
         parse(text, Path::new("/etc/modprobe.d/x.conf"))
@@ -383,7 +383,9 @@ mod tests {
             ),
         ];
         for (record, expected) in cases {
-            let event = Event::from_json(&record, crate::policy::event::Fields::ALL).unwrap();
+            let record = crate::samples::complete(&record);
+            let read = ReadRecord::from_json(&record).unwrap().unwrap();
+            let event = Event::read(&record, &read);
             assert_eq!(
                 Bypass::classify(&event, "usb_storage"),
                 expected,
@@ -415,7 +417,10 @@ mod tests {
             &["insmod", "/x/usb-storage.ko"],
             "finit_module",
         );
-        let evaluation = policy.evaluate(&record).unwrap();
+        let evaluation = policy
+            .evaluate(&crate::samples::complete(&record))
+            .unwrap()
+            .unwrap();
         assert_eq!(evaluation.matches.len(), 1, "{evaluation:?}");
         let m = &evaluation.matches[0];
         assert_eq!(m.rule, "modprobe.d:blacklist:usb_storage");
@@ -424,7 +429,13 @@ mod tests {
         let message = |result: serde_json::Value| {
             let mut record = record.clone();
             record["result"] = result;
-            policy.evaluate(&record).unwrap().matches[0].message.clone()
+            policy
+                .evaluate(&crate::samples::complete(&record))
+                .unwrap()
+                .unwrap()
+                .matches[0]
+                .message
+                .clone()
         };
         let loaded = message(json!({"ret":0,"errno":null,"ok":true}));
         assert!(
@@ -440,7 +451,12 @@ mod tests {
         let other = load("/usr/bin/kmod", &["modprobe", "ext4"], "finit_module");
         let mut other = other;
         other["args"]["file"]["path"] = json!("/lib/modules/k/ext4.ko");
-        assert!(policy.evaluate(&other).unwrap().matches.is_empty());
+        assert!(policy
+            .evaluate(&crate::samples::complete(&other))
+            .unwrap()
+            .unwrap()
+            .matches
+            .is_empty());
     }
 
     #[test]

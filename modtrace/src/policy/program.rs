@@ -72,12 +72,12 @@ fn lay_out(condition: &Condition, if_true: Next, if_false: Next, steps: &mut Vec
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
     use crate::policy::{
         condition::FlagField,
-        event::{Fields, Syscall, SyscallBit},
+        event::{ReadRecord, Syscall, SyscallBit},
     };
 
     /// Leaves that are true, false or undecided (absent) for the events below.
@@ -115,9 +115,17 @@ mod tests {
             json!({"kind": "init_module",
                    "module": {"image": {"signature": {"signed": false}}}}),
         ];
-        let events: Vec<_> = records
+        let reads: Vec<(Value, ReadRecord)> = records
             .iter()
-            .map(|r| Event::from_json(r, Fields::ALL).unwrap())
+            .map(|r| {
+                let record = crate::samples::complete(r);
+                let read = ReadRecord::from_json(&record).unwrap().unwrap();
+                (record, read)
+            })
+            .collect();
+        let events: Vec<_> = reads
+            .iter()
+            .map(|(record, read)| Event::read(record, read))
             .collect();
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut random = move || {

@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use super::*;
+use crate::{policy::event::ReadRecord, samples::complete};
 
 fn context() -> Context {
     Context {
@@ -22,8 +23,17 @@ fn rule(when: &str) -> Policy {
     ))
 }
 
+/// The judgement of `record`, a syscall record of which the test gives only
+/// the fields it cares about (the rest: [`complete`]).
+fn evaluate(policy: &Policy, record: &Value) -> Evaluation {
+    policy
+        .evaluate(&complete(record))
+        .unwrap_or_else(|err| panic!("{err}: {record}"))
+        .expect("a syscall record")
+}
+
 fn hits(policy: &Policy, record: &Value) -> bool {
-    !policy.evaluate(record).unwrap().matches.is_empty()
+    !evaluate(policy, record).matches.is_empty()
 }
 
 /// A finit_module of sctp by modprobe, as docs/output.md shows it, with the
@@ -35,7 +45,8 @@ fn finit() -> Value {
             "session":3,"comm":"modprobe","exe":"/usr/bin/kmod","cmdline":["modprobe","sctp"],
             "cgroup_id":4242,"cgroup":"/user.slice/user-1000.slice/session-3.scope",
             "container":{"runtime":"docker","id":"abc123","pod_uid":null},
-            "ancestors":[{"exe":"/usr/bin/bash"},{"exe":"/usr/sbin/sshd"}]},
+            "ancestors":[{"pid":790,"comm":"bash","uid":0,"exe":"/usr/bin/bash"},
+                {"pid":700,"comm":"sshd","uid":0,"exe":"/usr/sbin/sshd"}]},
         "parent":{"pid":790,"comm":"bash","exe":"/usr/bin/bash","cmdline":["-bash"]},
         "args":{"fd":3,"file":{"path":"/lib/modules/6.1.0-28-amd64/kernel/net/sctp/sctp.ko",
             "truncated":false,"ino":131733,"unlinked":false,"memfd":false},
@@ -302,13 +313,13 @@ fn verdict_is_the_highest_action_and_matches_keep_rule_order() {
          [[rule]]\nid = \"b\"\nseverity = \"low\"\naction = \"log\"\nwhen = { module = \"sctp\" }\n\
          [[rule]]\nid = \"c\"\nseverity = \"low\"\naction = \"log\"\nwhen = { uid = 5 }\n",
     );
-    let evaluation = p.evaluate(&finit()).unwrap();
+    let evaluation = evaluate(&p, &finit());
     assert_eq!(evaluation.verdict, Verdict::Log);
     let ids: Vec<_> = evaluation.matches.iter().map(|m| m.rule.as_str()).collect();
     assert_eq!(ids, ["a", "b"]);
     assert_eq!(evaluation.alerts().count(), 0);
     let none = policy("[[rule]]\nid = \"x\"\nseverity = \"low\"\nwhen = { uid = 5 }\n");
-    assert_eq!(none.evaluate(&finit()).unwrap().verdict, Verdict::None);
+    assert_eq!(evaluate(&none, &finit()).verdict, Verdict::None);
 }
 
 #[test]
@@ -323,7 +334,7 @@ fn messages_use_templates_or_describe_the_event() {
         "[[rule]]\nid = \"t\"\nseverity = \"low\"\nmessage = \"{rule}: {module} via {syscall} by {exe} ({comm}, pid {pid}, uid {uid}) {path}\"\n\
          [[rule]]\nid = \"d\"\ndescription = \"CIS module\"\nseverity = \"low\"\n",
     );
-    let m = p.evaluate(&finit()).unwrap().matches;
+    let m = evaluate(&p, &finit()).matches;
     assert_eq!(
         m[0].message,
         "t: sctp via finit_module by /usr/bin/kmod (modprobe, pid 812, uid 0) /lib/modules/6.1.0-28-amd64/kernel/net/sctp/sctp.ko"
@@ -335,24 +346,26 @@ fn messages_use_templates_or_describe_the_event() {
 }
 
 #[test]
-fn judge_writes_the_policy_object() {
+fn a_record_read_back_is_judged_into_its_policy_object() {
     let p = rule("module = \"sctp\"");
-    let mut record = finit();
-    record["policy"] = json!({"verdict": "stale"});
-    p.judge(&mut record).unwrap();
-    assert_eq!(record["policy"]["verdict"], "alert");
+    let record = complete(&finit());
+    let read = ReadRecord::from_json(&record).unwrap().unwrap();
+    let evaluation = serde_json::to_value(p.judge_read(&record, &read)).unwrap();
+    assert_eq!(evaluation["verdict"], "alert");
     assert_eq!(
-        record["policy"]["matches"][0],
+        evaluation["matches"][0],
         json!({"rule":"r","severity":"high","action":"alert",
                "message":"r: finit_module sctp by /usr/bin/kmod (pid 812, uid 0)"})
     );
-    assert!(p.judge(&mut json!({"kind":"start"})).is_none());
+    assert!(ReadRecord::from_json(&json!({"kind":"start"}))
+        .unwrap()
+        .is_none());
 }
 
 #[test]
 fn explain_marks_each_condition_with_the_value_seen() {
     let p = rule("comm = \"insmod\", uid = 0");
-    let explained = p.explain(&finit()).unwrap();
+    let explained = p.explain(&complete(&finit())).unwrap().unwrap();
     let (id, matched, lines) = &explained[0];
     assert_eq!(id, "r");
     assert!(!matched);
@@ -399,11 +412,7 @@ fn indexed_and_scanned_rules_give_the_same_answers() {
     ] {
         record["module"]["name"] = json!(name);
         for p in [&scanned, &indexed] {
-            assert_eq!(
-                p.evaluate(&record).unwrap().matches.len(),
-                expected,
-                "{name}"
-            );
+            assert_eq!(evaluate(p, &record).matches.len(), expected, "{name}");
         }
     }
 }
@@ -427,9 +436,7 @@ fn default() -> Policy {
 }
 
 fn default_rules_for(record: &Value) -> Vec<String> {
-    default()
-        .evaluate(record)
-        .unwrap()
+    evaluate(&default(), record)
         .matches
         .into_iter()
         .map(|m| m.rule)
@@ -510,7 +517,7 @@ fn delete(result: &Value) -> Value {
 #[test]
 fn default_policy_notes_unloads_and_attempts_apart() {
     let done = delete(&json!({"ret":0,"errno":null,"ok":true}));
-    let evaluation = default().evaluate(&done).unwrap();
+    let evaluation = evaluate(&default(), &done);
     assert_eq!(default_rules_for(&done), ["module-unload"]);
     assert_eq!(evaluation.matches[0].severity, Severity::Low);
     assert_eq!(
@@ -519,7 +526,7 @@ fn default_policy_notes_unloads_and_attempts_apart() {
     );
 
     let failed = delete(&json!({"ret":-2,"errno":"ENOENT","ok":false}));
-    let evaluation = default().evaluate(&failed).unwrap();
+    let evaluation = evaluate(&default(), &failed);
     assert_eq!(default_rules_for(&failed), ["module-unload-attempt"]);
     assert_eq!(evaluation.matches[0].severity, Severity::Info);
     assert_eq!(
@@ -529,7 +536,7 @@ fn default_policy_notes_unloads_and_attempts_apart() {
 
     // A call whose task died inside it may or may not have unloaded.
     let unfinished = delete(&Value::Null);
-    let evaluation = default().evaluate(&unfinished).unwrap();
+    let evaluation = evaluate(&default(), &unfinished);
     assert_eq!(default_rules_for(&unfinished), ["module-unload-attempt"]);
     assert_eq!(
         evaluation.matches[0].message,
@@ -557,7 +564,7 @@ fn no_default_message_calls_a_failed_call_a_load_or_an_unload() {
     ];
     let mut rules = std::collections::BTreeSet::new();
     for record in records {
-        for m in default().evaluate(&record).unwrap().matches {
+        for m in evaluate(&default(), &record).matches {
             let errno = record["result"]["errno"].as_str().unwrap();
             assert!(
                 m.message.contains(&format!(" failed ({errno}): ")),
@@ -592,7 +599,7 @@ fn templates_name_the_result() {
     let message = |result: Value| {
         let mut record = finit();
         record["result"] = result;
-        p.evaluate(&record).unwrap().matches[0].message.clone()
+        evaluate(&p, &record).matches[0].message.clone()
     };
     assert_eq!(
         message(json!({"ret":0,"errno":null,"ok":true})),

@@ -1,7 +1,9 @@
 //! Kernel values as the output shows them: flag bits with their names, errno
 //! numbers as names, taint letters, captured strings that say what was not
 //! captured. Nothing here invents data.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use super::Text;
 
 /// Flag bits with their names, as the kernel's uapi headers define them.
 type FlagTable = &'static [(u32, &'static str)];
@@ -19,10 +21,10 @@ pub const DELETE_FLAGS: FlagTable = &[
     (libc::O_TRUNC as u32, "O_TRUNC"),
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flags {
     pub raw: u32,
-    pub names: Vec<&'static str>,
+    pub names: Vec<Text>,
     /// Bits no name is known for, kept so that nothing is hidden.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown: Option<u32>,
@@ -32,7 +34,7 @@ pub fn decode_flags(raw: u32, table: FlagTable) -> Flags {
     let names = table
         .iter()
         .filter(|(bit, _)| raw & bit != 0)
-        .map(|&(_, name)| name)
+        .map(|&(_, name)| Text::Borrowed(name))
         .collect();
     let known = table.iter().fold(0, |acc, (bit, _)| acc | bit);
     let unknown = raw & !known;
@@ -81,7 +83,53 @@ pub struct Taint {
     pub raw: u64,
     /// As /proc/modules and `dmesg` show them, e.g. "OE".
     pub letters: String,
-    pub names: Vec<&'static str>,
+    pub names: Vec<Text>,
+}
+
+/// A taint as a record has it, or as people write one in an event for
+/// `policy test`: its letters, `"OE"` or `["O", "E"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TaintForm {
+    Record {
+        raw: u64,
+        letters: String,
+        names: Vec<Text>,
+    },
+    Letters(String),
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Taint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match TaintForm::deserialize(deserializer)? {
+            TaintForm::Record {
+                raw,
+                letters,
+                names,
+            } => Taint {
+                raw,
+                letters,
+                names,
+            },
+            TaintForm::Letters(letters) => taint_of_letters(letters),
+            TaintForm::List(letters) => taint_of_letters(letters.concat()),
+        })
+    }
+}
+
+/// The taint whose letters are `letters`; a letter the table lacks adds
+/// no bit but stays among the letters.
+fn taint_of_letters(letters: String) -> Taint {
+    let raw = letters
+        .chars()
+        .filter_map(|c| TAINT_FLAGS.iter().position(|(letter, _)| *letter == c))
+        .fold(0, |raw, bit| raw | 1 << bit);
+    Taint {
+        names: taint(raw).names,
+        raw,
+        letters,
+    }
 }
 
 pub fn taint(raw: u64) -> Taint {
@@ -94,11 +142,11 @@ pub fn taint(raw: u64) -> Taint {
     Taint {
         raw,
         letters: set().map(|(_, (letter, _))| *letter).collect(),
-        names: set().map(|(_, (_, name))| *name).collect(),
+        names: set().map(|(_, (_, name))| Text::Borrowed(name)).collect(),
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallResult {
     pub ret: i64,
     pub errno: Option<String>,
@@ -122,12 +170,12 @@ pub fn call_result(ret: i64) -> CallResult {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Captured {
     pub value: Option<String>,
     pub truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'static str>,
+    pub error: Option<Text>,
 }
 
 /// Bytes as text: valid UTF-8 as is, every other byte as `\xNN`, so that a
@@ -170,7 +218,13 @@ mod tests {
         let t = taint((1 << 12) | (1 << 13));
         assert_eq!(
             (t.letters.as_str(), t.names.clone()),
-            ("OE", vec!["out_of_tree_module", "unsigned_module"])
+            (
+                "OE",
+                vec![
+                    Text::from("out_of_tree_module"),
+                    Text::from("unsigned_module")
+                ]
+            )
         );
         assert_eq!(taint(1).letters, "P");
         assert_eq!(

@@ -2,14 +2,16 @@
 //! and what it is (the enrichment stage reads and parses it).
 use std::{collections::BTreeMap, fmt};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use super::Text;
 
 /// Where the module image of a load was read from, and what it is.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageReport {
     /// `caller-memory` (init_module's buffer), `fd` (finit_module's fd,
     /// through /proc) or `path` (the file by its name, after the call).
-    pub source: &'static str,
+    pub source: Text,
     /// Whether it was taken while the call was in progress (see `snapshot`):
     /// after the call, the caller may have freed, closed or replaced it.
     pub during_call: bool,
@@ -20,7 +22,7 @@ pub struct ImageReport {
 }
 
 /// Compression of a module file, detected by magic bytes, not by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Xz,
@@ -57,7 +59,7 @@ impl fmt::Display for Compression {
 }
 
 /// What one module image is: the record's `module` object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Analysis {
     /// SHA-256 (lowercase hex) of the bytes given: the file as on disk.
     pub sha256: String,
@@ -77,7 +79,7 @@ pub struct Analysis {
 }
 
 /// What `.modinfo` says. Text that is not UTF-8 appears as `\xNN`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Modinfo {
     pub name: Option<String>,
     pub license: Option<String>,
@@ -99,7 +101,7 @@ pub struct Modinfo {
 }
 
 /// Whether a signature is appended and, when it can be read, by whom.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signature {
     /// The image ends with the "~Module signature appended~" trailer.
     pub signed: bool,

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use modtrace_common::{KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE};
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 pub mod fields;
 pub mod image;
@@ -16,6 +18,10 @@ use self::{
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// A name the output takes from a fixed set: static as `watch` makes it,
+/// owned when a record is read back.
+pub type Text = Cow<'static, str>;
 
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
@@ -75,7 +81,7 @@ pub struct PreloadedModule {
     pub taint: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Call {
     pub duration_ns: Option<u64>,
     /// False when the task died inside the syscall: no result exists.
@@ -90,7 +96,7 @@ pub struct Call {
     pub cause: Option<Cause>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ModuleInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -124,7 +130,7 @@ impl RecordId {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cause {
     /// The request record, until its seq is known.
     #[serde(skip)]
@@ -135,10 +141,10 @@ pub struct Cause {
     /// How the link was made: `cmdline` (modprobe's argument names the
     /// request) or `kernel-helper` (a modprobe started by the kernel while the
     /// request was the only one outstanding).
-    pub matched_by: &'static str,
+    pub matched_by: Text,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Requester {
     pub pid: u32,
     pub comm: String,
@@ -155,7 +161,7 @@ pub struct Request {
     pub wait: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,
     pub tid: u32,
@@ -179,18 +185,21 @@ pub struct Process {
     pub container: Option<Container>,
     /// Its systemd service, as its cgroup path names it.
     pub systemd_unit: Option<String>,
+    /// Absent from records of modtrace before 0.1's namespaces: unknown.
+    #[serde(default)]
     pub namespaces: Namespaces,
     /// The `real_parent` chain from the parent up to pid 1, captured in the
     /// kernel at the call (at most 8 deep).
+    #[serde(default)]
     pub ancestors: Vec<AncestorRecord>,
 }
 
 /// The container a process runs in, as its cgroup path names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     /// `docker`, `containerd`, `cri-o`, `podman`, or `unknown` for a
     /// Kubernetes container whose runtime the path does not name.
-    pub runtime: &'static str,
+    pub runtime: Text,
     pub id: String,
     /// The Kubernetes pod uid, when the path shows one.
     pub pod_uid: Option<String>,
@@ -198,13 +207,13 @@ pub struct Container {
 
 /// Namespace inode numbers, as `/proc/PID/ns/*` links show them
 /// (`mnt:[4026531841]`); null when this kernel's BTF lacks a field on the way.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Namespaces {
     pub mnt: Option<u32>,
     pub pid: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AncestorRecord {
     pub pid: u32,
     pub comm: String,
@@ -213,7 +222,7 @@ pub struct AncestorRecord {
     pub exe: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Parent {
     pub pid: Option<u32>,
     pub comm: Option<String>,
@@ -221,7 +230,7 @@ pub struct Parent {
     pub cmdline: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Args {
     Init {
@@ -241,7 +250,7 @@ pub enum Args {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileArg {
     pub path: Option<String>,
     pub truncated: bool,
@@ -249,7 +258,7 @@ pub struct FileArg {
     pub unlinked: bool,
     pub memfd: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'static str>,
+    pub error: Option<Text>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
