@@ -1,11 +1,10 @@
 //! The VM matrix: `cargo xtask vm-test` boots real Debian kernels in QEMU, runs each
 //! scenario of `tests/vm/scenarios/` with the real kmod tools in its own fresh guest,
-//! brings the results back, and asserts them on the host (see `vm/checks.rs`).
-mod checks;
+//! brings the results back, and asserts them on the host with the checks of
+//! `tests/vm/checks/` (the `modtrace-vm-checks` crate).
 pub mod image;
 pub mod kernels;
 pub mod qemu;
-mod results;
 
 use std::{
     fs,
@@ -14,6 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use modtrace_vm_checks::{self as checks, ScenarioResults};
 
 use self::kernels::{Kernel, KERNELS};
 
@@ -228,11 +228,14 @@ fn run_scenario(
     };
     let booted = qemu::run(&boot).and_then(|(dir, elapsed)| {
         eprintln!("vm: {label}: guest ran for {:.1} s", elapsed.as_secs_f64());
-        results::ScenarioResults::load(&dir)
+        Ok(ScenarioResults::load(&dir)?)
     });
+    let built = checks::Built {
+        mtcall: binaries.mtcall.is_some(),
+    };
     match booted {
-        Ok(results) => checks::run(&label, &scenario.name, &results, binaries),
-        Err(err) => checks::Outcome::vm_failed(&label, &err),
+        Ok(results) => checks::run(&label, &scenario.name, &results, &built),
+        Err(err) => checks::Outcome::vm_failed(&label, format!("{err:#}")),
     }
 }
 

@@ -1,7 +1,13 @@
-//! Host-side assertions over one scenario run: first the kernel's ground truth (exit
-//! codes, /proc/modules, ftrace's record of every module syscall, mtcall's reports),
-//! then modtrace's NDJSON against that truth and docs/output.md. modtrace checks never
-//! pass vacuously: a watch that did not start is a failure that says why.
+//! Host-side assertions over one scenario run of the VM matrix (the scenarios are
+//! `tests/vm/scenarios/*.sh`, run in a guest by `cargo xtask vm-test`): first the
+//! kernel's ground truth (exit codes, /proc/modules, ftrace's record of every module
+//! syscall, mtcall's reports), then modtrace's NDJSON against that truth and
+//! docs/output.md. modtrace checks never pass vacuously: a watch that did not start is
+//! a failure that says why.
+//!
+//! The runner hands over the directory the guest's results were unpacked into
+//! ([`ScenarioResults::load`]) and what it built for the guest ([`Built`]);
+//! [`run`] gives the [`Outcome`].
 mod container;
 mod flood;
 mod identity;
@@ -9,12 +15,19 @@ mod inflight;
 mod pending;
 mod policy;
 mod replay;
+pub mod results;
 mod scenarios;
 mod watch;
 
 use std::fmt::Debug;
 
-use super::{image::GuestBinaries, results::ScenarioResults};
+pub use results::{LoadError, ScenarioResults};
+
+/// What the runner built for the guest, as far as the checks need to know it.
+pub struct Built {
+    /// Whether mtcall built, so that the guest has it.
+    pub mtcall: bool,
+}
 
 /// The result of one (kernel, scenario) run.
 pub struct Outcome {
@@ -30,12 +43,13 @@ struct Finding {
 }
 
 impl Outcome {
-    pub fn vm_failed(label: &str, err: &anyhow::Error) -> Self {
+    /// A run that gave no results to check; `error` says why.
+    pub fn vm_failed(label: &str, error: String) -> Self {
         Self {
             label: label.to_owned(),
             ground: Checks::default(),
             modtrace: Checks::default(),
-            vm_error: Some(format!("{err:#}")),
+            vm_error: Some(error),
         }
     }
 
@@ -106,6 +120,10 @@ impl Checks {
         self.unchecked.push(what.into());
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "the values compared are mostly temporaries read out of a record; by value, each of the hundred call sites reads got-then-expected without a `&`"
+    )]
     pub fn eq<T: PartialEq + Debug>(&mut self, what: &str, actual: T, expected: T) {
         let ok = actual == expected;
         self.check(ok, format!("{what}: got {actual:?}, expected {expected:?}"));
@@ -119,22 +137,19 @@ pub struct Ctx<'a> {
     pub modtrace: Checks,
 }
 
-pub fn run(
-    label: &str,
-    scenario: &str,
-    results: &ScenarioResults,
-    binaries: &GuestBinaries,
-) -> Outcome {
+/// Checks the results of scenario `scenario` (a file name of tests/vm/scenarios/
+/// without .sh) against its assertions in `scenarios::find`; `label` names the run.
+pub fn run(label: &str, scenario: &str, results: &ScenarioResults, built: &Built) -> Outcome {
     let mut ctx = Ctx {
         results,
         ground: Checks::default(),
         modtrace: Checks::default(),
     };
-    common_ground(&mut ctx, binaries);
+    common_ground(&mut ctx, built);
     match scenarios::find(scenario) {
         Some(check) => check(&mut ctx),
         None => ctx.ground.fail(format!(
-            "no assertions are written for scenario {scenario} (xtask/src/vm/checks/scenarios.rs)"
+            "no assertions are written for scenario {scenario} (tests/vm/checks/src/scenarios.rs)"
         )),
     }
     Outcome {
@@ -146,7 +161,7 @@ pub fn run(
 }
 
 /// What every run must show regardless of scenario.
-fn common_ground(ctx: &mut Ctx, binaries: &GuestBinaries) {
+fn common_ground(ctx: &mut Ctx, built: &Built) {
     let r = ctx.results;
     let g = &mut ctx.ground;
     g.check(
@@ -175,7 +190,7 @@ fn common_ground(ctx: &mut Ctx, binaries: &GuestBinaries) {
         r.calls().all(|c| c.ret.is_some()),
         "every traced module syscall has a traced exit",
     );
-    if binaries.mtcall.is_none() {
+    if !built.mtcall {
         g.fail("mtcall did not build: target/release/mtcall is not in the guest");
     }
     for action in &r.actions {

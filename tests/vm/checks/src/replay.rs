@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{watch::SYSCALL_KINDS, Checks};
-use crate::vm::results::Watch;
+use crate::results::Watch;
 
 /// Disagreements spelled out in one finding; the rest are counted. A capture
 /// of thousands of records that all disagree stays readable.
@@ -16,7 +16,7 @@ const SHOWN: usize = 10;
 
 /// Compares the replay of `watch` with its live records (`live`, already
 /// parsed by the envelope checks).
-pub fn check_replay(m: &mut Checks, watch: &Watch, live: &[&Value]) {
+pub(crate) fn check_replay(m: &mut Checks, watch: &Watch, live: &[&Value]) {
     let label = &watch.label;
     let what = format!("watch {label}: replay agrees with the live judgement");
     // The replay judges the whole capture with the policy file as it is at the
@@ -178,9 +178,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::vm::results::Replayed;
+    use crate::results::Replayed;
 
-    fn judged(seq: u64, kind: &str, policy: Value) -> Value {
+    fn judged(seq: u64, kind: &str, policy: &Value) -> Value {
         json!({"kind": kind, "seq": seq, "policy": policy})
     }
 
@@ -207,9 +207,9 @@ mod tests {
         vec![
             json!({"kind": "start", "seq": 0}),
             alert(1, 0, "start", "modprobe.d:blacklist:loop"),
-            judged(2, "finit_module", alerting("fileless-load", "memfd")),
+            judged(2, "finit_module", &alerting("fileless-load", "memfd")),
             alert(3, 2, "finit_module", "fileless-load"),
-            judged(4, "delete_module", logging("unload")),
+            judged(4, "delete_module", &logging("unload")),
             json!({"kind": "stop", "seq": 5}),
         ]
     }
@@ -319,11 +319,11 @@ mod tests {
             ["seq 4 (\"delete_module\"): no replayed record"]
         );
         let mut replayed = self::replayed();
-        replayed.push(judged(9, "delete_module", logging("unload")));
+        replayed.push(judged(9, "delete_module", &logging("unload")));
         replayed.push(judged(
             2,
             "finit_module",
-            alerting("fileless-load", "memfd"),
+            &alerting("fileless-load", "memfd"),
         ));
         assert_eq!(
             policy_disagreements(&refs(&live), &refs(&replayed)),

@@ -7,7 +7,7 @@ use super::{
     watch::{check_process, child_record, watched, Watched},
     Checks, Ctx,
 };
-use crate::vm::results::Action;
+use crate::results::Action;
 
 const FIXTURES: &str = "/lib/modtrace-fixtures";
 /// TAINT_UNSIGNED_MODULE, bit 13 of /proc/sys/kernel/tainted.
@@ -39,7 +39,7 @@ const LOADS: &[(&str, &str, &str, &str, &str)] = &[
     ),
 ];
 
-pub fn identity(ctx: &mut Ctx) {
+pub(crate) fn identity(ctx: &mut Ctx) {
     for label in [
         "init_comm",
         "modinfo_plain",

@@ -12,7 +12,7 @@ const THREADS: u64 = 4200;
 /// `PENDING_CAPACITY` of modtrace-common.
 const PENDING_CAPACITY: u64 = 4096;
 
-pub fn pending(ctx: &mut Ctx) {
+pub(crate) fn pending(ctx: &mut Ctx) {
     expect_rc(ctx, "overflow", 0);
     expect_rc(ctx, "in_kernel", 0);
     let r = ctx.results;

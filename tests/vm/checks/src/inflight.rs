@@ -7,11 +7,11 @@ use super::{
     watch::{watched, watched_with_losses},
     Ctx,
 };
-use crate::vm::results::TracedCall;
+use crate::results::TracedCall;
 
 const PATH: &str = "/lib/modtrace-fixtures/dummy.ko";
 
-pub fn inflight(ctx: &mut Ctx) {
+pub(crate) fn inflight(ctx: &mut Ctx) {
     for label in ["rmmod_held_at_stop", "rmmod_held_at_start"] {
         expect_rc(ctx, label, 0);
     }

@@ -5,24 +5,24 @@
 use serde_json::{json, Value};
 
 use super::{replay::check_replay, Checks, Ctx};
-use crate::vm::results::{Action, TraceItem, TracedCall, Watch};
+use crate::results::{Action, TraceItem, TracedCall, Watch};
 
 pub(super) const SYSCALL_KINDS: &[&str] = &["init_module", "finit_module", "delete_module"];
 /// The comm of flooders whose calls ftrace does not record (tests/vm/scenarios
 /// /flood.sh filters them out: millions of calls would overrun the trace).
 /// Their records and summaries are checked against their own counts instead.
-pub const UNTRACED_COMM: &str = "flooder";
-pub const STRATEGIES: &[&str] = &["fentry", "syscall-tracepoints", "raw-syscalls"];
+pub(crate) const UNTRACED_COMM: &str = "flooder";
+pub(crate) const STRATEGIES: &[&str] = &["fentry", "syscall-tracepoints", "raw-syscalls"];
 
 /// A watch whose output passed the envelope checks, with the ground-truth calls
 /// made while it ran.
-pub struct Watched<'a> {
+pub(crate) struct Watched<'a> {
     pub records: Vec<&'a Value>,
     pub calls: Vec<&'a TracedCall>,
 }
 
 impl<'a> Watched<'a> {
-    pub fn start(&self) -> Option<&'a Value> {
+    pub(crate) fn start(&self) -> Option<&'a Value> {
         self.records
             .first()
             .copied()
@@ -30,7 +30,7 @@ impl<'a> Watched<'a> {
     }
 
     /// Syscall records made by process `pid`, in output order.
-    pub fn by_pid(&self, pid: Option<u32>) -> Vec<&'a Value> {
+    pub(crate) fn by_pid(&self, pid: Option<u32>) -> Vec<&'a Value> {
         self.records
             .iter()
             .copied()
@@ -42,12 +42,12 @@ impl<'a> Watched<'a> {
 /// Runs the shared checks of watch `label` and returns its records for the scenario's
 /// own checks, or records why modtrace could not be checked (never a silent pass).
 /// It must have reported no loss.
-pub fn watched<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watched<'a>> {
+pub(crate) fn watched<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watched<'a>> {
     checked_watch(ctx, label, Losses::None)
 }
 
 /// `watched` for a watch whose scenario provokes losses and checks them itself.
-pub fn watched_with_losses<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watched<'a>> {
+pub(crate) fn watched_with_losses<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watched<'a>> {
     checked_watch(ctx, label, Losses::Expected)
 }
 
@@ -467,7 +467,7 @@ fn result_matches(result: &Value, ret: i64, errno: Option<&str>) -> bool {
 }
 
 /// Names of the errnos these scenarios provoke; an unknown one fails the comparison.
-pub fn errno_name(ret: i64) -> Option<&'static str> {
+pub(crate) fn errno_name(ret: i64) -> Option<&'static str> {
     Some(match -ret {
         n if n <= 0 => return None,
         1 => "EPERM",
@@ -484,7 +484,7 @@ pub fn errno_name(ret: i64) -> Option<&'static str> {
 }
 
 /// The process block of a record: who made the call.
-pub struct Who<'a> {
+pub(crate) struct Who<'a> {
     pub pid: Option<u32>,
     pub ppid: Option<u32>,
     pub uid: u32,
@@ -495,7 +495,7 @@ pub struct Who<'a> {
     pub namespaces: Option<&'a Value>,
 }
 
-pub fn check_process(m: &mut Checks, what: &str, record: &Value, who: &Who) {
+pub(crate) fn check_process(m: &mut Checks, what: &str, record: &Value, who: &Who) {
     let p = &record["process"];
     m.eq(
         &format!("{what}: process.pid"),
@@ -548,7 +548,7 @@ pub fn check_process(m: &mut Checks, what: &str, record: &Value, who: &Who) {
 }
 
 /// The one record of a process that action `a`'s process started.
-pub fn child_record<'a>(m: &mut Checks, w: &Watched<'a>, a: &Action) -> Option<&'a Value> {
+pub(crate) fn child_record<'a>(m: &mut Checks, w: &Watched<'a>, a: &Action) -> Option<&'a Value> {
     let records: Vec<&Value> = w
         .records
         .iter()
@@ -568,7 +568,7 @@ pub fn child_record<'a>(m: &mut Checks, w: &Watched<'a>, a: &Action) -> Option<&
 }
 
 /// A captured string: `{"value": …, "truncated": false}`.
-pub fn check_string(m: &mut Checks, what: &str, captured: &Value, expected: &str) {
+pub(crate) fn check_string(m: &mut Checks, what: &str, captured: &Value, expected: &str) {
     m.eq(
         what,
         captured,
@@ -576,7 +576,7 @@ pub fn check_string(m: &mut Checks, what: &str, captured: &Value, expected: &str
     );
 }
 
-pub fn check_flags(m: &mut Checks, what: &str, flags: &Value, raw: u64, names: &[&str]) {
+pub(crate) fn check_flags(m: &mut Checks, what: &str, flags: &Value, raw: u64, names: &[&str]) {
     m.eq(what, flags, &json!({"raw": raw, "names": names}));
 }
 

@@ -56,7 +56,7 @@ const RELOADS: &[(&str, &str)] = &[
     ("reload_load3", "second-policy"),
 ];
 
-pub fn policy(ctx: &mut Ctx) {
+pub(crate) fn policy(ctx: &mut Ctx) {
     let r = ctx.results;
     let labels = r
         .actions

@@ -8,7 +8,7 @@ use super::{
     Ctx,
 };
 
-pub fn container(ctx: &mut Ctx) {
+pub(crate) fn container(ctx: &mut Ctx) {
     for label in ["container", "rmmod", "container_id"] {
         expect_rc(ctx, label, 0);
     }

@@ -6,9 +6,9 @@ use super::{
     watch::{check_flags, check_process, check_string, errno_name, watched, Who, STRATEGIES},
     Checks, Ctx,
 };
-use crate::vm::results::{Action, ScenarioResults, TraceItem, TracedCall};
+use crate::results::{Action, ScenarioResults, TraceItem, TracedCall};
 
-pub fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
+pub(crate) fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
     Some(match scenario {
         "modprobe_sctp" => modprobe_sctp,
         "insmod_params" => insmod_params,

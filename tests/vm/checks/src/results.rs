@@ -2,12 +2,26 @@
 //! parsed into types the checks use.
 use std::{
     collections::BTreeMap,
-    fs,
+    fs, io,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result};
 use serde_json::Value;
+
+/// Why a results directory could not be read. A missing file is not an error:
+/// it reads as empty, and the checks report what is absent.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// An entry of a directory listing that could not be read.
+    #[error(transparent)]
+    Listing(#[from] io::Error),
+}
 
 pub struct ScenarioResults {
     pub dir: PathBuf,
@@ -101,7 +115,8 @@ pub enum TraceItem {
 }
 
 impl ScenarioResults {
-    pub fn load(dir: &Path) -> Result<Self> {
+    /// Reads `dir`, where the runner unpacked the guest's /results.
+    pub fn load(dir: &Path) -> Result<Self, LoadError> {
         let read = |name: &str| read_text(&dir.join(name));
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -182,15 +197,18 @@ impl ScenarioResults {
 }
 
 /// A missing file reads as empty: the checks then report what is absent.
-fn read_text(path: &Path) -> Result<String> {
+fn read_text(path: &Path) -> Result<String, LoadError> {
     match fs::read(path) {
         Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+        Err(source) => Err(LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
-fn sorted_subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+fn sorted_subdirs(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(Vec::new());
     };
@@ -212,7 +230,7 @@ fn lines_of(text: &str) -> Vec<String> {
     text.lines().map(str::to_owned).collect()
 }
 
-fn load_actions(dir: &Path) -> Result<Vec<Action>> {
+fn load_actions(dir: &Path) -> Result<Vec<Action>, LoadError> {
     sorted_subdirs(dir)?
         .into_iter()
         .map(|d| {
@@ -251,7 +269,7 @@ fn namespaces(links: &str) -> Option<Value> {
     Some(serde_json::json!({"mnt": inode("mnt")?, "pid": inode("pid")?}))
 }
 
-fn load_watches(dir: &Path) -> Result<BTreeMap<String, Watch>> {
+fn load_watches(dir: &Path) -> Result<BTreeMap<String, Watch>, LoadError> {
     sorted_subdirs(dir)?
         .into_iter()
         .map(|d| {

@@ -20,7 +20,7 @@ const FLOODS: &[(&str, &str, bool)] = &[
     ("root_new_names", "ENOENT", true),
 ];
 
-pub fn flood(ctx: &mut Ctx) {
+pub(crate) fn flood(ctx: &mut Ctx) {
     for label in [
         "cycles",
         "flooding",
