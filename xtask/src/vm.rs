@@ -242,7 +242,7 @@ fn run_scenario(
 fn report(outcomes: &[checks::Outcome]) -> Result<()> {
     eprintln!("\nvm: summary");
     for outcome in outcomes {
-        outcome.print();
+        eprint!("{outcome}");
     }
     let failed = outcomes.iter().filter(|o| !o.passed()).count();
     // The plain closing line CI reads, alone on its line.

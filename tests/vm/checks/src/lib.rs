@@ -19,7 +19,7 @@ pub mod results;
 mod scenarios;
 mod watch;
 
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
 
 pub use results::{LoadError, ScenarioResults};
 
@@ -53,6 +53,7 @@ impl Outcome {
         }
     }
 
+    /// Whether the run gave results, both areas ran checks, and every check held.
     pub fn passed(&self) -> bool {
         self.vm_error.is_none()
             && !self.ground.findings.is_empty()
@@ -64,17 +65,21 @@ impl Outcome {
                 .chain(&self.modtrace.findings)
                 .all(|f| f.ok)
     }
+}
 
-    pub fn print(&self) {
+/// The verdict, then for each area its count of checks and failures, each failed
+/// finding and what could not be checked: one line each, every line ended.
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.passed() { "PASS" } else { "FAIL" };
         if let Some(err) = &self.vm_error {
-            eprintln!("{verdict} {}: the VM run failed: {err}", self.label);
-            return;
+            return writeln!(f, "{verdict} {}: the VM run failed: {err}", self.label);
         }
         for (area, checks) in [("ground truth", &self.ground), ("modtrace", &self.modtrace)] {
             let findings = &checks.findings;
-            let failed: Vec<_> = findings.iter().filter(|f| !f.ok).collect();
-            eprintln!(
+            let failed: Vec<_> = findings.iter().filter(|finding| !finding.ok).collect();
+            writeln!(
+                f,
                 "{verdict} {} {area}: {} checks, {} failed{}",
                 self.label,
                 findings.len(),
@@ -84,20 +89,21 @@ impl Outcome {
                 } else {
                     ""
                 }
-            );
+            )?;
             for finding in failed {
-                eprintln!("    - {}", finding.what);
+                writeln!(f, "    - {}", finding.what)?;
             }
             for note in &checks.unchecked {
-                eprintln!("    not checked: {note}");
+                writeln!(f, "    not checked: {note}")?;
             }
         }
+        Ok(())
     }
 }
 
 /// Collects findings for one area (ground truth or modtrace).
 #[derive(Default)]
-pub struct Checks {
+pub(crate) struct Checks {
     findings: Vec<Finding>,
     /// What a check could not be run on, and why: shown with the outcome,
     /// never counted as a check, so it cannot make a run pass.
@@ -105,18 +111,18 @@ pub struct Checks {
 }
 
 impl Checks {
-    pub fn check(&mut self, ok: bool, what: impl Into<String>) {
+    pub(crate) fn check(&mut self, ok: bool, what: impl Into<String>) {
         self.findings.push(Finding {
             ok,
             what: what.into(),
         });
     }
 
-    pub fn fail(&mut self, what: impl Into<String>) {
+    pub(crate) fn fail(&mut self, what: impl Into<String>) {
         self.check(false, what);
     }
 
-    pub fn not_checked(&mut self, what: impl Into<String>) {
+    pub(crate) fn not_checked(&mut self, what: impl Into<String>) {
         self.unchecked.push(what.into());
     }
 
@@ -124,14 +130,14 @@ impl Checks {
         clippy::needless_pass_by_value,
         reason = "the values compared are mostly temporaries read out of a record; by value, each of the hundred call sites reads got-then-expected without a `&`"
     )]
-    pub fn eq<T: PartialEq + Debug>(&mut self, what: &str, actual: T, expected: T) {
+    pub(crate) fn eq<T: PartialEq + Debug>(&mut self, what: &str, actual: T, expected: T) {
         let ok = actual == expected;
         self.check(ok, format!("{what}: got {actual:?}, expected {expected:?}"));
     }
 }
 
 /// Ground truth and modtrace checks of one scenario.
-pub struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     pub results: &'a ScenarioResults,
     pub ground: Checks,
     pub modtrace: Checks,
