@@ -17,6 +17,8 @@ mod policy;
 mod replay;
 pub mod results;
 mod scenarios;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 use std::fmt::{self, Debug};

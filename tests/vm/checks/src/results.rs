@@ -421,6 +421,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn missing_files_read_as_empty_and_unreadable_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = ScenarioResults::load(dir.path()).unwrap();
+        assert_eq!(
+            (
+                results.scenario_rc,
+                results.actions.len(),
+                results.watches.len()
+            ),
+            (None, 0, 0)
+        );
+        fs::create_dir(dir.path().join("meta")).unwrap();
+        let Err(err) = ScenarioResults::load(dir.path()) else {
+            panic!("a directory named meta was read as a file");
+        };
+        assert_eq!(
+            err.to_string(),
+            format!("reading {}", dir.path().join("meta").display())
+        );
+        assert!(matches!(err, LoadError::Read { .. }), "{err:?}");
+    }
+
+    #[test]
     fn pairs_entry_and_exit_per_thread() {
         let trace = "\
 # tracer: nop
