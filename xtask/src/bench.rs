@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 #[derive(clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Only criterion benchmarks whose name contains this (criterion's filter).
     filter: Option<String>,
     /// Run one part only: the criterion benches (`policy`) or the kernel benches (`kernels`).
@@ -36,7 +36,7 @@ enum Part {
     Kernels,
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let only = match (args.only, &args.kernel) {
         (Some(Part::Policy), Some(_)) => {
             anyhow::bail!("--kernel selects a kernel bench; drop --only policy")

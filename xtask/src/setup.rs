@@ -26,7 +26,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dwarves",
 ];
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     ensure_debian_packages()

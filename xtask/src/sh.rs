@@ -4,12 +4,12 @@ use std::process::Command;
 use anyhow::{bail, Context as _, Result};
 
 /// Runs the command and returns its stdout; a non-zero exit is an error carrying stderr.
-pub fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     output_bytes(cmd).map(|out| String::from_utf8_lossy(&out).into_owned())
 }
 
 /// `output` for binary stdout.
-pub fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
+pub(crate) fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -22,7 +22,7 @@ pub fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
 }
 
 /// Runs the command with inherited output; a non-zero exit is an error.
-pub fn status(cmd: &mut Command) -> Result<()> {
+pub(crate) fn status(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");

@@ -1,11 +1,10 @@
 //! The VM matrix: `cargo xtask vm-test` boots real Debian kernels in QEMU, runs each
 //! scenario of `tests/vm/scenarios/` with the real kmod tools in its own fresh guest,
-//! brings the results back, and asserts them on the host (see `vm/checks.rs`).
-mod checks;
-pub mod image;
-pub mod kernels;
-pub mod qemu;
-mod results;
+//! brings the results back, and asserts them on the host with the checks of
+//! `tests/vm/checks/` (the `modtrace-vm-checks` crate).
+pub(crate) mod image;
+pub(crate) mod kernels;
+pub(crate) mod qemu;
 
 use std::{
     fs,
@@ -14,6 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use modtrace_vm_checks::{self as checks, ScenarioResults};
 
 use self::kernels::{Kernel, KERNELS};
 
@@ -22,7 +22,7 @@ use self::kernels::{Kernel, KERNELS};
 const VM_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(clap::Args, Default)]
-pub struct VmTestArgs {
+pub(crate) struct VmTestArgs {
     /// Run only this kernel (names: the KERNELS table in xtask/src/vm/kernels.rs).
     #[arg(long)]
     pub kernel: Option<String>,
@@ -40,7 +40,7 @@ struct Scenario {
     needs_modules: bool,
 }
 
-pub fn run(args: &VmTestArgs) -> Result<()> {
+pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
     let workspace = crate::workspace_root();
     let vm_dir = crate::target_dir().join("vm");
     let kernels = selected_kernels(args.kernel.as_deref())?;
@@ -78,7 +78,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
 }
 
 /// Every kernel of the matrix, or the one named.
-pub fn selected_kernels(name: Option<&str>) -> Result<Vec<&'static Kernel>> {
+pub(crate) fn selected_kernels(name: Option<&str>) -> Result<Vec<&'static Kernel>> {
     let kernels: Vec<_> = KERNELS
         .iter()
         .filter(|k| name.is_none_or(|want| want == k.name))
@@ -129,7 +129,7 @@ fn selected_scenarios(dir: &Path, args: &VmTestArgs) -> Result<Vec<Scenario>> {
 
 /// Builds modtrace and mtcall; a failed build leaves the binary out of the guest, so
 /// the scenarios that need it fail and say why (a stale binary is never used).
-pub fn build_guest_binaries() -> image::GuestBinaries {
+pub(crate) fn build_guest_binaries() -> image::GuestBinaries {
     let build =
         |package: &str| match crate::run_cargo(&["build", "--release", "--package", package]) {
             Ok(()) => Some(crate::target_dir().join("release").join(package)),
@@ -147,7 +147,7 @@ pub fn build_guest_binaries() -> image::GuestBinaries {
 }
 
 /// A kernel ready to boot: unpacked, with the initramfs built for it.
-pub struct PreparedKernel {
+pub(crate) struct PreparedKernel {
     pub kernel: &'static Kernel,
     pub unpacked: kernels::UnpackedKernel,
     pub initramfs: PathBuf,
@@ -156,7 +156,7 @@ pub struct PreparedKernel {
 
 /// Fetches the kernel and builds its initramfs under `vm_dir/work/<kernel>`; `debs`
 /// are Debian packages to unpack into the image besides the usual userland.
-pub fn prepare_kernel(
+pub(crate) fn prepare_kernel(
     kernel: &'static Kernel,
     binaries: &image::GuestBinaries,
     debs: &[PathBuf],
@@ -228,18 +228,21 @@ fn run_scenario(
     };
     let booted = qemu::run(&boot).and_then(|(dir, elapsed)| {
         eprintln!("vm: {label}: guest ran for {:.1} s", elapsed.as_secs_f64());
-        results::ScenarioResults::load(&dir)
+        Ok(ScenarioResults::load(&dir)?)
     });
+    let built = checks::Built {
+        mtcall: binaries.mtcall.is_some(),
+    };
     match booted {
-        Ok(results) => checks::run(&label, &scenario.name, &results, binaries),
-        Err(err) => checks::Outcome::vm_failed(&label, &err),
+        Ok(results) => checks::run(&label, &scenario.name, &results, &built),
+        Err(err) => checks::Outcome::vm_failed(&label, format!("{err:#}")),
     }
 }
 
 fn report(outcomes: &[checks::Outcome]) -> Result<()> {
     eprintln!("\nvm: summary");
     for outcome in outcomes {
-        outcome.print();
+        eprint!("{outcome}");
     }
     let failed = outcomes.iter().filter(|o| !o.passed()).count();
     // The plain closing line CI reads, alone on its line.

@@ -10,7 +10,7 @@ use std::{collections::HashSet, fmt::Write as _, fs, path::Path};
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
-pub struct Collector {
+pub(crate) struct Collector {
     strategy: String,
     startup_ms: Vec<f64>,
     latency_us: Vec<f64>,
@@ -22,7 +22,7 @@ pub struct Collector {
 
 impl Collector {
     /// None when the bench did not run (no `bench/collector/` in the results).
-    pub fn load(results: &Path) -> Result<Option<Collector>> {
+    pub(crate) fn load(results: &Path) -> Result<Option<Collector>> {
         let dir = results.join("bench/collector");
         if !dir.is_dir() {
             return Ok(None);
@@ -98,7 +98,7 @@ impl Collector {
         }))
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut text = format!("  collector, default strategy ({}):\n", self.strategy);
         let _ = writeln!(
             text,
@@ -133,7 +133,7 @@ impl Collector {
         text
     }
 
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "strategy": self.strategy,
             "startup_ms": self.startup_ms,
@@ -159,10 +159,10 @@ impl Collector {
 /// (`2026-12-01T22:22:31.355220810Z`).
 fn rfc3339_ns(ts: &str) -> Option<u64> {
     let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
-    let mut date = date.split('-').map(|f| f.parse::<i64>());
+    let mut date = date.split('-').map(str::parse::<i64>);
     let (y, m, d) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
     let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
-    let mut hms = hms.split(':').map(|f| f.parse::<i64>());
+    let mut hms = hms.split(':').map(str::parse::<i64>);
     let (h, min, s) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
     let nanos: u64 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
     // Days from the civil date (Howard Hinnant's days_from_civil).

@@ -34,7 +34,7 @@ const GUEST_BASE_TIMEOUT: Duration = Duration::from_secs(180);
 const GUEST_TIMEOUT_PER_RUN: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Rounds of the interleaved configurations (each round runs each once).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..))]
     rounds: u32,
@@ -49,7 +49,7 @@ pub struct Settings {
     host_calls: u64,
 }
 
-pub fn run(kernel: Option<&str>, settings: &Settings) -> Result<()> {
+pub(crate) fn run(kernel: Option<&str>, settings: &Settings) -> Result<()> {
     let out_dir = crate::target_dir().join("bench");
     fs::create_dir_all(&out_dir)?;
     let guests = match kernel {

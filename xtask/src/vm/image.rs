@@ -28,14 +28,14 @@ const MODULE_INDEX_FILES: &[&str] = &[
 ];
 
 /// Project binaries to put in the guest, when they were built.
-pub struct GuestBinaries {
+pub(crate) struct GuestBinaries {
     pub modtrace: Option<PathBuf>,
     pub mtcall: Option<PathBuf>,
 }
 
 /// Builds `<out_dir>/initramfs.cpio` for the kernel and returns its path. `debs` are
 /// Debian packages unpacked into the image as they are.
-pub fn build(
+pub(crate) fn build(
     kernel: &UnpackedKernel,
     binaries: &GuestBinaries,
     debs: &[PathBuf],

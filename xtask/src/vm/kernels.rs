@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::sh::{output, status};
 
 /// One Debian kernel of the matrix.
-pub struct Kernel {
+pub(crate) struct Kernel {
     /// Short name used on the command line and in result paths.
     pub name: &'static str,
     /// Binary package name; `*` matches one dash-free run (an ABI number or version),
@@ -22,7 +22,7 @@ pub struct Kernel {
 }
 
 /// Adding a kernel is one line here.
-pub const KERNELS: &[Kernel] = &[
+pub(crate) const KERNELS: &[Kernel] = &[
     Kernel {
         name: "debian-6.1",
         package_glob: "linux-image-6.1.0-*-amd64",
@@ -36,7 +36,7 @@ pub const KERNELS: &[Kernel] = &[
 ];
 
 /// A kernel package unpacked under `target/vm/kernels/`, with `depmod` run on it.
-pub struct UnpackedKernel {
+pub(crate) struct UnpackedKernel {
     pub package: String,
     /// `uname -r` of the kernel.
     pub release: String,
@@ -46,13 +46,13 @@ pub struct UnpackedKernel {
 }
 
 impl UnpackedKernel {
-    pub fn modules_dir(&self) -> PathBuf {
+    pub(crate) fn modules_dir(&self) -> PathBuf {
         self.root.join("lib/modules").join(&self.release)
     }
 }
 
 /// Downloads (unless cached) and unpacks the newest package matching the kernel's glob.
-pub fn fetch(kernel: &Kernel, vm_dir: &Path) -> Result<UnpackedKernel> {
+pub(crate) fn fetch(kernel: &Kernel, vm_dir: &Path) -> Result<UnpackedKernel> {
     let debs = debs_dir(vm_dir)?;
     let deb = match newest_cached_deb(kernel.package_glob, &debs)? {
         Some(deb) => deb,
@@ -64,7 +64,7 @@ pub fn fetch(kernel: &Kernel, vm_dir: &Path) -> Result<UnpackedKernel> {
 
 /// The .deb of one named package (a guest's userland, not a kernel), downloaded
 /// into `target/vm/debs/` unless it is there already; nothing is installed.
-pub fn fetch_package(package: &str, vm_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn fetch_package(package: &str, vm_dir: &Path) -> Result<PathBuf> {
     let debs = debs_dir(vm_dir)?;
     if let Some(deb) = newest_cached_deb(package, &debs)? {
         return Ok(deb);
@@ -202,7 +202,7 @@ fn only_entry(dir: &Path) -> Result<String> {
 
 /// `*` matches one or more characters other than `-`, so `6.1.0-*-amd64` does not
 /// match `6.1.0-56-cloud-amd64`.
-pub fn glob_matches(glob: &str, name: &str) -> bool {
+pub(crate) fn glob_matches(glob: &str, name: &str) -> bool {
     match glob.split_once('*') {
         None => glob == name,
         Some((head, tail)) => {
@@ -219,7 +219,7 @@ pub fn glob_matches(glob: &str, name: &str) -> bool {
 }
 
 /// Orders names with numbers by value: `6.1.0-9` < `6.1.0-56`.
-pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a, b);
     while !a.is_empty() && !b.is_empty() {
         let (chunk_a, rest_a) = split_chunk(a);

@@ -17,7 +17,7 @@ const END: &str = "MODTRACE-RESULTS-END";
 /// Lines of the guest console shown when a boot fails.
 const CONSOLE_TAIL: usize = 60;
 
-pub struct Boot<'a> {
+pub(crate) struct Boot<'a> {
     pub vmlinuz: &'a Path,
     pub initramfs: &'a Path,
     pub scenario: &'a str,
@@ -30,7 +30,7 @@ pub struct Boot<'a> {
 
 /// Boots the guest, waits for it to power off, and unpacks its results into
 /// `out_dir/results`. Fails (showing the console) on timeout, panic or no results.
-pub fn run(boot: &Boot) -> Result<(PathBuf, Duration)> {
+pub(crate) fn run(boot: &Boot) -> Result<(PathBuf, Duration)> {
     let _ = fs::remove_dir_all(boot.out_dir);
     fs::create_dir_all(boot.out_dir)?;
     let console = boot.out_dir.join("console.log");
