@@ -22,7 +22,7 @@ static AGGREGATES: HashMap<AggregateKey, AggregateCount> =
 /// the same for the same thread repeating a call: at worst two equal calls
 /// count as distinct. Never 0, which is the process's own entry.
 #[inline(always)]
-pub fn digest_str<const N: usize>(hash: u64, bytes: &[u8; N], len: u32) -> u64 {
+pub(crate) fn digest_str<const N: usize>(hash: u64, bytes: &[u8; N], len: u32) -> u64 {
     digest_bytes(digest_word(hash, u64::from(len)), bytes) | 1
 }
 
@@ -44,11 +44,11 @@ fn digest_bytes<const N: usize>(mut hash: u64, bytes: &[u8; N]) -> u64 {
 }
 
 #[inline(always)]
-pub fn digest_word(hash: u64, word: u64) -> u64 {
+pub(crate) fn digest_word(hash: u64, word: u64) -> u64 {
     (hash ^ word).wrapping_mul(0x0100_0000_01b3)
 }
 
-pub const DIGEST_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const DIGEST_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// An atomic add: the BPF target has no `AtomicU64::fetch_add` (it lacks
 /// compare-and-swap), but it has the add itself, which is all a counter needs.
@@ -77,7 +77,7 @@ fn entry(key: &AggregateKey, task: &TaskInfo, now: u64) -> Option<&'static mut A
         comm: task.comm,
     };
     // Another CPU may create it first; either way it exists afterwards.
-    let _ = AGGREGATES.insert(key, fresh, BPF_NOEXIST as u64);
+    let _ = AGGREGATES.insert(key, fresh, u64::from(BPF_NOEXIST));
     // SAFETY: as above.
     AGGREGATES
         .get_ptr_mut(key)
@@ -87,7 +87,7 @@ fn entry(key: &AggregateKey, task: &TaskInfo, now: u64) -> Option<&'static mut A
 /// Whether a failing call (or a request) is to be reported in full; when
 /// not, it has been counted. `digest` is never 0.
 #[inline(always)]
-pub fn report_in_full(kind: u16, ret: i64, digest: u64, task: &TaskInfo, now: u64) -> bool {
+pub(crate) fn report_in_full(kind: u16, ret: i64, digest: u64, task: &TaskInfo, now: u64) -> bool {
     let window_ns = config!(aggregate_window_ns);
     if window_ns == 0 {
         return true;

@@ -29,7 +29,7 @@ use crate::{aggregate, capture};
 /// The traced syscall that number `nr` is, by the numbers the loader wrote
 /// for the running architecture.
 #[inline(always)]
-pub fn syscall_of_nr(nr: i64) -> Option<Syscall> {
+pub(crate) fn syscall_of_nr(nr: i64) -> Option<Syscall> {
     let nr = u32::try_from(nr).ok()?;
     if nr == config!(nr_finit_module) {
         Some(Syscall::FinitModule)
@@ -160,7 +160,7 @@ fn current_tid() -> u32 {
 }
 
 #[inline(always)]
-pub fn on_enter(call: Syscall, args: [u64; 3]) {
+pub(crate) fn on_enter(call: Syscall, args: [u64; 3]) {
     match call {
         Syscall::InitModule => enter_init(args),
         Syscall::FinitModule => enter_finit(args),
@@ -169,7 +169,7 @@ pub fn on_enter(call: Syscall, args: [u64; 3]) {
 }
 
 #[inline(always)]
-pub fn on_exit(call: Syscall, ret: i64) {
+pub(crate) fn on_exit(call: Syscall, ret: i64) {
     use aggregate::{digest_str, digest_word, DIGEST_SEED};
     match call {
         Syscall::InitModule => complete(
@@ -378,7 +378,7 @@ fn complete<T>(
 /// the module: record the name it registered and the module's taints in the
 /// current thread's pending call.
 #[inline(always)]
-pub fn on_module_load(module: *const u8) {
+pub(crate) fn on_module_load(module: *const u8) {
     let tid = current_tid();
     // Only a privileged caller loads, so only its maps are looked at.
     let target = match PENDING_FINIT.get_ptr_mut(tid) {
@@ -407,7 +407,7 @@ fn fill_loaded_module(module: *const u8, target: &mut LoadedModule) {
 
 /// `module_free` inside delete_module: the module really left the kernel.
 #[inline(always)]
-pub fn on_module_free() {
+pub(crate) fn on_module_free() {
     if let Some(event) = PENDING_DELETE.get_ptr_mut(current_tid()) {
         // SAFETY: the entry belongs to this thread, which is in the syscall.
         unsafe { (*event).freed = 1 };
@@ -419,7 +419,7 @@ pub fn on_module_free() {
 /// cause requests (a socket of an unloaded protocol), so they are aggregated
 /// like failing calls.
 #[inline(always)]
-pub fn on_module_request(name: u64, wait: bool) {
+pub(crate) fn on_module_request(name: u64, wait: bool) {
     let Some(event) = SCRATCH_REQUEST.get_ptr_mut(0) else {
         return;
     };
@@ -431,7 +431,7 @@ pub fn on_module_request(name: u64, wait: bool) {
     );
     event.header.exit_ns = event.header.enter_ns;
     capture::fill_task(&mut event.task);
-    event.wait = wait as u32;
+    event.wait = u32::from(wait);
     event._reserved = 0;
     capture::kernel_str(name, &mut event.name);
     let hash = aggregate::digest_word(aggregate::DIGEST_SEED, u64::from(event.wait));
@@ -466,7 +466,7 @@ fn notify_load_entry(
     notice.header.enter_ns = call.enter_ns;
     notice.pid = task.pid;
     notice.tid = task.tid;
-    notice.syscall = syscall as u32;
+    notice.syscall = u32::from(syscall);
     notice.fd = fd;
     notice.image_addr = image_addr;
     notice.image_len = image_len;

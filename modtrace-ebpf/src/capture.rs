@@ -21,7 +21,7 @@ use modtrace_common::{
 /// Reads a `T` at `base + offset` from kernel memory; `None` when the offset is
 /// unknown on this kernel, the base is NULL or the read faults.
 #[inline(always)]
-pub fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
+pub(crate) fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
     if base.is_null() || offset == OFFSET_NONE {
         return None;
     }
@@ -30,14 +30,14 @@ pub fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
 }
 
 #[inline(always)]
-pub fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
+pub(crate) fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
     read_at::<u64>(base, offset)
         .map(|p| p as *const u8)
         .filter(|p| !p.is_null())
 }
 
 #[inline(always)]
-pub fn fill_task(task_info: &mut TaskInfo) {
+pub(crate) fn fill_task(task_info: &mut TaskInfo) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     task_info.pid = (pid_tgid >> 32) as u32;
@@ -129,7 +129,7 @@ fn ns_inum(ns: *const u8, ns_common_at: u32) -> Option<u32> {
 /// When `task` started (CLOCK_BOOTTIME), 0 when unknown: with its pid, the
 /// identity userspace matches exec records against.
 #[inline(always)]
-pub fn start_ns(task: *const u8) -> u64 {
+pub(crate) fn start_ns(task: *const u8) -> u64 {
     read_at::<u64>(task, config!(offsets.task_start_boottime)).unwrap_or(0)
 }
 
@@ -209,13 +209,13 @@ impl Memory for Kernel {
 /// Copies a NUL-terminated user string into `out`, recording whether it was
 /// cut: the kernel itself accepts longer parameter strings than we keep.
 #[inline(always)]
-pub fn user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
+pub(crate) fn user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
     bounded_str::<N, User>(src, out);
 }
 
 /// The same for a string in kernel memory.
 #[inline(always)]
-pub fn kernel_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
+pub(crate) fn kernel_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
     bounded_str::<N, Kernel>(src, out);
 }
 
@@ -244,7 +244,7 @@ fn bounded_str<const N: usize, M: Memory>(src: u64, out: &mut BoundedStr<N>) {
 /// Reads a user string again if it was unreadable at entry: by the syscall's
 /// exit the kernel has copied it, so its page is resident.
 #[inline(always)]
-pub fn retry_user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
+pub(crate) fn retry_user_str<const N: usize>(src: u64, out: &mut BoundedStr<N>) {
     if out.state == STR_UNREADABLE {
         user_str(src, out);
     }
@@ -260,7 +260,7 @@ fn byte_follows<M: Memory>(addr: u64) -> bool {
 }
 
 /// What `resolve_fd` found.
-pub struct FileInfo {
+pub(crate) struct FileInfo {
     pub flags: u32,
     pub ino: u64,
 }
@@ -269,7 +269,7 @@ pub struct FileInfo {
 /// first (`name\0parent\0…`), which userspace reverses. Crosses mount points
 /// the way d_path does, up to `PATH_MAX_COMPONENTS` components.
 #[inline(always)]
-pub fn resolve_fd<const N: usize>(fd: i32, path: &mut BoundedStr<N>) -> FileInfo {
+pub(crate) fn resolve_fd<const N: usize>(fd: i32, path: &mut BoundedStr<N>) -> FileInfo {
     path.len = 0;
     path.state = modtrace_common::STR_ABSENT;
     let Some(file) = fd_file(fd) else {
@@ -297,7 +297,7 @@ pub fn resolve_fd<const N: usize>(fd: i32, path: &mut BoundedStr<N>) -> FileInfo
 /// Writes the path of `file` into `path`, leaf first. Returns true for a
 /// pseudo file on an internal mount (see `walk_path`).
 #[inline(always)]
-pub fn file_path<const N: usize>(file: *const u8, path: &mut BoundedStr<N>) -> bool {
+pub(crate) fn file_path<const N: usize>(file: *const u8, path: &mut BoundedStr<N>) -> bool {
     path.len = 0;
     let f_path = config!(offsets.file_f_path);
     let (Some(dentry), Some(vfsmount)) = (

@@ -5,7 +5,7 @@ use modtrace_common::ProbeConfig;
 /// goes through `read_volatile`: otherwise the compiler would fold in the
 /// default value.
 #[unsafe(no_mangle)]
-pub static MODTRACE_CONFIG: ProbeConfig = ProbeConfig::DEFAULT;
+pub(crate) static MODTRACE_CONFIG: ProbeConfig = ProbeConfig::DEFAULT;
 
 /// Reads one field of the configuration, e.g. `config!(offsets.task_cred)`.
 /// One field at a time, so that no program copies the whole configuration onto

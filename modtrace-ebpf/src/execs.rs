@@ -18,7 +18,7 @@ static SCRATCH_EXEC: PerCpuArray<ExecEntry> = PerCpuArray::with_max_entries(1, 0
 
 /// `sched_process_exec`: the current task has just exec'd `bprm->file`.
 #[inline(always)]
-pub fn on_exec(bprm: *const u8) {
+pub(crate) fn on_exec(bprm: *const u8) {
     let Some(file) = capture::read_ptr(bprm, config!(offsets.linux_binprm_file)) else {
         return;
     };

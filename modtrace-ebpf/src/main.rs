@@ -9,6 +9,10 @@
     internal_features,
     reason = "atomic_xadd is the only atomic add the BPF target has"
 )]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand each program its context by value"
+)]
 
 #[macro_use]
 mod config;
@@ -37,14 +41,14 @@ fn args_from_regs(regs: *const u8) -> [u64; 3] {
 macro_rules! fentry_pair {
     ($enter:ident, $exit:ident, $func:literal, $call:expr) => {
         #[fentry(function = $func)]
-        pub fn $enter(ctx: FEntryContext) -> i32 {
+        pub(crate) fn $enter(ctx: FEntryContext) -> i32 {
             let regs: *const u8 = ctx.arg(0);
             calls::on_enter($call, args_from_regs(regs));
             0
         }
 
         #[fexit(function = $func)]
-        pub fn $exit(ctx: FExitContext) -> i32 {
+        pub(crate) fn $exit(ctx: FExitContext) -> i32 {
             // The traced function takes one argument (the registers), so its
             // return value is the second slot of the context.
             let ret: i64 = ctx.arg(1);
@@ -76,7 +80,7 @@ fentry_pair!(
 macro_rules! tracepoint_pair {
     ($enter:ident, $exit:ident, $call:expr) => {
         #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
+        pub(crate) fn $enter(ctx: TracePointContext) -> u32 {
             let base = config!(tp_enter_args) as usize;
             // SAFETY: offsets come from the tracepoint's format file; a failed
             // read yields 0, which the capture code treats as a NULL argument.
@@ -86,7 +90,7 @@ macro_rules! tracepoint_pair {
         }
 
         #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
+        pub(crate) fn $exit(ctx: TracePointContext) -> u32 {
             // SAFETY: as above. The kernel's own record is always readable; if
             // it were not, the call stays pending and is later reported as one
             // whose exit was not observed, rather than with an invented ret.
@@ -116,7 +120,7 @@ tracepoint_pair!(
 );
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
     if let Some(call) = calls::syscall_of_nr(id) {
         let regs: *const u8 = ctx.arg(0);
@@ -126,7 +130,7 @@ pub fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     let id = capture::read_at::<i64>(regs, config!(offsets.pt_regs_orig_ax)).unwrap_or(-1);
     if let Some(call) = calls::syscall_of_nr(id) {
@@ -137,19 +141,19 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "module_load")]
-pub fn module_load(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn module_load(ctx: RawTracePointContext) -> i32 {
     calls::on_module_load(ctx.arg::<*const u8>(0));
     0
 }
 
 #[raw_tracepoint(tracepoint = "module_free")]
-pub fn module_free(_ctx: RawTracePointContext) -> i32 {
+pub(crate) fn module_free(_ctx: RawTracePointContext) -> i32 {
     calls::on_module_free();
     0
 }
 
 #[raw_tracepoint(tracepoint = "module_request")]
-pub fn module_request(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn module_request(ctx: RawTracePointContext) -> i32 {
     let name: u64 = ctx.arg(0);
     let wait: u64 = ctx.arg(1);
     calls::on_module_request(name, wait != 0);
@@ -157,7 +161,7 @@ pub fn module_request(ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn process_exec(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn process_exec(ctx: RawTracePointContext) -> i32 {
     execs::on_exec(ctx.arg::<*const u8>(2));
     0
 }
