@@ -8,6 +8,7 @@
 use std::{borrow::Cow, cell::OnceCell};
 
 use chrono::{Datelike, Timelike};
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use crate::record::{image::Analysis, AncestorRecord, Args, Call, FileArg};
@@ -60,17 +61,12 @@ impl ReadRecord {
         else {
             return Ok(None);
         };
-        let call = serde_path_to_error::deserialize(record).map_err(|err| {
-            // The top level is "." to the path's printer.
-            let path = match err.path().to_string() {
-                root if root == "." => "record".to_owned(),
-                path => path,
-            };
-            SchemaError {
-                path,
-                message: err.inner().to_string(),
-            }
-        })?;
+        // Tracking the path costs as much again: only a record that does
+        // not fit is read a second time, to say where.
+        let call = match Call::deserialize(record) {
+            Ok(call) => call,
+            Err(_) => serde_path_to_error::deserialize(record).map_err(|e| schema_error(&e))?,
+        };
         Ok(Some(Self {
             syscall,
             ts: record
@@ -84,6 +80,19 @@ impl ReadRecord {
                 .unwrap_or_default(),
             call,
         }))
+    }
+}
+
+/// Where and why a record does not fit the schema.
+fn schema_error(err: &serde_path_to_error::Error<serde_json::Error>) -> SchemaError {
+    // The top level is "." to the path's printer.
+    let path = match err.path().to_string() {
+        root if root == "." => "record".to_owned(),
+        path => path,
+    };
+    SchemaError {
+        path,
+        message: err.inner().to_string(),
     }
 }
 
