@@ -1,9 +1,8 @@
 //! The mistakes users make get an error that names the fix.
-mod harness;
 
 use std::os::unix::process::CommandExt;
 
-use harness::{modtrace, serial, Watch, LOCK_FILE};
+use crate::harness::{modtrace, serial, Watch, LOCK_FILE};
 
 fn stderr_of(mut cmd: std::process::Command) -> (Option<i32>, String) {
     let out = cmd.output().unwrap();

@@ -1,9 +1,5 @@
 //! Shared harness of the host integration tests: runs the real `modtrace`
 //! binary and the `mtcall` helper, and reads their JSON.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of this shared harness"
-)]
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
@@ -30,7 +26,7 @@ pub fn modtrace() -> Command {
 }
 
 /// `mtcall` from the same target directory and profile as this test, built
-/// (once per test binary; a no-op when fresh) so that a stale one never runs.
+/// (once per run; a no-op when fresh) so that a stale one never runs.
 pub fn mtcall_path() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let profile_dir = PathBuf::from(env!("CARGO_BIN_EXE_modtrace"))

@@ -1,6 +1,5 @@
 //! Policies in `modtrace watch` on this machine's kernel: alerts for real
 //! calls made by `mtcall`, SIGHUP reloads, and refusal of unsafe policy files.
-mod harness;
 
 use std::{
     fs,
@@ -9,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use harness::{modtrace, mtcall, serial, Watch, LOCK_FILE};
+use crate::harness::{self, modtrace, mtcall, serial, Watch, LOCK_FILE};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

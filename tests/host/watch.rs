@@ -1,11 +1,10 @@
 //! `modtrace watch` on this machine's kernel: real probes, real syscalls made
 //! by `mtcall` through the raw syscall interface, every field of every record
 //! checked against what the test knows independently.
-mod harness;
 
 use std::{fs, os::unix::fs::MetadataExt, path::Path, process::Command, time::Duration};
 
-use harness::{calls_of, mtcall, serial, Watch};
+use crate::harness::{self, calls_of, mtcall, serial, Watch};
 use serde_json::{json, Value};
 
 fn read_trimmed(path: &str) -> String {

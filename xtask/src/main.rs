@@ -47,7 +47,8 @@ fn main() -> Result<()> {
             setup::run()?;
             lint()?;
             // Default members only: the eBPF crate builds for the BPF target
-            // through build.rs, never for the host.
+            // through build.rs, never for the host. This runs the unit tests
+            // and modtrace's one host integration test binary (`--test host`).
             run_cargo(&["test", "--release"])?;
             vm::run(&vm::VmTestArgs::default())
         }
