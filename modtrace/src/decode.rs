@@ -630,7 +630,7 @@ mod tests {
         assert_eq!(&got.module.name[..5], b"dummy");
         assert_eq!(got.module.name[5..], [0; KERNEL_MODULE_NAME_LEN - 5]);
         assert_str(&got.params, &sent.params, 0, STR_OK, b"\0");
-        let path = b"dummy.ko\0net\0drivers\0kernel\06.1.0-57-amd64\0modules\0lib\0";
+        let path = b"dummy.ko\x00net\x00drivers\x00kernel\x006.1.0-57-amd64\x00modules\x00lib\x00";
         assert_str(&got.path, &sent.path, path.len() as u32, STR_OK, path);
         assert_eq!(got.path.bytes[path.len()], STALE);
         assert_eq!(as_bytes(&*got), as_bytes(&sent));
@@ -642,43 +642,60 @@ mod tests {
         // NAME_MAX - 1 bytes and their NULs.
         let long = [b'd'; NAME_MAX - 1];
         let deep = [&long[..]; (PATH_CAP - NAME_MAX) / NAME_MAX];
-        let cases: [(i32, u32, BoundedStr<PATH_BUF>, u32, u32, &[u8]); 4] = [
-            (
-                4,
-                FILE_RESOLVED | FILE_UNLINKED | FILE_INTERNAL_MOUNT,
-                leaf_first(&[b"memfd:mod"], STR_OK),
-                10,
-                STR_OK,
-                &b"memfd:mod\0"[..],
-            ),
-            (
-                -1,
-                FILE_BAD_FD,
-                not_read(STR_ABSENT),
-                0,
-                STR_ABSENT,
-                &[STALE; 16],
-            ),
-            (
-                5,
-                FILE_RESOLVED,
-                leaf_first(&deep, STR_TRUNCATED),
-                (PATH_CAP - NAME_MAX) as u32,
-                STR_TRUNCATED,
-                &[b'd'; 255],
-            ),
+        /// A file as `resolve_fd` leaves it, and the path it wrote.
+        struct Case {
+            fd: i32,
+            file_flags: u32,
+            path: BoundedStr<PATH_BUF>,
+            len: u32,
+            state: u32,
+            text: &'static [u8],
+        }
+        let cases = [
+            Case {
+                fd: 4,
+                file_flags: FILE_RESOLVED | FILE_UNLINKED | FILE_INTERNAL_MOUNT,
+                path: leaf_first(&[b"memfd:mod"], STR_OK),
+                len: 10,
+                state: STR_OK,
+                text: b"memfd:mod\0",
+            },
+            Case {
+                fd: -1,
+                file_flags: FILE_BAD_FD,
+                path: not_read(STR_ABSENT),
+                len: 0,
+                state: STR_ABSENT,
+                text: &[STALE; 16],
+            },
+            Case {
+                fd: 5,
+                file_flags: FILE_RESOLVED,
+                path: leaf_first(&deep, STR_TRUNCATED),
+                len: (PATH_CAP - NAME_MAX) as u32,
+                state: STR_TRUNCATED,
+                text: &[b'd'; 255],
+            },
             // A component that could not be read ends the walk: what came
             // before it stays.
-            (
-                6,
-                FILE_RESOLVED | FILE_UNLINKED,
-                leaf_first(&[b"gone.ko"], STR_UNREADABLE),
-                8,
-                STR_UNREADABLE,
-                b"gone.ko\0",
-            ),
+            Case {
+                fd: 6,
+                file_flags: FILE_RESOLVED | FILE_UNLINKED,
+                path: leaf_first(&[b"gone.ko"], STR_UNREADABLE),
+                len: 8,
+                state: STR_UNREADABLE,
+                text: b"gone.ko\0",
+            },
         ];
-        for (fd, file_flags, path, len, state, text) in cases {
+        for Case {
+            fd,
+            file_flags,
+            path,
+            len,
+            state,
+            text,
+        } in cases
+        {
             let ino = if fd < 0 { 0 } else { 1000 + fd as u64 };
             let sent = FinitModuleEvent {
                 header: header(KIND_FINIT_MODULE, FINIT_SIZE, 1_000_000_800, -38, 0x4444),
