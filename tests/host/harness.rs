@@ -13,21 +13,21 @@ use serde_json::Value;
 /// Each test runs alone: two tracers would each see the other test's calls.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-pub fn serial() -> MutexGuard<'static, ()> {
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-pub const LOCK_FILE: &str = "/tmp/modtrace-host-tests.lock";
+pub(crate) const LOCK_FILE: &str = "/tmp/modtrace-host-tests.lock";
 
-pub fn modtrace() -> Command {
+pub(crate) fn modtrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_modtrace"))
 }
 
 /// `mtcall` from the same target directory and profile as this test, built
 /// (once per run; a no-op when fresh) so that a stale one never runs.
-pub fn mtcall_path() -> PathBuf {
+pub(crate) fn mtcall_path() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let profile_dir = PathBuf::from(env!("CARGO_BIN_EXE_modtrace"))
         .parent()
@@ -45,7 +45,7 @@ pub fn mtcall_path() -> PathBuf {
 }
 
 /// Runs mtcall and returns the JSON objects it printed, one per call.
-pub fn mtcall(args: &[&str]) -> Vec<Value> {
+pub(crate) fn mtcall(args: &[&str]) -> Vec<Value> {
     let out = Command::new(mtcall_path()).args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -59,15 +59,15 @@ pub fn mtcall(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-pub struct Watch {
+pub(crate) struct Watch {
     child: Child,
     lines: mpsc::Receiver<String>,
-    pub records: Vec<Value>,
+    pub(crate) records: Vec<Value>,
 }
 
 impl Watch {
     /// Starts `modtrace watch` and waits for its `start` record.
-    pub fn start(extra: &[&str]) -> Watch {
+    pub(crate) fn start(extra: &[&str]) -> Watch {
         let mut child = modtrace()
             .args(["watch", "--format", "json", "--lock-file", LOCK_FILE])
             .args(extra)
@@ -105,7 +105,11 @@ impl Watch {
         Some(record)
     }
 
-    pub fn wait_for(&mut self, matches: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+    pub(crate) fn wait_for(
+        &mut self,
+        matches: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         if let Some(found) = self.records.iter().find(|r| matches(r)) {
             return found.clone();
@@ -124,14 +128,14 @@ impl Watch {
     }
 
     /// Sends `signal` to the tracer (SIGHUP reloads its policy).
-    pub fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
     /// SIGTERM, then every remaining record; asserts a clean exit and that
     /// the last record is `stop`.
-    pub fn stop(mut self) -> Vec<Value> {
+    pub(crate) fn stop(mut self) -> Vec<Value> {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
@@ -156,7 +160,7 @@ impl Drop for Watch {
 }
 
 /// Syscall records made by the process `pid`.
-pub fn calls_of(records: &[Value], pid: &Value) -> Vec<Value> {
+pub(crate) fn calls_of(records: &[Value], pid: &Value) -> Vec<Value> {
     records
         .iter()
         .filter(|r| &r["process"]["pid"] == pid)

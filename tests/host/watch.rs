@@ -98,7 +98,7 @@ fn assert_caller(record: &Value, call: &Value, args: &[&str]) {
             .unwrap()
     );
     let mut cmdline = vec![harness::mtcall_path().to_str().unwrap().to_owned()];
-    cmdline.extend(args.iter().map(|a| a.to_string()));
+    cmdline.extend(args.iter().map(ToString::to_string));
     assert_eq!(p["cmdline"], json!(cmdline));
     assert_eq!(p["cgroup"], me.cgroup);
     assert_eq!(p["cgroup_id"], me.cgroup_id);
