@@ -761,19 +761,24 @@ fn a_large_image_is_analysed_while_other_records_flow() {
         mtcall(&["flood", "--procs", "2", "--calls", "300000", "--distinct"])
     });
     let done = Arc::new(AtomicBool::new(false));
-    let small_calls = {
-        let done = Arc::clone(&done);
-        std::thread::spawn(move || {
-            let mut calls = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                let params = format!("call={}", calls.len());
-                calls.push(
-                    mtcall(&["init-module", "--image-len", "64", "--params", &params])[0].clone(),
-                );
-            }
-            calls
+    // Three callers, so that on a loaded machine, where starting a process
+    // takes long, calls still come while the image is analysed.
+    let small_callers: Vec<_> = (0..3)
+        .map(|caller| {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut calls = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    let params = format!("caller={caller},call={}", calls.len());
+                    calls.push(
+                        mtcall(&["init-module", "--image-len", "64", "--params", &params])[0]
+                            .clone(),
+                    );
+                }
+                calls
+            })
         })
-    };
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     let big_call = mtcall(&[
         "--linger-ms",
@@ -788,7 +793,10 @@ fn a_large_image_is_analysed_while_other_records_flow() {
         Duration::from_secs(60),
     );
     done.store(true, Ordering::Relaxed);
-    let small_calls = small_calls.join().unwrap();
+    let small_calls: Vec<Value> = small_callers
+        .into_iter()
+        .flat_map(|caller| caller.join().unwrap())
+        .collect();
     flooding.join().unwrap();
     let image = &big_record["module"]["image"];
     assert_eq!(image["sha256"], big_sha, "{image}");
