@@ -8,7 +8,12 @@ use std::{fmt::Write as _, hint::black_box};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use modtrace::{
-    policy::{event::Event, Context, Policy, Syscall},
+    policy::{
+        event::{Event, ReadRecord},
+        Context, Policy, Syscall,
+    },
+    replay::{PolicySource, Replay},
+    sink::Format,
     record::Call,
     samples::{ordinary_finit, render, TS},
 };
@@ -53,6 +58,31 @@ fn live(policy: &Policy, json: &Value, call: &Call) -> usize {
     policy.evaluate_event(&event).matches.len()
 }
 
+/// What `replay` pays for a syscall line once read: the record deserialised
+/// from the line, then judged.
+fn read_back(policy: &Policy, line: &str) -> usize {
+    let read = ReadRecord::from_line(Syscall::FinitModule, line, TS.to_owned(), 3).unwrap();
+    policy.judge_line(line, &read).matches.len()
+}
+
+/// `modtrace replay` of a capture of `lines` syscall records after its
+/// `start`, with the default policy, output discarded; per line.
+fn replay_capture(capture: &[u8]) -> u64 {
+    let mut replay = Replay {
+        file: "bench",
+        format: Format::Json,
+        colour: false,
+        out: std::io::sink(),
+        diagnostics: std::io::sink(),
+        alert_window_s: None,
+    };
+    let source = PolicySource {
+        path: None,
+        check_owner: false,
+    };
+    replay.run(capture, &source).unwrap().events
+}
+
 fn bench(c: &mut Criterion) {
     // A finit_module of ext4 by modprobe from the module tree, module analysis
     // included: an ordinary load that most rules have to look at and reject.
@@ -77,14 +107,15 @@ fn bench(c: &mut Criterion) {
     c.bench_function("empty policy, ordinary load, as watch", |b| {
         b.iter(|| live(&empty, black_box(&record), black_box(&call)));
     });
+    let line = record.to_string();
     c.bench_function("empty policy, ordinary load, from JSON as replay", |b| {
-        b.iter(|| empty.evaluate(black_box(&record)));
+        b.iter(|| read_back(&empty, black_box(&line)));
     });
     c.bench_function("default policy, ordinary load, as watch", |b| {
         b.iter(|| live(&quiet_default, black_box(&record), black_box(&call)));
     });
     c.bench_function("default policy, ordinary load, from JSON as replay", |b| {
-        b.iter(|| quiet_default.evaluate(black_box(&record)));
+        b.iter(|| read_back(&quiet_default, black_box(&line)));
     });
     // What `watch` calls: the evaluation, written as the record's `policy`
     // object (serialized with the line).
@@ -104,7 +135,7 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function(
         "1000-rule policy, ordinary load, from JSON as replay",
-        |b| b.iter(|| large.evaluate(black_box(&record))),
+        |b| b.iter(|| read_back(&large, black_box(&line))),
     );
     let mut denied_call = call.clone();
     if let Some(module) = &mut denied_call.module {
@@ -115,6 +146,18 @@ fn bench(c: &mut Criterion) {
     assert_eq!(live(&large, &denied, &denied_call), 1);
     c.bench_function("1000-rule policy, a denied module, as watch", |b| {
         b.iter(|| live(&large, black_box(&denied), black_box(&denied_call)));
+    });
+    // The whole of `modtrace replay`, per 1,000 lines: reading each line,
+    // judging it, writing it (to nowhere) with its new judgement.
+    let mut capture = format!(
+        "{{\"kind\":\"start\",\"schema\":1,\"ts\":\"{TS}\",\"seq\":0,\"host\":\"h\",\"kernel\":\"6.1.0-28-amd64\"}}\n"
+    );
+    for _ in 0..1000 {
+        capture.push_str(&line);
+        capture.push('\n');
+    }
+    c.bench_function("replay of 1,000 ordinary loads, default policy", |b| {
+        b.iter(|| replay_capture(black_box(capture.as_bytes())));
     });
 }
 

@@ -10,13 +10,15 @@
 //! records (the capture's alert records too: their `ts` is how time passed
 //! for `watch`), with the window the `start` record names.
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     io::{self, BufRead, Write},
     path::PathBuf,
 };
 
-use serde::Serialize;
-use serde_json::{json, Value};
+use modtrace_common::Syscall;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, value::RawValue, Value};
 
 use crate::{
     policy::{self, dedup::Dedup, event::ReadRecord, Policy},
@@ -206,7 +208,28 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let mut record = match parse_record(&line) {
+            let text = match std::str::from_utf8(&line) {
+                Ok(text) => text,
+                Err(err) => {
+                    summary.malformed += 1;
+                    self.report(summary.lines, &format!("not UTF-8 ({err})"))?;
+                    continue;
+                }
+            };
+            // A syscall record is judged from its line, without a JSON tree.
+            if let Some((envelope, syscall)) = syscall_envelope(text) {
+                self.check_schema(envelope.schema, summary.lines)?;
+                let judging = Judging {
+                    policy: &policy,
+                    alerts: &mut alerts,
+                    summary: &mut summary,
+                };
+                if let Some(stamp) = self.judge_line(text, &envelope, syscall, judging)? {
+                    last = stamp;
+                }
+                continue;
+            }
+            let record = match parse_record(text) {
                 Ok(record) => record,
                 Err(reason) => {
                     summary.malformed += 1;
@@ -214,32 +237,48 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
                     continue;
                 }
             };
-            self.check_schema(&record, summary.lines)?;
-            let read = match ReadRecord::from_json(&record) {
-                Ok(read) => read,
-                Err(err) => {
-                    summary.malformed += 1;
-                    self.report(
-                        summary.lines,
-                        &format!("does not fit the record schema: {err}"),
-                    )?;
-                    continue;
+            self.check_schema(record["schema"].as_u64().unwrap_or_default(), summary.lines)?;
+            if let Some(syscall) = record["kind"].as_str().and_then(Syscall::from_name) {
+                // Its envelope did not read (a key given twice, say): the
+                // line as serde_json writes it does.
+                let canonical = record.to_string();
+                let judging = Judging {
+                    policy: &policy,
+                    alerts: &mut alerts,
+                    summary: &mut summary,
+                };
+                match serde_json::from_str::<Envelope>(&canonical) {
+                    Ok(envelope) => {
+                        if let Some(stamp) =
+                            self.judge_line(&canonical, &envelope, syscall, judging)?
+                        {
+                            last = stamp;
+                        }
+                    }
+                    Err(err) => {
+                        judging.summary.malformed += 1;
+                        self.report(
+                            judging.summary.lines,
+                            &format!("does not fit the record schema: {err}"),
+                        )?;
+                    }
                 }
-            };
+                continue;
+            }
             summary.records += 1;
             let ts = record["ts"].as_str().unwrap_or_default().to_owned();
-            last = json!({"ts": record["ts"], "host": record["host"]});
+            last = stamp_of(&record);
             match record["kind"].as_str() {
                 Some("alert") => {
                     summary.dropped_alerts += 1;
                     let closing = alerts.observe(&ts);
-                    self.write_alerts(&record, closing, &mut summary)?;
+                    self.write_alerts(&last, closing, &mut summary)?;
                     continue;
                 }
                 Some("start") => {
                     // A new run: the last one's windows end with it.
                     let closing = alerts.close_all();
-                    self.write_alerts(&record, closing, &mut summary)?;
+                    self.write_alerts(&last, closing, &mut summary)?;
                     let window = record["alert_window_s"].as_u64().unwrap_or(0);
                     alerts = Dedup::new(self.alert_window_s.unwrap_or(window));
                     if let Some(captured) = record["kernel"].as_str().filter(|k| *k != kernel) {
@@ -249,40 +288,113 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
                     self.write(&record)?;
                     alerts.observe(&ts);
                     let preloaded = preloaded_alerts(&policy, &record);
-                    self.write_alerts(&record, preloaded, &mut summary)?;
+                    self.write_alerts(&last, preloaded, &mut summary)?;
                     continue;
                 }
                 // `watch` closes every window before it writes `stop`.
                 Some("stop") => {
                     let closing = alerts.close_all();
-                    self.write_alerts(&record, closing, &mut summary)?;
+                    self.write_alerts(&last, closing, &mut summary)?;
                 }
                 _ => {}
             }
-            let Some(read) = read else {
-                self.write(&record)?;
-                let closing = alerts.observe(&ts);
-                self.write_alerts(&record, closing, &mut summary)?;
-                continue;
-            };
-            let evaluation = policy.judge_read(&record, &read);
-            store(&mut record, &evaluation);
             self.write(&record)?;
-            summary.events += 1;
-            *summary
-                .verdicts
-                .entry(evaluation.verdict.name())
-                .or_default() += 1;
-            for m in &evaluation.matches {
-                *summary.rules.entry(m.rule.clone()).or_default() += 1;
-            }
-            let raised = Alert::for_event(read.seq, read.syscall.name(), &evaluation);
-            let written = alerts.admit_read(&read, raised);
-            self.write_alerts(&record, written, &mut summary)?;
+            let closing = alerts.observe(&ts);
+            self.write_alerts(&last, closing, &mut summary)?;
         }
         let closing = alerts.close_all();
         self.write_alerts(&last, closing, &mut summary)?;
         Ok(summary)
+    }
+
+    /// Judges syscall record `line` and writes it, then the alerts it
+    /// raises; returns its time and host, or None when it does not fit the
+    /// schema (reported, and skipped).
+    fn judge_line(
+        &mut self,
+        line: &str,
+        envelope: &Envelope,
+        syscall: Syscall,
+        judging: Judging,
+    ) -> Result<Option<Value>, ReplayError> {
+        let Judging {
+            policy,
+            alerts,
+            summary,
+        } = judging;
+        let ts = envelope
+            .ts
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+            .unwrap_or_default();
+        let seq = envelope
+            .seq
+            .and_then(|raw| raw.get().parse().ok())
+            .unwrap_or_default();
+        let read = match ReadRecord::from_line(syscall, line, ts, seq) {
+            Ok(read) => read,
+            Err(err) => {
+                summary.malformed += 1;
+                self.report(
+                    summary.lines,
+                    &format!("does not fit the record schema: {err}"),
+                )?;
+                return Ok(None);
+            }
+        };
+        summary.records += 1;
+        let evaluation = policy.judge_line(line, &read);
+        self.write_judged(line, envelope.policy, &evaluation)?;
+        summary.events += 1;
+        *summary
+            .verdicts
+            .entry(evaluation.verdict.name())
+            .or_default() += 1;
+        for m in &evaluation.matches {
+            *summary.rules.entry(m.rule.clone()).or_default() += 1;
+        }
+        let stamp = json!({"ts": raw_json(envelope.ts), "host": raw_json(envelope.host)});
+        let raised = Alert::for_event(read.seq, read.syscall.name(), &evaluation);
+        let written = alerts.admit_read(&read, raised);
+        self.write_alerts(&stamp, written, summary)?;
+        Ok(Some(stamp))
+    }
+
+    /// Writes `line` with `evaluation` as its `policy` object, in place of
+    /// the judgement of the time (`old`, a part of `line`) or after the rest.
+    fn write_judged(
+        &mut self,
+        line: &str,
+        old: Option<&RawValue>,
+        evaluation: &Evaluation,
+    ) -> Result<(), ReplayError> {
+        let policy = serde_json::to_string(evaluation)
+            .map_err(io::Error::other)
+            .map_err(ReplayError::Write)?;
+        let trimmed = line.trim_end();
+        let at = old.and_then(|old| {
+            let start = (old.get().as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
+            let end = start + old.get().len();
+            (line.get(start..end) == Some(old.get())).then_some((start, end))
+        });
+        let judged = match at {
+            Some((start, end)) => format!("{}{policy}{}", &line[..start], &trimmed[end..]),
+            None => {
+                let open = trimmed.strip_suffix('}').unwrap_or(trimmed);
+                format!("{open},\"policy\":{policy}}}")
+            }
+        };
+        let text = match self.format {
+            Format::Json => format!("{judged}\n"),
+            Format::Text => {
+                let record: Value = serde_json::from_str(&judged)
+                    .map_err(io::Error::other)
+                    .map_err(ReplayError::Write)?;
+                text_line(&record, self.colour)
+            }
+        };
+        self.out
+            .write_all(text.as_bytes())
+            .map_err(ReplayError::Write)
     }
 
     /// Writes the alerts that `record` raised, as `alert` records with its
@@ -309,15 +421,15 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
         Ok(())
     }
 
-    fn check_schema(&self, record: &Value, line: u64) -> Result<(), ReplayError> {
-        match record["schema"].as_u64() {
-            Some(schema) if schema > u64::from(SCHEMA_VERSION) => Err(ReplayError::NewerSchema {
+    fn check_schema(&self, schema: u64, line: u64) -> Result<(), ReplayError> {
+        if schema > u64::from(SCHEMA_VERSION) {
+            return Err(ReplayError::NewerSchema {
                 file: self.file.to_owned(),
                 line,
                 schema,
-            }),
-            _ => Ok(()),
+            });
         }
+        Ok(())
     }
 
     fn report(&mut self, line: u64, reason: &str) -> Result<(), ReplayError> {
@@ -352,18 +464,51 @@ fn preloaded_alerts(policy: &Policy, start: &Value) -> Vec<Alert> {
     policy::preloaded_alerts(policy, loaded, seq)
 }
 
-/// Writes `evaluation` into `record` as its `policy` object, in place of
-/// the judgement of the time.
-fn store(record: &mut Value, evaluation: &Evaluation) {
-    if let Value::Object(map) = record {
-        let value = serde_json::to_value(evaluation).expect("evaluations serialize");
-        map.insert("policy".into(), value);
-    }
+/// What every record of a capture carries, read without a JSON tree: the
+/// parts of a syscall record that its judgement and its alerts need.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    schema: u64,
+    #[serde(borrow, default)]
+    ts: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    host: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    seq: Option<&'a RawValue>,
+    /// The judgement of the time, replaced in the line.
+    #[serde(borrow, default)]
+    policy: Option<&'a RawValue>,
+}
+
+/// The envelope of `line` if it is a syscall record's.
+fn syscall_envelope(line: &str) -> Option<(Envelope<'_>, Syscall)> {
+    let envelope: Envelope = serde_json::from_str(line).ok()?;
+    let syscall = Syscall::from_name(&envelope.kind)?;
+    Some((envelope, syscall))
+}
+
+/// What judging a record changes besides the output.
+struct Judging<'a> {
+    policy: &'a Policy,
+    alerts: &'a mut Dedup,
+    summary: &'a mut Summary,
+}
+
+/// A value of a line, as JSON (null when absent).
+fn raw_json(raw: Option<&RawValue>) -> Value {
+    raw.and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default()
+}
+
+/// The time and host of `record`, which the alerts after it carry.
+fn stamp_of(record: &Value) -> Value {
+    json!({"ts": record["ts"], "host": record["host"]})
 }
 
 /// A line that is a JSON object with a string `kind` and a numeric `schema`.
-fn parse_record(line: &[u8]) -> Result<Value, String> {
-    let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8 ({e})"))?;
+fn parse_record(text: &str) -> Result<Value, String> {
     let record: Value = serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
     if !record.is_object() {
         return Err("not a JSON object".into());
@@ -745,6 +890,34 @@ mod tests {
     }
 
     const DEFAULT: &str = "default-without-modprobe-d.toml";
+
+    #[test]
+    fn a_record_judged_as_it_was_is_written_byte_for_byte_as_captured() {
+        let (_, out, _) = replay_fixture("host-default-policy.ndjson", DEFAULT, Format::Json);
+        let captured = std::fs::read_to_string(fixture("host-default-policy.ndjson")).unwrap();
+        let is_event = |line: &&str| {
+            line.contains(r#""kind":"init_module""#)
+                || line.contains(r#""kind":"finit_module""#)
+                || line.contains(r#""kind":"delete_module""#)
+        };
+        let captured: Vec<&str> = captured.lines().filter(is_event).collect();
+        let replayed: Vec<&str> = out.lines().filter(is_event).collect();
+        assert_eq!(captured.len(), 10);
+        assert_eq!(captured, replayed);
+    }
+
+    #[test]
+    fn a_record_whose_envelope_does_not_read_is_judged_as_serde_json_writes_it() {
+        // `host` twice: a JSON tree keeps the last one.
+        let twice = DELETE.replace("\"host\":\"h\"", "\"host\":\"x\",\"host\":\"h\"");
+        let (summary, out, _) = replay(&format!("{twice}\n"), None);
+        assert_eq!(summary.unwrap().events, 1);
+        let first = out.lines().next().unwrap();
+        let record: Value = serde_json::from_str(first).unwrap();
+        assert_eq!(record["host"], "h");
+        assert_eq!(record["policy"]["matches"][0]["rule"], "module-unload");
+        assert_eq!(first, record.to_string());
+    }
 
     #[test]
     fn replay_with_the_live_policy_agrees_with_the_live_judgement() {

@@ -51,6 +51,31 @@ pub struct ReadRecord {
 }
 
 impl ReadRecord {
+    /// Syscall record `line` of `syscall`, whose envelope gave `ts` and
+    /// `seq`: an error naming the field when it does not fit the schema.
+    pub fn from_line(
+        syscall: Syscall,
+        line: &str,
+        ts: String,
+        seq: u64,
+    ) -> Result<Self, SchemaError> {
+        // Tracking the path costs as much again: only a record that does
+        // not fit is read a second time, to say where.
+        let call = match serde_json::from_str(line) {
+            Ok(call) => call,
+            Err(_) => {
+                let mut json = serde_json::Deserializer::from_str(line);
+                serde_path_to_error::deserialize(&mut json).map_err(|e| schema_error(&e))?
+            }
+        };
+        Ok(Self {
+            syscall,
+            ts,
+            seq,
+            call,
+        })
+    }
+
     /// The syscall record `record` is; `None` for the other kinds (start,
     /// loss, …); an error naming the field when it does not fit the schema.
     pub fn from_json(record: &Value) -> Result<Option<Self>, SchemaError> {
@@ -97,9 +122,14 @@ fn schema_error(err: &serde_path_to_error::Error<serde_json::Error>) -> SchemaEr
 }
 
 /// The record as JSON, for messages: they are formatted only for rules that
-/// matched, and may name any field. A live record is rendered only then.
+/// matched, and may name any field. A live record is rendered, and a line
+/// parsed, only then.
 enum RecordJson<'a> {
     Read(&'a Value),
+    Line {
+        line: &'a str,
+        parsed: OnceCell<Value>,
+    },
     Live {
         render: &'a dyn Fn() -> Value,
         rendered: OnceCell<Value>,
@@ -158,6 +188,15 @@ impl<'a> Event<'a> {
     /// The event of a record read back from JSON as `read`, `json` its line.
     pub fn read(json: &'a Value, read: &'a ReadRecord) -> Self {
         Self::new(RecordJson::Read(json), read.syscall, &read.ts, &read.call)
+    }
+
+    /// The event of capture line `line`, read as `read`.
+    pub fn read_line(line: &'a str, read: &'a ReadRecord) -> Self {
+        let json = RecordJson::Line {
+            line,
+            parsed: OnceCell::new(),
+        };
+        Self::new(json, read.syscall, &read.ts, &read.call)
     }
 
     fn new(json: RecordJson<'a>, syscall: Syscall, ts: &'a str, call: &'a Call) -> Self {
@@ -327,6 +366,10 @@ impl<'a> Event<'a> {
     pub fn at(&self, path: &[&str]) -> Option<&Value> {
         let record = match &self.json {
             RecordJson::Read(record) => record,
+            // The line was read as this record: it is JSON.
+            RecordJson::Line { line, parsed } => {
+                parsed.get_or_init(|| serde_json::from_str(line).unwrap_or_default())
+            }
             RecordJson::Live { render, rendered } => rendered.get_or_init(render),
         };
         value_at(record, path)

@@ -483,6 +483,11 @@ impl Policy {
         self.evaluate_event(&Event::read(json, read))
     }
 
+    /// Judges capture line `line`, read as `read` (replay).
+    pub fn judge_line(&self, line: &str, read: &ReadRecord) -> Evaluation {
+        self.evaluate_event(&Event::read_line(line, read))
+    }
+
     /// Judges a record `watch` has just made, as it is in memory; `render`
     /// gives its JSON, called only if a matched rule's message needs it.
     /// The evaluation is the record's `policy` object.
