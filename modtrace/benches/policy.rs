@@ -12,10 +12,10 @@ use modtrace::{
         event::{Event, ReadRecord},
         Context, Policy, Syscall,
     },
-    replay::{PolicySource, Replay},
-    sink::Format,
     record::Call,
+    replay::{PolicySource, Replay},
     samples::{ordinary_finit, render, TS},
+    sink::Format,
 };
 use serde_json::{json, Value};
 
@@ -108,15 +108,21 @@ fn bench(c: &mut Criterion) {
         b.iter(|| live(&empty, black_box(&record), black_box(&call)));
     });
     let line = record.to_string();
-    c.bench_function("empty policy, ordinary load, from JSON as replay", |b| {
-        b.iter(|| read_back(&empty, black_box(&line)));
-    });
+    c.bench_function(
+        "empty policy, ordinary load, from its line as replay",
+        |b| {
+            b.iter(|| read_back(&empty, black_box(&line)));
+        },
+    );
     c.bench_function("default policy, ordinary load, as watch", |b| {
         b.iter(|| live(&quiet_default, black_box(&record), black_box(&call)));
     });
-    c.bench_function("default policy, ordinary load, from JSON as replay", |b| {
-        b.iter(|| read_back(&quiet_default, black_box(&line)));
-    });
+    c.bench_function(
+        "default policy, ordinary load, from its line as replay",
+        |b| {
+            b.iter(|| read_back(&quiet_default, black_box(&line)));
+        },
+    );
     // What `watch` calls: the evaluation, written as the record's `policy`
     // object (serialized with the line).
     c.bench_function(
@@ -134,7 +140,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| live(&large, black_box(&record), black_box(&call)));
     });
     c.bench_function(
-        "1000-rule policy, ordinary load, from JSON as replay",
+        "1000-rule policy, ordinary load, from its line as replay",
         |b| b.iter(|| read_back(&large, black_box(&line))),
     );
     let mut denied_call = call.clone();
