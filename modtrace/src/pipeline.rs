@@ -190,16 +190,8 @@ impl Pipeline {
     /// The JSON of a record about to be written (without its policy
     /// object): for policy messages, which may name any field.
     fn json_of(&self, kind: &str, ts: &str, body: &Body) -> serde_json::Value {
-        serde_json::to_value(Record {
-            kind,
-            schema: SCHEMA_VERSION,
-            ts,
-            seq: self.seq,
-            host: &self.host,
-            body,
-            policy: None,
-        })
-        .expect("records serialize to JSON")
+        let record = next_record(&self.host, self.seq, kind, ts, body, None);
+        serde_json::to_value(record).expect("records serialize to JSON")
     }
 
     /// Writes a record as the next one: its seq is assigned here, and
@@ -211,15 +203,7 @@ impl Pipeline {
         body: &Body,
         policy: Option<&Evaluation>,
     ) -> Result<(), SinkError> {
-        let record = Record {
-            kind,
-            schema: SCHEMA_VERSION,
-            ts,
-            seq: self.seq,
-            host: &self.host,
-            body,
-            policy,
-        };
+        let record = next_record(&self.host, self.seq, kind, ts, body, policy);
         self.emitter.write(&record, kind == "alert")?;
         self.seq += 1;
         Ok(())
@@ -267,5 +251,25 @@ impl Pipeline {
             self.emit("alert", None, &Body::Alert(alert))?;
         }
         Ok(())
+    }
+}
+
+/// The record of `host` numbered `seq`, in the current schema.
+fn next_record<'a>(
+    host: &'a str,
+    seq: u64,
+    kind: &'a str,
+    ts: &'a str,
+    body: &'a Body,
+    policy: Option<&'a Evaluation>,
+) -> Record<'a> {
+    Record {
+        kind,
+        schema: SCHEMA_VERSION,
+        ts,
+        seq,
+        host,
+        body,
+        policy,
     }
 }
