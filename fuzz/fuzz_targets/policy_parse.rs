@@ -11,12 +11,13 @@ use libfuzzer_sys::fuzz_target;
 use modtrace::{
     policy::{commands, Context, Policy, PolicyError},
     record::judgement::{Action, Verdict},
+    samples::complete,
 };
 use serde_json::{json, Value};
 
 /// Records to judge: the syscall records of a real capture, a record with
 /// every field a condition reads, and records whose fields have the wrong
-/// types or are missing.
+/// types or are missing (which do not fit the schema).
 fn records() -> &'static [Value] {
     static RECORDS: OnceLock<Vec<Value>> = OnceLock::new();
     RECORDS.get_or_init(|| {
@@ -26,22 +27,24 @@ fn records() -> &'static [Value] {
             .filter_map(|l| serde_json::from_str(l).ok())
             .filter(|r: &Value| r["kind"].as_str().is_some_and(|k| k.ends_with("_module")))
             .collect();
-        records.push(
-            json!({"kind":"finit_module","schema":1,"ts":"2026-11-29T01:30:00.123456789Z",
+        records.push(complete(
+            &json!({"kind":"finit_module","schema":1,"ts":"2026-11-29T01:30:00.123456789Z",
             "seq":3,"host":"web1",
             "process":{"pid":812,"tid":812,"ppid":790,"uid":0,"gid":0,"euid":0,"auid":1000,
                 "comm":"modprobe","exe":"/usr/bin/kmod","cmdline":["modprobe","usb-storage"],
-                "cgroup":"/user.slice/user-1000.slice/session-3.scope","container_id":"abc123",
-                "ancestors":[{"exe":"/usr/bin/bash"},{"exe":"/usr/sbin/sshd"},{"exe":7}]},
+                "cgroup":"/user.slice/user-1000.slice/session-3.scope",
+                "container":{"runtime":"docker","id":"abc123","pod_uid":null},
+                "ancestors":[{"pid":790,"comm":"bash","uid":0,"exe":"/usr/bin/bash"},
+                    {"pid":700,"comm":"sshd","uid":0,"exe":"/usr/sbin/sshd"}]},
             "parent":{"pid":790,"comm":"bash","exe":"/usr/bin/bash","cmdline":["-bash"]},
             "args":{"fd":3,"file":{"path":"/lib/modules/6.1.0-28-amd64/kernel/usb-storage.ko.xz",
                 "unlinked":false,"memfd":false},"params":{"value":"debug=1"}},
             "result":{"ret":0,"errno":null,"ok":true},
-            "module":{"name":"usb_storage","taint":{"letters":"OE"},
+            "module":{"name":"usb_storage","taint":"OE",
                 "image":{"sha256":"AB".repeat(32),"modinfo":{"license":"GPL","intree":true},
                     "signature":{"signer":"Debian Secure Boot CA","signed":true}}},
             "cause":{"request":"net-pf-10-proto-132"}}),
-        );
+        ));
         records.push(
             json!({"kind":"init_module","ts":"not a time","process":{"uid":-1,
             "exe":["x"],"ancestors":{"exe":"/bin/sh"}},"parent":null,"args":{"file":5},
@@ -52,10 +55,10 @@ fn records() -> &'static [Value] {
             json!({"kind":"delete_module","ts":"2026-11-29T23:59:59+14:00",
             "args":{"name":{"value":"a-b"}},"module":{"taint":"PX"},"result":{}}),
         );
-        records.push(
-            json!({"kind":"finit_module","args":{"file":{"path":"/memfd:x (deleted)",
+        records.push(complete(
+            &json!({"kind":"finit_module","args":{"file":{"path":"/memfd:x (deleted)",
             "memfd":true}}}),
-        );
+        ));
         records.push(json!({"kind":"start","kernel":"6.1.0-28-amd64"}));
         records
     })
@@ -80,11 +83,23 @@ fuzz_target!(|data: &[u8]| {
     match Policy::from_text(text, "fuzz.toml", &context) {
         Ok(policy) => {
             for record in records() {
-                let Some(evaluation) = policy.evaluate(record) else {
-                    assert!(policy.explain(record).is_none());
-                    continue;
+                // A record that does not fit the schema is an error, the
+                // same for both; one that is no syscall record is none.
+                let evaluation = match policy.evaluate(record) {
+                    Ok(Some(evaluation)) => evaluation,
+                    Ok(None) => {
+                        assert!(matches!(policy.explain(record), Ok(None)));
+                        continue;
+                    }
+                    Err(err) => {
+                        assert!(policy.explain(record).is_err(), "{err}");
+                        continue;
+                    }
                 };
-                let explained = policy.explain(record).expect("a syscall record");
+                let explained = policy
+                    .explain(record)
+                    .expect("it read as a record above")
+                    .expect("a syscall record");
                 let indexed: Vec<&str> =
                     evaluation.matches.iter().map(|m| m.rule.as_str()).collect();
                 let scanned: Vec<&str> = explained
@@ -109,9 +124,7 @@ fuzz_target!(|data: &[u8]| {
                         .filter(|m| m.action == Action::Alert)
                         .count()
                 );
-                let mut judged = record.clone();
-                policy.judge(&mut judged);
-                serde_json::to_string(&judged).expect("a judged record serializes");
+                serde_json::to_string(&evaluation).expect("an evaluation serializes");
             }
             let _ = policy.info();
             // `policy check` reads a file: give it this text.
