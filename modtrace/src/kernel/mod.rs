@@ -11,6 +11,7 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use aya::{
@@ -18,7 +19,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use modtrace_common::{ProbeConfig, Syscall, OFFSET_NONE};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use self::btf::{KernelBtf, ResolvedOffsets};
 
@@ -361,23 +362,33 @@ fn raise_memlock_limit() {
 pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
     check_privileges()?;
     raise_memlock_limit();
-    // Both parse the kernel's several-MiB BTF, ours for offsets, aya's to
-    // attach fentry (the programs need no CO-RE relocation): in parallel,
-    // aya's once for every load attempt, and only if fentry may be used.
+    let started = Instant::now();
+    // aya's loader parses the kernel's several-MiB BTF as it is made (aya
+    // 0.14 offers no loader without), which these programs need only for
+    // fentry, and aya's own parse to attach fentry is needed only if fentry
+    // may be used: both are made beside our reading of the offsets.
     let fentry_possible =
         options.forced.is_none_or(|s| s == Strategy::Fentry) && Path::new("/proc/modules").exists();
-    let (support, aya_btf) = std::thread::scope(|scope| {
+    let (support, aya_btf, loader) = std::thread::scope(|scope| {
+        let loader = scope.spawn(EbpfLoader::new);
         let aya_btf = fentry_possible.then(|| scope.spawn(|| Btf::from_sys_fs().ok()));
         let support = KernelSupport::probe(&options.btf_path);
+        debug!("start-up: kernel offsets read in {:?}", started.elapsed());
         (
             support,
             aya_btf.and_then(|parse| parse.join().ok().flatten()),
+            loader.join(),
         )
     });
+    // Making a loader cannot fail; a panic in it is aya's, passed on.
+    let mut premade = Some(loader.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+    debug!("start-up: loader made after {:?}", started.elapsed());
     let mut refused: Vec<(usize, Strategy, String)> = Vec::new();
     loop {
         let plan = plan(&support, options.forced, &refused)?;
-        match load_and_attach(&support, aya_btf.as_ref(), &plan, options) {
+        // A fallback, which is rare, makes a loader of its own.
+        let loader = premade.take().unwrap_or_else(EbpfLoader::new);
+        match load_and_attach(&support, loader, aya_btf.as_ref(), &plan, options) {
             Ok(mut ebpf) => {
                 let module_events = match attach_module_events(&mut ebpf) {
                     Ok(()) => true,
@@ -416,6 +427,7 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
                 if !exec_tracking {
                     unavailable_fields.push("exe of exited processes");
                 }
+                debug!("start-up: attached after {:?}", started.elapsed());
                 return Ok(Probes {
                     ebpf,
                     strategies,
@@ -508,12 +520,15 @@ struct AttachFailure {
 
 fn load_and_attach(
     support: &KernelSupport,
+    loader: EbpfLoader<'_>,
     aya_btf: Option<&Btf>,
     plan: &[Strategy; 3],
     options: &ProbeOptions,
 ) -> Result<Ebpf, Vec<AttachFailure>> {
+    let started = Instant::now();
     let config = support.config(plan, &options.aggregation);
-    let mut loader = EbpfLoader::new();
+    // Rebound, so that its lifetime may shorten to borrow `config`.
+    let mut loader = loader;
     loader
         .btf(aya_btf)
         .override_global("MODTRACE_CONFIG", &config, true)
@@ -527,6 +542,7 @@ fn load_and_attach(
             detail: format!("loading: {}", brief(e)),
         }]
     })?;
+    debug!("start-up: maps made in {:?}", started.elapsed());
     // Every syscall is tried before giving up, so that one reload serves
     // all the fallbacks (each load of the object costs a fraction of a second).
     let mut failures = Vec::new();
@@ -590,17 +606,25 @@ fn brief(err: impl std::fmt::Display) -> String {
     format!("{} verifier: {verdict}", head.trim())
 }
 
+/// Runs `load`, the verifying of one program, saying how long it took
+/// (verifying is most of start-up once the offsets are read).
+fn timed<T>(program: &str, load: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = load();
+    debug!("start-up: {program} verified in {:?}", started.elapsed());
+    result
+}
+
 fn attach_fentry(ebpf: &mut Ebpf, syscall: Syscall, btf: &Btf) -> Result<(), String> {
     let function = syscall.kernel_function();
     let enter: &mut FEntry = program_mut(ebpf, &syscall.program("fentry"))?;
-    enter
-        .load(&function, btf)
+    timed(&syscall.program("fentry"), || enter.load(&function, btf))
         .map_err(|e| format!("loading fentry: {}", brief(e)))?;
     enter
         .attach()
         .map_err(|e| format!("attaching fentry to {function}: {e}"))?;
     let exit: &mut FExit = program_mut(ebpf, &syscall.program("fexit"))?;
-    exit.load(&function, btf)
+    timed(&syscall.program("fexit"), || exit.load(&function, btf))
         .map_err(|e| format!("loading fexit: {}", brief(e)))?;
     exit.attach()
         .map_err(|e| format!("attaching fexit to {function}: {e}"))?;
@@ -611,8 +635,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf, syscall: Syscall) -> Result<(), String> {
     for (prefix, phase) in [("tp_enter", "enter"), ("tp_exit", "exit")] {
         let program: &mut TracePoint = program_mut(ebpf, &syscall.program(prefix))?;
         let tracepoint = syscall.tracepoint(phase);
-        program
-            .load()
+        timed(&tracepoint, || program.load())
             .map_err(|e| format!("loading {tracepoint}: {}", brief(e)))?;
         program
             .attach("syscalls", &tracepoint)
@@ -624,8 +647,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf, syscall: Syscall) -> Result<(), String> {
 fn attach_raw(ebpf: &mut Ebpf) -> Result<(), String> {
     for (program, tracepoint) in [("raw_sys_enter", "sys_enter"), ("raw_sys_exit", "sys_exit")] {
         let prog: &mut RawTracePoint = program_mut(ebpf, program)?;
-        prog.load()
-            .map_err(|e| format!("loading {program}: {}", brief(e)))?;
+        timed(program, || prog.load()).map_err(|e| format!("loading {program}: {}", brief(e)))?;
         prog.attach(tracepoint)
             .map_err(|e| format!("attaching raw tracepoint {tracepoint}: {e}"))?;
     }
@@ -642,8 +664,7 @@ fn attach_module_events(ebpf: &mut Ebpf) -> Result<(), String> {
     }
     for tracepoint in ["module_load", "module_free", "module_request"] {
         let program: &mut RawTracePoint = program_mut(ebpf, tracepoint)?;
-        program
-            .load()
+        timed(tracepoint, || program.load())
             .map_err(|e| format!("loading {tracepoint}: {}", brief(e)))?;
         program
             .attach(tracepoint)
@@ -656,8 +677,7 @@ fn attach_module_events(ebpf: &mut Ebpf) -> Result<(), String> {
 /// records can name the exe of processes gone before they are read.
 fn attach_exec_tracking(ebpf: &mut Ebpf) -> Result<(), String> {
     let program: &mut RawTracePoint = program_mut(ebpf, "process_exec")?;
-    program
-        .load()
+    timed("process_exec", || program.load())
         .map_err(|e| format!("loading process_exec: {}", brief(e)))?;
     program
         .attach("sched_process_exec")
