@@ -198,8 +198,11 @@ fn task_died(event: &KernelEvent, now_boot_ns: u64) -> bool {
     if now_boot_ns.saturating_sub(header.enter_ns) < GRACE_NS {
         return false;
     }
-    let stat = std::fs::read_to_string(format!("/proc/{}/task/{}/stat", task.pid, task.tid));
-    match stat.ok().and_then(|s| process::start_time_ticks(&s)) {
+    let stat = process::read_proc_text(Path::new(&format!(
+        "/proc/{}/task/{}/stat",
+        task.pid, task.tid
+    )));
+    match stat.and_then(|s| process::start_time_ticks(&s)) {
         None => true,
         Some(ticks) => process::ticks_to_ns(ticks) > header.enter_ns,
     }

@@ -3,6 +3,7 @@
 //! belongs to a process that started after the call, the fields stay empty.
 use std::{
     fs,
+    io::{self, Read as _},
     path::{Path, PathBuf},
 };
 
@@ -58,34 +59,41 @@ impl ProcRoot {
 
     /// Reads the `wanted` details of `pid` if that pid still names the
     /// process that was running at `event_boot_ns` (CLOCK_BOOTTIME).
+    ///
+    /// The pid is checked once, after the reads: if it then names a live
+    /// process that started by the event, that process held the pid from
+    /// before the event until after the reads (two live processes never
+    /// share a pid, and the dead do not come back), so the reads were of it.
+    /// Otherwise they are dropped, whatever they read. A check before the
+    /// reads as well cost a /proc read per record on the loop that delivers
+    /// them. A process found gone by its first read ends the reading there.
     pub fn process(&self, pid: u32, event_boot_ns: u64, wanted: Wanted) -> ProcInfo {
-        let dir = self.0.join(pid.to_string());
-        if !wanted.any() || !self.started_by(pid, event_boot_ns) {
+        if !wanted.any() {
             return ProcInfo::default();
         }
-        let info = ProcInfo {
-            exe: wanted
-                .exe
-                .then(|| fs::read_link(dir.join("exe")).ok())
-                .flatten()
-                .map(|p| p.to_string_lossy().into_owned()),
-            cmdline: wanted
-                .cmdline
-                .then(|| fs::read(dir.join("cmdline")).ok())
-                .flatten()
-                .and_then(|raw| parse_cmdline(&raw)),
-            cgroup: wanted
-                .cgroup
-                .then(|| fs::read_to_string(dir.join("cgroup")).ok())
-                .flatten()
+        let dir = self.0.join(pid.to_string());
+        // Set when a file every process has is missing: the process is gone.
+        // Not by exe, which kernel threads lack.
+        let mut gone = false;
+        let cmdline = unless_gone(&mut gone, wanted.cmdline, || {
+            read_proc_file(&dir.join("cmdline"))
+        });
+        let cgroup = unless_gone(&mut gone, wanted.cgroup, || {
+            read_proc_file(&dir.join("cgroup"))
+        });
+        let mut exe_missing = false;
+        let exe = unless_gone(&mut exe_missing, wanted.exe && !gone, || {
+            fs::read_link(dir.join("exe"))
+        });
+        if gone || !self.started_by(pid, event_boot_ns) {
+            return ProcInfo::default();
+        }
+        ProcInfo {
+            exe: exe.map(|p| p.to_string_lossy().into_owned()),
+            cmdline: cmdline.and_then(|raw| parse_cmdline(&raw)),
+            cgroup: cgroup
+                .and_then(|raw| String::from_utf8(raw).ok())
                 .and_then(|s| parse_cgroup(&s)),
-        };
-        // The pid could have been reused while we read; re-check so that a
-        // late reuse cannot lend another process's details to this record.
-        if self.started_by(pid, event_boot_ns) {
-            info
-        } else {
-            ProcInfo::default()
         }
     }
 
@@ -93,19 +101,60 @@ impl ProcRoot {
     /// event. An exiting process's /proc files can read partly torn down (a
     /// command line cut short was seen), so it counts as gone.
     pub fn started_by(&self, pid: u32, event_boot_ns: u64) -> bool {
-        fs::read_to_string(self.0.join(format!("{pid}/stat")))
-            .ok()
+        read_proc_text(&self.0.join(format!("{pid}/stat")))
             .and_then(|stat| live_start_ticks(&stat))
             .is_some_and(|ticks| ticks_to_ns(ticks) <= event_boot_ns)
     }
 
     /// The kernel's taint (sys/kernel/tainted) now, just after a load.
     pub fn kernel_taint(&self) -> Option<u64> {
-        fs::read_to_string(self.0.join("sys/kernel/tainted"))
-            .ok()?
+        read_proc_text(&self.0.join("sys/kernel/tainted"))?
             .trim()
             .parse()
             .ok()
+    }
+}
+
+/// Reads a /proc file whole, in as few reads as it takes: /proc gives its
+/// files a length of 0, from which `fs::read` starts with a 32-byte probe
+/// and grows, six reads and a statx for a 300-byte stat line. These reads
+/// happen on the loop that delivers records, a few per record.
+pub fn read_proc_file(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = fs::File::open(path)?;
+    // A stat line, a status file or most command lines in one read.
+    let mut chunk = [0u8; 4096];
+    let mut bytes = Vec::new();
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// [`read_proc_file`] as text; None if unreadable or not UTF-8.
+pub fn read_proc_text(path: &Path) -> Option<String> {
+    String::from_utf8(read_proc_file(path).ok()?).ok()
+}
+
+/// `read()` if `wanted` and no earlier read found the process gone; a
+/// missing file marks it gone.
+fn unless_gone<T>(
+    gone: &mut bool,
+    wanted: bool,
+    read: impl FnOnce() -> io::Result<T>,
+) -> Option<T> {
+    if !wanted || *gone {
+        return None;
+    }
+    match read() {
+        Ok(value) => Some(value),
+        Err(err) => {
+            *gone = err.kind() == io::ErrorKind::NotFound;
+            None
+        }
     }
 }
 
@@ -268,6 +317,54 @@ mod tests {
         };
         let info = proc.process(me, now, only_cmdline);
         assert!(info.exe.is_none() && info.cgroup.is_none() && info.cmdline.is_some());
+    }
+
+    /// The details read are kept only if the pid, checked after the reads,
+    /// names a live process that started by the event; a kernel thread
+    /// (no exe) still has its other details; a process gone keeps none.
+    #[test]
+    fn the_check_after_the_reads_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let stat = |state: &str, flags: u32, start: u64| {
+            format!("7 (x) {state} 1 7 7 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0")
+        };
+        let fake = |pid: u32, stat_line: &str, exe: bool| {
+            let p = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("stat"), stat_line).unwrap();
+            std::fs::write(p.join("cmdline"), b"tool\0-v\0").unwrap();
+            std::fs::write(p.join("cgroup"), "0::/a.slice\n").unwrap();
+            if exe {
+                std::os::unix::fs::symlink("/usr/bin/tool", p.join("exe")).unwrap();
+            }
+        };
+        fake(10, &stat("S", 0, 1), true);
+        fake(11, &stat("S", 0, 1), false);
+        fake(12, &stat("S", 4, 1), true);
+        fake(13, &stat("Z", 0, 1), true);
+        // Started at tick 100: 1 s after boot at 100 ticks a second.
+        fake(14, &stat("S", 0, 100), true);
+        let proc = ProcRoot::at(dir.path());
+        let at = ticks_to_ns(50);
+        let live = proc.process(10, at, Wanted::ALL);
+        assert_eq!(live.exe.as_deref(), Some("/usr/bin/tool"));
+        assert_eq!(live.cmdline, Some(vec!["tool".into(), "-v".into()]));
+        assert_eq!(live.cgroup.as_deref(), Some("/a.slice"));
+        let kernel_thread = proc.process(11, at, Wanted::ALL);
+        assert_eq!(kernel_thread.exe, None);
+        assert!(kernel_thread.cmdline.is_some() && kernel_thread.cgroup.is_some());
+        for (pid, why) in [
+            (12, "exiting"),
+            (13, "zombie"),
+            (14, "started later"),
+            (15, "gone"),
+        ] {
+            assert_eq!(
+                proc.process(pid, at, Wanted::ALL),
+                ProcInfo::default(),
+                "{why}"
+            );
+        }
     }
 
     fn boot_ns() -> u64 {
