@@ -366,22 +366,30 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
     // aya's loader parses the kernel's several-MiB BTF as it is made (aya
     // 0.14 offers no loader without), which these programs need only for
     // fentry, and aya's own parse to attach fentry is needed only if fentry
-    // may be used: both are made beside our reading of the offsets.
+    // may be used: our reading of the offsets goes on beside them, on a
+    // thread of its own. Not the other way round: aya's many small
+    // allocations made on a thread stay in that thread's arena (1.1 MiB of
+    // resident memory kept for good), while ours are two large buffers that
+    // go back to the kernel when freed.
     let fentry_possible =
         options.forced.is_none_or(|s| s == Strategy::Fentry) && Path::new("/proc/modules").exists();
     let (support, aya_btf, loader) = std::thread::scope(|scope| {
-        let loader = scope.spawn(EbpfLoader::new);
-        let aya_btf = fentry_possible.then(|| scope.spawn(|| Btf::from_sys_fs().ok()));
-        let support = KernelSupport::probe(&options.btf_path);
-        debug!("start-up: kernel offsets read in {:?}", started.elapsed());
-        (
-            support,
-            aya_btf.and_then(|parse| parse.join().ok().flatten()),
-            loader.join(),
-        )
+        let support = scope.spawn(|| {
+            let support = KernelSupport::probe(&options.btf_path);
+            debug!("start-up: kernel offsets read in {:?}", started.elapsed());
+            support
+        });
+        let loader = EbpfLoader::new();
+        let aya_btf = if fentry_possible {
+            Btf::from_sys_fs().ok()
+        } else {
+            None
+        };
+        (support.join(), aya_btf, loader)
     });
-    // Making a loader cannot fail; a panic in it is aya's, passed on.
-    let mut premade = Some(loader.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+    // Reading the offsets does not panic; if it did, the panic is passed on.
+    let support = support.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let mut premade = Some(loader);
     debug!("start-up: loader made after {:?}", started.elapsed());
     let mut refused: Vec<(usize, Strategy, String)> = Vec::new();
     loop {
