@@ -7,8 +7,14 @@
 //! wrong on the next; reading them from `/sys/kernel/btf/vmlinux` keeps them right
 //! for whatever kernel is running.
 
-use std::path::{Path, PathBuf};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
 
+use btf_rs::{Backend, Btf, BtfType, Type};
 use modtrace_common::{KernelOffsets, OFFSET_NONE};
 
 /// Where the running kernel exposes its own BTF.
@@ -157,29 +163,24 @@ pub const SIZES: &[SizeSpec] = &[SizeSpec {
     slot: |o: &mut KernelOffsets| &mut o.upid_size,
 }];
 
-/// The kernel's BTF, read once and indexed, not parsed: the few types the
-/// programs need are looked up by name in one pass over the type section
-/// and decoded where they lie. A full parse of the several-megabyte vmlinux
-/// BTF (every type and string into maps) took about 160 ms of a 450 ms
-/// start-up on a loaded 2-core host; this takes a few.
+/// The kernel's BTF, mapped and indexed by btf-rs but not parsed: the
+/// several-megabyte vmlinux BTF holds some 100,000 types, of which the programs
+/// need about twenty structs and three functions. btf-rs's default backend
+/// parses every type and string into maps (about 160 ms and 38 MiB at its
+/// height on this project's 2-core host); its mmap backend notes where each type
+/// lies and decodes a type only when it is looked up, at the cost of a pass over
+/// the type section per name looked up, which `ids` makes once per name.
 pub struct KernelBtf {
-    bytes: Vec<u8>,
-    big_endian: bool,
-    /// The type section, as a range of `bytes`.
-    types: std::ops::Range<usize>,
-    /// The string section, as a range of `bytes`.
-    strings: std::ops::Range<usize>,
-    /// Where each type begins in the type section, by type id; id 0 is
-    /// `void`, which the section does not hold.
-    starts: Vec<u32>,
+    btf: Btf,
     path: PathBuf,
+    /// Type ids by name, for the names looked up so far.
+    ids: RefCell<HashMap<String, Vec<u32>>>,
 }
 
 impl std::fmt::Debug for KernelBtf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KernelBtf")
             .field("path", &self.path)
-            .field("types", &self.starts.len().saturating_sub(1))
             .finish_non_exhaustive()
     }
 }
@@ -195,268 +196,110 @@ pub fn has_function(btf: &KernelBtf, name: &str) -> bool {
     btf.has_function(name)
 }
 
-/// BTF kinds (include/uapi/linux/btf.h) this reader tells apart.
-mod kind {
-    pub(super) const INT: u32 = 1;
-    pub(super) const PTR: u32 = 2;
-    pub(super) const ARRAY: u32 = 3;
-    pub(super) const STRUCT: u32 = 4;
-    pub(super) const UNION: u32 = 5;
-    pub(super) const ENUM: u32 = 6;
-    pub(super) const FWD: u32 = 7;
-    pub(super) const TYPEDEF: u32 = 8;
-    pub(super) const VOLATILE: u32 = 9;
-    pub(super) const CONST: u32 = 10;
-    pub(super) const RESTRICT: u32 = 11;
-    pub(super) const FUNC: u32 = 12;
-    pub(super) const FUNC_PROTO: u32 = 13;
-    pub(super) const VAR: u32 = 14;
-    pub(super) const DATASEC: u32 = 15;
-    pub(super) const FLOAT: u32 = 16;
-    pub(super) const DECL_TAG: u32 = 17;
-    pub(super) const TYPE_TAG: u32 = 18;
-    pub(super) const ENUM64: u32 = 19;
-}
-
-/// Size of `struct btf_type`: name_off, info, size/type.
-const TYPE_HEADER_LEN: usize = 12;
-/// Size of `struct btf_member`: name_off, type, offset.
-const MEMBER_LEN: usize = 12;
-
-/// The three words that begin every type.
-#[derive(Debug, Clone, Copy)]
-struct TypeHeader {
-    name_off: u32,
-    info: u32,
-    /// The size of a struct, union, int...; the type referred to by a
-    /// typedef, modifier, pointer or function.
-    size_or_type: u32,
-}
-
-impl TypeHeader {
-    fn kind(self) -> u32 {
-        (self.info >> 24) & 0x1f
-    }
-    fn vlen(self) -> usize {
-        (self.info & 0xffff) as usize
-    }
-    fn kflag(self) -> bool {
-        self.info >> 31 == 1
-    }
-}
-
-/// One member of a struct or union.
-#[derive(Debug, Clone, Copy)]
-struct Member {
-    name_off: u32,
-    type_id: u32,
-    bit_offset: u32,
-    /// Width in bits when the member is a bitfield, 0 otherwise.
-    bitfield_bits: u32,
-}
-
-/// A struct or union definition: where its members lie.
-#[derive(Debug, Clone, Copy)]
-struct StructDef {
-    /// Offset of its header in the type section.
-    at: usize,
-    size: u32,
-    members: usize,
-    kflag: bool,
-}
-
-/// Bytes that follow a type's header, by kind; None for a kind this
-/// reader does not know, whose length it cannot tell.
-fn trailing_len(header: TypeHeader) -> Option<usize> {
-    let vlen = header.vlen();
-    Some(match header.kind() {
-        kind::INT | kind::VAR | kind::DECL_TAG => 4,
-        kind::ARRAY => 12,
-        kind::STRUCT | kind::UNION | kind::DATASEC | kind::ENUM64 => 12 * vlen,
-        kind::ENUM | kind::FUNC_PROTO => 8 * vlen,
-        kind::PTR
-        | kind::FWD
-        | kind::TYPEDEF
-        | kind::VOLATILE
-        | kind::CONST
-        | kind::RESTRICT
-        | kind::FUNC
-        | kind::FLOAT
-        | kind::TYPE_TAG => 0,
-        _ => return None,
-    })
-}
-
 impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self, BtfError> {
         let bytes = std::fs::read(path).map_err(|source| BtfError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_bytes(bytes, path).map_err(|reason| BtfError::Parse {
+        let parse_err = |reason: String| BtfError::Parse {
             path: path.to_path_buf(),
             reason,
+        };
+        // btf-rs adds header offsets without overflow checks and seeks wherever
+        // they point, so a garbage or truncated file is rejected here first
+        // instead of reaching arithmetic that could panic.
+        check_header(&bytes).map_err(parse_err)?;
+        let btf = map_copy(&bytes).map_err(|e| parse_err(format!("{e:#}")))?;
+        Ok(Self {
+            btf,
+            path: path.to_path_buf(),
+            ids: RefCell::default(),
         })
     }
 
-    /// Checks the header, then walks the type section once, noting where
-    /// each type begins and that it lies within the section, is of a known
-    /// kind and has its name within the string section.
-    fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, String> {
-        let layout = check_header(&bytes)?;
-        let mut btf = Self {
-            big_endian: layout.big_endian,
-            types: layout.types,
-            strings: layout.strings,
-            starts: vec![0],
-            bytes,
-            path: path.to_path_buf(),
+    /// Finds the types of all `names` in one pass over the type section, where
+    /// looking each up alone would take a pass per name.
+    fn look_up_together<'a>(&self, names: impl Iterator<Item = &'a str>) -> Result<(), BtfError> {
+        let mut wanted: Vec<&str> = names.collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let alternatives: Vec<String> = wanted.iter().map(|n| regex::escape(n)).collect();
+        let pattern = format!("^(?:{})$", alternatives.join("|"));
+        let parse_err = |reason: String| BtfError::Parse {
+            path: self.path.clone(),
+            reason,
         };
-        let section_len = btf.types.len();
-        let mut at = 0usize;
-        while at < section_len {
-            let header = btf
-                .header_at(at)
-                .ok_or_else(|| format!("type {} is cut short at byte {at}", btf.starts.len()))?;
-            let trailing = trailing_len(header).ok_or_else(|| {
-                format!(
-                    "type {} is of unknown kind {}",
-                    btf.starts.len(),
-                    header.kind()
-                )
-            })?;
-            if header.name_off as usize >= btf.strings.len() && header.name_off != 0 {
-                return Err(format!(
-                    "type {} names string offset {}, past the string section",
-                    btf.starts.len(),
-                    header.name_off
-                ));
-            }
-            let next = at + TYPE_HEADER_LEN + trailing;
-            if next > section_len {
-                return Err(format!(
-                    "type {} ends at byte {next}, past the {section_len}-byte type section",
-                    btf.starts.len()
-                ));
-            }
-            // The header check bounds the section to the file, so below 4 GiB.
-            btf.starts
-                .push(u32::try_from(at).map_err(|e| e.to_string())?);
-            at = next;
+        let any = regex::Regex::new(&pattern).map_err(|e| parse_err(e.to_string()))?;
+        let found = self
+            .btf
+            .resolve_ids_by_regex(&any)
+            .map_err(|e| parse_err(format!("looking up {} types: {e:#}", wanted.len())))?;
+        let mut ids = self.ids.borrow_mut();
+        for name in &wanted {
+            ids.entry((*name).to_owned()).or_default();
         }
-        Ok(btf)
+        for id in found {
+            let ty = self
+                .btf
+                .resolve_type_by_id(id)
+                .map_err(|e| parse_err(format!("type {id}: {e:#}")))?;
+            let name = ty
+                .as_btf_type()
+                .and_then(|t| self.btf.resolve_name(t).ok())
+                .unwrap_or_default();
+            if let Some(of_name) = ids.get_mut(&name) {
+                of_name.push(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every type named `name`; the type section is searched once per name.
+    fn types_named(&self, name: &str) -> Result<Vec<Type>, String> {
+        let known = self.ids.borrow().get(name).cloned();
+        let ids = match known {
+            Some(ids) => ids,
+            None => {
+                let found = self
+                    .btf
+                    .resolve_ids_by_name(name)
+                    .map_err(|e| format!("looking up {name}: {e:#}"))?;
+                self.ids.borrow_mut().insert(name.to_owned(), found.clone());
+                found
+            }
+        };
+        ids.into_iter()
+            .map(|id| {
+                self.btf
+                    .resolve_type_by_id(id)
+                    .map_err(|e| format!("type {id} ({name}): {e:#}"))
+            })
+            .collect()
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn word(&self, absolute: usize) -> Option<u32> {
-        let raw: [u8; 4] = self.bytes.get(absolute..absolute + 4)?.try_into().ok()?;
-        Some(if self.big_endian {
-            u32::from_be_bytes(raw)
-        } else {
-            u32::from_le_bytes(raw)
-        })
-    }
-
-    /// The header of the type at `at` in the type section.
-    fn header_at(&self, at: usize) -> Option<TypeHeader> {
-        let base = self.types.start + at;
-        if at + TYPE_HEADER_LEN > self.types.len() {
-            return None;
-        }
-        Some(TypeHeader {
-            name_off: self.word(base)?,
-            info: self.word(base + 4)?,
-            size_or_type: self.word(base + 8)?,
-        })
-    }
-
-    /// The type with id `id`, and where it lies; None for `void` (id 0).
-    fn type_by_id(&self, id: u32) -> Result<Option<(usize, TypeHeader)>, String> {
-        if id == 0 {
-            return Ok(None);
-        }
-        let at = *self
-            .starts
-            .get(id as usize)
-            .ok_or_else(|| format!("dangling type reference: no type {id}"))?
-            as usize;
-        let header = self
-            .header_at(at)
-            .ok_or_else(|| format!("type {id} lies outside the type section"))?;
-        Ok(Some((at, header)))
-    }
-
-    /// The string at offset `off` of the string section, without its NUL.
-    fn name(&self, off: u32) -> Result<&[u8], String> {
-        let rest = self
-            .bytes
-            .get(self.strings.start + off as usize..self.strings.end)
-            .ok_or_else(|| format!("no string at offset {off}"))?;
-        let len = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| format!("the string at offset {off} has no end"))?;
-        Ok(&rest[..len])
-    }
-
-    /// The ids of the types named by each of `names`, among the types of
-    /// `kinds`, in one pass over the type section.
-    fn ids_named(&self, names: &[&str], kinds: &[u32]) -> Vec<Vec<u32>> {
-        let mut found = vec![Vec::new(); names.len()];
-        for (id, &at) in (0u32..).zip(&self.starts).skip(1) {
-            let Some(header) = self.header_at(at as usize) else {
-                continue;
-            };
-            if header.name_off == 0 || !kinds.contains(&header.kind()) {
-                continue;
-            }
-            let Ok(name) = self.name(header.name_off) else {
-                continue;
-            };
-            for (wanted, ids) in names.iter().zip(found.iter_mut()) {
-                if name == wanted.as_bytes() {
-                    ids.push(id);
-                }
-            }
-        }
-        found
-    }
-
     pub fn has_function(&self, name: &str) -> bool {
-        self.ids_named(&[name], &[kind::FUNC])
-            .first()
-            .is_some_and(|ids| !ids.is_empty())
+        self.types_named(name)
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
     }
 
     pub fn offsets(&self) -> Result<ResolvedOffsets, BtfError> {
-        // Every struct the specs name, looked up in one pass.
-        let mut names: Vec<&'static str> = FIELDS
-            .iter()
-            .map(|f| f.strukt)
-            .chain(SIZES.iter().map(|s| s.strukt))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        let ids = self.ids_named(&names, STRUCT_NAMED_KINDS);
-        let ids_of = |strukt: &str| -> &[u32] {
-            names
-                .binary_search(&strukt)
-                .map_or(&[], |i| ids[i].as_slice())
-        };
+        let structs = FIELDS.iter().map(|f| f.strukt);
+        self.look_up_together(structs.chain(SIZES.iter().map(|s| s.strukt)))?;
         let mut offsets = KernelOffsets::NONE;
         let mut missing = Vec::new();
         for spec in FIELDS {
-            match self.field_offset_among(ids_of(spec.strukt), spec.strukt, spec.field)? {
+            match self.field_offset(spec.strukt, spec.field)? {
                 Some(off) => *(spec.slot)(&mut offsets) = off,
                 None => missing.push(spec.label),
             }
         }
         for spec in SIZES {
-            *(spec.slot)(&mut offsets) =
-                self.struct_size_among(ids_of(spec.strukt), spec.strukt)?;
+            *(spec.slot)(&mut offsets) = self.struct_size(spec.strukt)?;
         }
         Ok(ResolvedOffsets { offsets, missing })
     }
@@ -464,20 +307,18 @@ impl KernelBtf {
     /// `sizeof(struct strukt)`; an error if the struct is absent or its
     /// definitions disagree.
     pub fn struct_size(&self, strukt: &'static str) -> Result<u32, BtfError> {
-        let ids = self.ids_named(&[strukt], STRUCT_NAMED_KINDS);
-        self.struct_size_among(&ids[0], strukt)
-    }
-
-    fn struct_size_among(&self, ids: &[u32], strukt: &'static str) -> Result<u32, BtfError> {
         let defs = self
-            .struct_defs(ids)
+            .struct_defs(strukt)
             .map_err(|reason| BtfError::Malformed {
                 path: self.path.clone(),
                 strukt,
                 field: "(size)",
                 reason,
             })?;
-        let mut sizes: Vec<u32> = defs.iter().map(|d| d.size).collect();
+        let mut sizes: Vec<u32> = defs
+            .iter()
+            .map(|d| u32::try_from(d.size()).unwrap_or(OFFSET_NONE))
+            .collect();
         sizes.dedup();
         match sizes.as_slice() {
             [] => Err(BtfError::StructNotFound {
@@ -501,24 +342,13 @@ impl KernelBtf {
         strukt: &'static str,
         field: &'static str,
     ) -> Result<Option<u32>, BtfError> {
-        let ids = self.ids_named(&[strukt], STRUCT_NAMED_KINDS);
-        self.field_offset_among(&ids[0], strukt, field)
-    }
-
-    /// As [`Self::field_offset`], among the types `ids` that bear the name.
-    fn field_offset_among(
-        &self,
-        ids: &[u32],
-        strukt: &'static str,
-        field: &'static str,
-    ) -> Result<Option<u32>, BtfError> {
         let malformed = |reason: String| BtfError::Malformed {
             path: self.path.clone(),
             strukt,
             field,
             reason,
         };
-        let defs = self.struct_defs(ids).map_err(malformed)?;
+        let defs = self.struct_defs(strukt).map_err(malformed)?;
         if defs.is_empty() {
             return Err(BtfError::StructNotFound {
                 path: self.path.clone(),
@@ -582,41 +412,32 @@ impl KernelBtf {
         }
     }
 
-    /// Every complete struct/union definition among the types `ids`,
-    /// reached directly or through typedefs and modifiers. Forward
-    /// declarations are skipped: they carry no members.
-    fn struct_defs(&self, ids: &[u32]) -> Result<Vec<StructDef>, String> {
+    /// Every complete struct/union definition named `name`, reached directly or
+    /// through typedefs and modifiers. Forward declarations are skipped: they
+    /// carry no members.
+    fn struct_defs(&self, name: &str) -> Result<Vec<btf_rs::Struct>, String> {
         let mut defs = Vec::new();
-        for &id in ids {
-            if let Some(def) = self.strip(id)? {
-                if def.size > 0 || def.members > 0 {
-                    defs.push(def);
+        for ty in self.types_named(name)? {
+            match self.strip(ty)? {
+                Type::Struct(s) | Type::Union(s) if s.size() > 0 || !s.members.is_empty() => {
+                    defs.push(s);
                 }
+                _ => {}
             }
         }
         Ok(defs)
     }
 
-    /// Follows typedefs and const/volatile/restrict/type-tag from type `id`
-    /// to the type beneath: the definition if it is a struct or union.
-    fn strip(&self, mut id: u32) -> Result<Option<StructDef>, String> {
+    /// Follows typedefs and const/volatile/restrict/type-tag to the type beneath.
+    fn strip(&self, mut ty: Type) -> Result<Type, String> {
         for _ in 0..MAX_DEPTH {
-            let Some((at, header)) = self.type_by_id(id)? else {
-                return Ok(None);
-            };
-            match header.kind() {
-                kind::TYPEDEF | kind::TYPE_TAG | kind::CONST | kind::VOLATILE | kind::RESTRICT => {
-                    id = header.size_or_type;
+            match ty {
+                Type::Typedef(ref t) => ty = self.chained(t)?,
+                Type::TypeTag(ref t) => ty = self.chained(t)?,
+                Type::Const(ref v) | Type::Volatile(ref v) | Type::Restrict(ref v) => {
+                    ty = self.chained(v)?;
                 }
-                kind::STRUCT | kind::UNION => {
-                    return Ok(Some(StructDef {
-                        at,
-                        size: header.size_or_type,
-                        members: header.vlen(),
-                        kflag: header.kflag(),
-                    }))
-                }
-                _ => return Ok(None),
+                other => return Ok(other),
             }
         }
         Err(format!(
@@ -624,26 +445,10 @@ impl KernelBtf {
         ))
     }
 
-    /// Member `index` of `def`.
-    fn member(&self, def: &StructDef, index: usize) -> Result<Member, String> {
-        let base = self.types.start + def.at + TYPE_HEADER_LEN + index * MEMBER_LEN;
-        let word = |n: usize| {
-            self.word(base + 4 * n)
-                .ok_or_else(|| format!("member {index} lies outside the type section"))
-        };
-        let (name_off, type_id, offset) = (word(0)?, word(1)?, word(2)?);
-        // With kflag set, the offset word holds the bitfield's width too.
-        let (bit_offset, bitfield_bits) = if def.kflag {
-            (offset & 0x00ff_ffff, offset >> 24)
-        } else {
-            (offset, 0)
-        };
-        Ok(Member {
-            name_off,
-            type_id,
-            bit_offset,
-            bitfield_bits,
-        })
+    fn chained<T: BtfType + ?Sized>(&self, t: &T) -> Result<Type, String> {
+        self.btf
+            .resolve_chained_type(t)
+            .map_err(|e| format!("dangling type reference: {e:#}"))
     }
 
     /// Looks `field` up among the members of `def`, descending into anonymous
@@ -651,7 +456,7 @@ impl KernelBtf {
     /// namespace in C) and adding their offsets.
     fn find_member(
         &self,
-        def: &StructDef,
+        def: &btf_rs::Struct,
         field: &str,
         base_bits: u64,
         depth: usize,
@@ -664,16 +469,16 @@ impl KernelBtf {
         // Named members first, so that a direct hit never depends on the order of
         // anonymous members around it.
         let mut anonymous = Vec::new();
-        for index in 0..def.members {
-            let member = self.member(def, index)?;
+        for member in &def.members {
             let name = self
-                .name(member.name_off)
-                .map_err(|e| format!("member name unreadable: {e}"))?;
-            let bit_offset = base_bits + u64::from(member.bit_offset);
-            if name == field.as_bytes() {
+                .btf
+                .resolve_name(member)
+                .map_err(|e| format!("member name unreadable: {e:#}"))?;
+            let bit_offset = base_bits + u64::from(member.bit_offset());
+            if name == field {
                 return Ok(Some(MemberHit {
                     bit_offset,
-                    bitfield: Some(member.bitfield_bits).filter(|&bits| bits != 0),
+                    bitfield: member.bitfield_size().filter(|&bits| bits != 0),
                 }));
             }
             if name.is_empty() {
@@ -681,7 +486,8 @@ impl KernelBtf {
             }
         }
         for (member, bit_offset) in anonymous {
-            if let Some(inner) = self.strip(member.type_id)? {
+            let ty = self.strip(self.chained(member)?)?;
+            if let Type::Struct(inner) | Type::Union(inner) = ty {
                 if let Some(hit) = self.find_member(&inner, field, bit_offset, depth + 1)? {
                     return Ok(Some(hit));
                 }
@@ -691,18 +497,6 @@ impl KernelBtf {
     }
 }
 
-/// The kinds whose name can be a struct's: the struct or union itself, and
-/// the typedefs and modifiers that lead to one.
-const STRUCT_NAMED_KINDS: &[u32] = &[
-    kind::STRUCT,
-    kind::UNION,
-    kind::TYPEDEF,
-    kind::TYPE_TAG,
-    kind::CONST,
-    kind::VOLATILE,
-    kind::RESTRICT,
-];
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct MemberHit {
     bit_offset: u64,
@@ -710,15 +504,23 @@ struct MemberHit {
     bitfield: Option<u32>,
 }
 
-/// Where a BTF file's sections lie, from its header.
-struct Layout {
-    big_endian: bool,
-    types: std::ops::Range<usize>,
-    strings: std::ops::Range<usize>,
+/// btf-rs maps the file it is given; sysfs lets the kernel's BTF be mapped
+/// only since Linux 6.16, so the bytes already read are handed over in a memfd.
+fn map_copy(bytes: &[u8]) -> std::io::Result<Btf> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(c"modtrace-btf", MFdFlags::MFD_CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    // The mapping btf-rs makes outlives the descriptor closed with `file`.
+    Btf::from_file_with_backend(
+        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)),
+        Backend::Mmap,
+    )
+    .map_err(std::io::Error::other)
 }
 
 /// Checks the BTF header and that its sections lie inside the file.
-fn check_header(bytes: &[u8]) -> Result<Layout, String> {
+fn check_header(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < BTF_HEADER_LEN {
         return Err(format!(
             "{} bytes long, shorter than the {BTF_HEADER_LEN}-byte BTF header",
@@ -726,9 +528,9 @@ fn check_header(bytes: &[u8]) -> Result<Layout, String> {
         ));
     }
     let magic = u16::from_le_bytes([bytes[0], bytes[1]]);
-    let (big_endian, read_u32): (bool, fn([u8; 4]) -> u32) = match magic {
-        0xeb9f => (false, u32::from_le_bytes),
-        0x9feb => (true, u32::from_be_bytes),
+    let read_u32: fn([u8; 4]) -> u32 = match magic {
+        0xeb9f => u32::from_le_bytes,
+        0x9feb => u32::from_be_bytes,
         other => return Err(format!("bad magic {other:#06x}, expected 0xeb9f")),
     };
     if bytes[2] != 1 {
@@ -741,34 +543,20 @@ fn check_header(bytes: &[u8]) -> Result<Layout, String> {
         return Err(format!("header length {hdr_len} is below {BTF_HEADER_LEN}"));
     }
     let file_len = bytes.len() as u64;
-    let mut ranges = Vec::with_capacity(2);
     for (what, off, len) in [("type", type_off, type_len), ("string", str_off, str_len)] {
-        let start = u64::from(hdr_len) + u64::from(off);
-        let end = start + u64::from(len);
+        let end = u64::from(hdr_len) + u64::from(off) + u64::from(len);
         if end > file_len {
             return Err(format!(
                 "{what} section ends at byte {end}, past the end of the {file_len}-byte file"
             ));
         }
-        // Both within the file, which is in memory: they fit a usize.
-        ranges.push(start as usize..end as usize);
     }
     if type_off % 4 != 0 || type_len % 4 != 0 {
         return Err(format!(
             "type section (offset {type_off}, length {type_len}) is not 4-byte aligned"
         ));
     }
-    let strings = ranges.pop().unwrap_or_default();
-    let types = ranges.pop().unwrap_or_default();
-    // The first string is the empty one that unnamed types point at.
-    if bytes.get(strings.start) != Some(&0) {
-        return Err("the string section does not begin with the empty string".into());
-    }
-    Ok(Layout {
-        big_endian,
-        types,
-        strings,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1220,10 +1008,9 @@ mod tests {
         std::fs::remove_file(p).unwrap();
     }
 
-    /// The reader's own checks, each on an otherwise valid file: a type of a
-    /// kind it does not know (whose length it cannot tell), a type cut short
-    /// by the section's end, a name past the string section, a member of a
-    /// dangling type.
+    /// Malformed types inside a well-formed header: an unknown kind, a struct
+    /// cut short by the section's end, a name past the string section, a
+    /// member of a dangling type. Each is an error, never a panic.
     #[test]
     fn malformed_types_are_errors_not_panics() {
         let unknown_kind = synthetic(&[], |b, _| {
@@ -1236,27 +1023,32 @@ mod tests {
         let type_len = u32::from_le_bytes(cut_short[12..16].try_into().unwrap()) as usize;
         let info_at = 24 + type_len - 12 - 8;
         cut_short[info_at] = 2;
-        let name_past_strings = synthetic(&[], |b, _| {
-            b.word(1 << 30);
-            b.word(KIND_INT << 24);
-            b.word(4);
-            b.word(32);
-        });
-        for (tag, bytes, expect) in [
-            ("unknown-kind", unknown_kind, "unknown kind 25"),
-            ("cut-short", cut_short, "past the"),
-            (
-                "name-past-strings",
-                name_past_strings,
-                "past the string section",
-            ),
-        ] {
+        for (tag, bytes) in [("unknown-kind", unknown_kind), ("cut-short", cut_short)] {
             let p = write_tmp(tag, &bytes);
             let err = kernel_offsets(&p).expect_err(tag);
             assert!(matches!(err, BtfError::Parse { .. }), "{tag}: {err:?}");
-            assert!(err.to_string().contains(expect), "{tag}: {err}");
+            assert!(
+                err.to_string().contains(&*p.to_string_lossy()),
+                "{tag}: {err}"
+            );
             std::fs::remove_file(p).unwrap();
         }
+        // A type whose name lies past the string section is nameless to a
+        // lookup, so the struct it claims to be is reported missing.
+        let name_past_strings = write_tmp(
+            "name-past-strings",
+            &synthetic(&["qstr"], |b, _| {
+                b.word(1 << 30);
+                b.word(KIND_STRUCT << 24);
+                b.word(16);
+            }),
+        );
+        let err = kernel_offsets(&name_past_strings).unwrap_err();
+        assert!(
+            matches!(err, BtfError::StructNotFound { name: "qstr", .. }),
+            "{err:?}"
+        );
+        std::fs::remove_file(name_past_strings).unwrap();
         // A struct whose anonymous member names no type: an error naming
         // the field, when the lookup has to descend into it.
         let dangling = write_tmp(
@@ -1275,7 +1067,7 @@ mod tests {
             matches!(err, BtfError::Malformed { field: "len", .. }),
             "{err:?}"
         );
-        assert!(err.to_string().contains("no type 999"), "{err}");
+        assert!(err.to_string().contains("dangling type reference"), "{err}");
         std::fs::remove_file(dangling).unwrap();
     }
 
