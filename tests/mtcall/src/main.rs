@@ -890,6 +890,8 @@ fn flood(
 ) -> Res<Map<String, Value>> {
     // Flush before forking so that children do not inherit buffered output.
     io::stdout().flush().map_err(setup_err("flushing stdout"))?;
+    // From the first fork to the last child reaped: the flood's rate.
+    let start = monotonic_ns();
     let mut children = Vec::new();
     for _ in 0..procs {
         let mut pipe = [0; 2];
@@ -999,6 +1001,7 @@ fn flood(
     m.insert("calls_per_proc".into(), json!(calls));
     m.insert("children".into(), Value::Array(report));
     m.insert("total_calls".into(), json!(total));
+    m.insert("elapsed_ns".into(), json!(monotonic_ns() - start));
     m.insert("all_children_ok".into(), json!(all_ok));
     Ok(m)
 }

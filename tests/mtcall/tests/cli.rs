@@ -298,6 +298,7 @@ fn flood_counts_add_up() {
     check_identity(l, pid, unsafe { libc::getuid() });
     assert_eq!(l["op"], "flood");
     assert_eq!(l["total_calls"], 2000);
+    assert!(l["elapsed_ns"].as_u64().is_some_and(|ns| ns > 0), "{l}");
     assert_eq!(l["all_children_ok"], true);
     let children = l["children"].as_array().unwrap();
     assert_eq!(children.len(), 4);

@@ -1,5 +1,7 @@
 //! The collector's own figures from `tests/vm/bench/collector.sh`: start-up time,
-//! latency from a call's return to its line, and RSS idle and after a flood.
+//! latency from a call's return to its line (at idle and under a flood), RSS idle
+//! and after a flood, real loads under four flooders, and the drain rate of
+//! failing calls reported in full.
 //! `mtcall stamp` reads the clocks as each line of modtrace's stdout arrives on
 //! a pipe: start-up runs from its spawn of `modtrace watch` to the start record
 //! (CLOCK_BOOTTIME), latency from the call's return as the record gives it
@@ -13,10 +15,54 @@ use serde_json::{json, Value};
 pub(crate) struct Collector {
     strategy: String,
     startup_ms: Vec<f64>,
-    latency_us: Vec<f64>,
-    calls: usize,
+    latency_idle: Latency,
+    latency_flooded: Latency,
     rss: Vec<(&'static str, Vec<(String, u64)>)>,
+    loads: Loads,
     flood_calls: Option<u64>,
+    stop: Option<Value>,
+    drain: Drain,
+}
+
+/// Latencies of one series of probe calls, sorted, and how many calls it made.
+struct Latency {
+    us: Vec<f64>,
+    calls: usize,
+}
+
+/// Real modprobe/rmmod cycles while four uid-1000 processes flooded.
+enum Loads {
+    Unavailable(String),
+    Measured(LoadCycles),
+}
+
+struct LoadCycles {
+    /// Successful init/finit_module and delete_module records of modprobe
+    /// and rmmod.
+    records: usize,
+    /// modprobe/rmmod cycles run: twice as many records are expected.
+    cycles: Option<u64>,
+    failed_cycles: usize,
+    flood_calls: Option<u64>,
+    flood_elapsed_ns: Option<u64>,
+}
+
+impl LoadCycles {
+    fn expected(&self) -> Option<u64> {
+        self.cycles.map(|c| 2 * c)
+    }
+
+    fn flood_per_s(&self) -> Option<f64> {
+        rate(self.flood_calls, self.flood_elapsed_ns)
+    }
+}
+
+/// Failing calls queued while the collector was stopped, then drained with
+/// `--aggregate off`.
+struct Drain {
+    records: Option<u64>,
+    /// The collector's CPU time (all threads) spent draining them.
+    cpu_ns: Option<u64>,
     stop: Option<Value>,
 }
 
@@ -53,25 +99,6 @@ impl Collector {
         startup_ms.sort_by(f64::total_cmp);
 
         let run = dir.join("run");
-        let calls = read_lines(&run.join("calls.ndjson"))?;
-        let ours: HashSet<u64> = calls.iter().filter_map(|c| c["tid"].as_u64()).collect();
-        // The call's return as the kernel saw it (the record's entry time plus
-        // its duration), not mtcall's own clock read after it: on a busy host
-        // mtcall can be descheduled between the two, after modtrace wrote the line.
-        let mut latency_us: Vec<f64> = read_lines(&run.join("idle.ndjson"))?
-            .iter()
-            .filter_map(|l| {
-                let record: Value = serde_json::from_str(l["line"].as_str()?).ok()?;
-                if record["kind"] != "delete_module"
-                    || !ours.contains(&record["process"]["tid"].as_u64()?)
-                {
-                    return None;
-                }
-                let exit = rfc3339_ns(record["ts"].as_str()?)? + record["duration_ns"].as_u64()?;
-                Some(l["realtime_ns"].as_u64()?.checked_sub(exit)? as f64 / 1e3)
-            })
-            .collect();
-        latency_us.sort_by(f64::total_cmp);
         let rss = [
             ("idle", "rss_idle"),
             ("after the flood", "rss_flooded"),
@@ -83,18 +110,16 @@ impl Collector {
         let flood_calls = read_lines(&run.join("flood.json"))?
             .first()
             .and_then(|f| f["total_calls"].as_u64());
-        let stop = read_lines(&run.join("end.ndjson"))?
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l["line"].as_str()?).ok())
-            .find(|r| r["kind"] == "stop");
         Ok(Some(Collector {
             strategy,
             startup_ms,
-            latency_us,
-            calls: calls.len(),
+            latency_idle: Latency::load(&run, "calls.ndjson", "idle.ndjson")?,
+            latency_flooded: Latency::load(&run, "calls_flooded.ndjson", "flooded.ndjson")?,
             rss,
+            loads: Loads::load(&run)?,
             flood_calls,
-            stop,
+            stop: stop_record(&run)?,
+            drain: Drain::load(&dir.join("drain"))?,
         }))
     }
 
@@ -107,15 +132,19 @@ impl Collector {
             spread(&self.startup_ms, 1),
             self.startup_ms.len()
         );
-        let _ = writeln!(
-            text,
-            "    latency, call's return to its line, at idle: p50 {} µs, p99 {} µs, max {} µs ({} of {} calls matched)",
-            fmt(quantile(&self.latency_us, 0.5), 0),
-            fmt(quantile(&self.latency_us, 0.99), 0),
-            fmt(self.latency_us.last().copied(), 0),
-            self.latency_us.len(),
-            self.calls
-        );
+        for (label, latency) in [
+            ("at idle", &self.latency_idle),
+            (
+                "under a flood of 2 uid-1000 processes",
+                &self.latency_flooded,
+            ),
+        ] {
+            let _ = writeln!(
+                text,
+                "    latency, call's return to its line, {label}: {}",
+                latency.render()
+            );
+        }
         for (label, status) in &self.rss {
             let fields: Vec<String> = status
                 .iter()
@@ -130,6 +159,8 @@ impl Collector {
                 stop["events"]["total"], stop["lost"]["total"]
             );
         }
+        let _ = writeln!(text, "    {}", self.loads.render());
+        let _ = writeln!(text, "    {}", self.drain.render());
         text
     }
 
@@ -137,13 +168,8 @@ impl Collector {
         json!({
             "strategy": self.strategy,
             "startup_ms": self.startup_ms,
-            "latency_idle_us": {
-                "p50": quantile(&self.latency_us, 0.5),
-                "p99": quantile(&self.latency_us, 0.99),
-                "max": self.latency_us.last(),
-                "matched": self.latency_us.len(),
-                "calls": self.calls,
-            },
+            "latency_idle_us": self.latency_idle.to_json(),
+            "latency_flooded_us": self.latency_flooded.to_json(),
             "rss_kib": self.rss.iter().map(|(label, status)| {
                 let fields: serde_json::Map<String, Value> =
                     status.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
@@ -151,7 +177,183 @@ impl Collector {
             }).collect::<serde_json::Map<_, _>>(),
             "flood_calls": self.flood_calls,
             "stop": self.stop,
+            "loads_under_flood": self.loads.to_json(),
+            "drain": self.drain.to_json(),
         })
+    }
+}
+
+impl Latency {
+    /// The probe calls whose exits are in `calls` (mtcall's lines), matched by
+    /// thread to their records among the stamped lines in `stamped`.
+    fn load(run: &Path, calls: &str, stamped: &str) -> Result<Latency> {
+        let calls = read_lines(&run.join(calls))?;
+        let ours: HashSet<u64> = calls.iter().filter_map(|c| c["tid"].as_u64()).collect();
+        // The call's return as the kernel saw it (the record's entry time plus
+        // its duration), not mtcall's own clock read after it: on a busy host
+        // mtcall can be descheduled between the two, after modtrace wrote the line.
+        let mut us: Vec<f64> = read_lines(&run.join(stamped))?
+            .iter()
+            .filter_map(|l| {
+                let record: Value = serde_json::from_str(l["line"].as_str()?).ok()?;
+                if record["kind"] != "delete_module"
+                    || !ours.contains(&record["process"]["tid"].as_u64()?)
+                {
+                    return None;
+                }
+                let exit = rfc3339_ns(record["ts"].as_str()?)? + record["duration_ns"].as_u64()?;
+                Some(l["realtime_ns"].as_u64()?.checked_sub(exit)? as f64 / 1e3)
+            })
+            .collect();
+        us.sort_by(f64::total_cmp);
+        Ok(Latency {
+            us,
+            calls: calls.len(),
+        })
+    }
+
+    fn render(&self) -> String {
+        format!(
+            "p50 {} µs, p99 {} µs, max {} µs ({} of {} calls matched)",
+            fmt(quantile(&self.us, 0.5), 0),
+            fmt(quantile(&self.us, 0.99), 0),
+            fmt(self.us.last().copied(), 0),
+            self.us.len(),
+            self.calls
+        )
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "p50": quantile(&self.us, 0.5),
+            "p99": quantile(&self.us, 0.99),
+            "max": self.us.last(),
+            "matched": self.us.len(),
+            "calls": self.calls,
+        })
+    }
+}
+
+impl Loads {
+    fn load(run: &Path) -> Result<Loads> {
+        if let Ok(why) = fs::read_to_string(run.join("loads_unavailable")) {
+            return Ok(Loads::Unavailable(why.trim().to_owned()));
+        }
+        let records = read_lines(&run.join("loads.ndjson"))?
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l["line"].as_str()?).ok())
+            .filter(|r| {
+                let load_or_unload = matches!(
+                    r["kind"].as_str(),
+                    Some("init_module" | "finit_module" | "delete_module")
+                );
+                load_or_unload && r["result"]["ok"] == true
+            })
+            .count();
+        let failed_cycles =
+            fs::read_to_string(run.join("cycles_failed")).map_or(0, |text| text.lines().count());
+        let flood = read_lines(&run.join("loads_flood.json"))?;
+        let flood = flood.first();
+        let cycles = fs::read_to_string(run.join("load_cycles"))
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        Ok(Loads::Measured(LoadCycles {
+            records,
+            cycles,
+            failed_cycles,
+            flood_calls: flood.and_then(|f| f["total_calls"].as_u64()),
+            flood_elapsed_ns: flood.and_then(|f| f["elapsed_ns"].as_u64()),
+        }))
+    }
+
+    fn render(&self) -> String {
+        match self {
+            Loads::Unavailable(why) => format!("loads under flood: not measured ({why})"),
+            Loads::Measured(m) => format!(
+                "loads under flood: {} of {} load and unload records, {} cycles failed, \
+                 while 4 flooders made {} calls ({} calls/s)",
+                m.records,
+                m.expected().map_or("?".into(), |e| e.to_string()),
+                m.failed_cycles,
+                m.flood_calls.map_or("?".into(), |c| c.to_string()),
+                fmt(m.flood_per_s(), 0)
+            ),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Loads::Unavailable(why) => json!({ "unavailable": why }),
+            Loads::Measured(m) => json!({
+                "records": m.records,
+                "expected": m.expected(),
+                "failed_cycles": m.failed_cycles,
+                "flood_calls": m.flood_calls,
+                "flood_calls_per_s": m.flood_per_s(),
+            }),
+        }
+    }
+}
+
+impl Drain {
+    fn load(dir: &Path) -> Result<Drain> {
+        let number = |file: &str| -> Result<Option<u64>> {
+            let path = dir.join(file);
+            let text =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(text.trim().parse().ok())
+        };
+        let cpu_ns = match (number("cpu_ns_before")?, number("cpu_ns_after")?) {
+            (Some(before), Some(after)) => after.checked_sub(before),
+            _ => None,
+        };
+        let stop = fs::read_to_string(dir.join("stop.ndjson"))
+            .ok()
+            .and_then(|line| serde_json::from_str(&line).ok());
+        Ok(Drain {
+            records: number("drain_records")?,
+            cpu_ns,
+            stop,
+        })
+    }
+
+    /// Records per second of the collector's CPU time.
+    fn per_cpu_s(&self) -> Option<f64> {
+        rate(self.records, self.cpu_ns)
+    }
+
+    fn render(&self) -> String {
+        format!(
+            "drain, --aggregate off: {} records queued while stopped, {} records per CPU second; stop counted {} lost",
+            self.records.map_or("?".into(), |r| r.to_string()),
+            fmt(self.per_cpu_s(), 0),
+            self.stop.as_ref().map_or(Value::Null, |s| s["lost"]["total"].clone())
+        )
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "records": self.records,
+            "cpu_ns": self.cpu_ns,
+            "records_per_cpu_s": self.per_cpu_s(),
+            "stop": self.stop,
+        })
+    }
+}
+
+/// The stop record among the last lines a run kept (`end.ndjson`).
+fn stop_record(dir: &Path) -> Result<Option<Value>> {
+    Ok(read_lines(&dir.join("end.ndjson"))?
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l["line"].as_str()?).ok())
+        .find(|r| r["kind"] == "stop"))
+}
+
+/// Events a second, from a count and the nanoseconds it took.
+fn rate(count: Option<u64>, ns: Option<u64>) -> Option<f64> {
+    match (count, ns) {
+        (Some(count), Some(ns)) if ns > 0 => Some(count as f64 * 1e9 / ns as f64),
+        _ => None,
     }
 }
 
