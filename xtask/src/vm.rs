@@ -19,7 +19,14 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use modtrace_vm_checks::{self as checks, ScenarioResults};
 
-use self::kernels::{Kernel, KERNELS};
+use self::kernels::{InTest, Kernel, KERNELS};
+
+/// What `cargo xtask test` runs on kernels marked [`InTest::Core`]: the
+/// scenarios whose outcome depends on the kernel and its kmod (how a load
+/// reaches the kernel, the image read back, the attach strategies, the
+/// kernel-spawned modprobe); the rest exercise modtrace's userspace, which
+/// the kernels marked `All` cover.
+pub(crate) const CORE_SCENARIOS: &[&str] = &["autoload", "identity", "modprobe_sctp", "strategies"];
 
 /// Hard limit per guest: boot, scenario, results, poweroff.
 /// Generous: a guest under TCG on a loaded 2-core host runs several times slower.
@@ -27,15 +34,20 @@ const VM_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(clap::Args)]
 pub(crate) struct VmTestArgs {
-    /// Run only this kernel (names: the KERNELS table in xtask/src/vm/kernels.rs).
-    #[arg(long)]
-    pub kernel: Option<String>,
-    /// Run only this scenario (a file name under tests/vm/scenarios/, without .sh).
-    #[arg(long)]
-    pub scenario: Option<String>,
+    /// Run only these kernels (names: the KERNELS table in xtask/src/vm/kernels.rs;
+    /// repeat the option or separate names with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub kernel: Vec<String>,
+    /// Run only these scenarios (file names under tests/vm/scenarios/, without .sh).
+    #[arg(long, value_delimiter = ',')]
+    pub scenario: Vec<String>,
     /// Keep each guest's initramfs tree and raw serial output under target/vm/work.
     #[arg(long)]
     pub keep: bool,
+    /// Run what `cargo xtask test` runs: every scenario on the kernels marked
+    /// `InTest::All` in the KERNELS table, CORE_SCENARIOS on the others.
+    #[arg(long)]
+    pub test_set: bool,
     /// Guests run at once; each is one single-threaded TCG process, so more
     /// than the host's free cores only slows every guest down.
     #[arg(long, default_value_t = 2)]
@@ -45,9 +57,10 @@ pub(crate) struct VmTestArgs {
 impl Default for VmTestArgs {
     fn default() -> Self {
         Self {
-            kernel: None,
-            scenario: None,
+            kernel: Vec::new(),
+            scenario: Vec::new(),
             keep: false,
+            test_set: false,
             jobs: 2,
         }
     }
@@ -62,7 +75,7 @@ struct Scenario {
 pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
     let workspace = crate::workspace_root();
     let vm_dir = crate::target_dir().join("vm");
-    let kernels = selected_kernels(args.kernel.as_deref())?;
+    let kernels = selected_kernels(&args.kernel)?;
     let scenarios = selected_scenarios(&workspace.join("tests/vm/scenarios"), args)?;
     let binaries = build_guest_binaries();
     // Downloads and images one kernel at a time (apt and the disk gain nothing
@@ -71,7 +84,7 @@ pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
         .into_iter()
         .map(|kernel| prepare_kernel(kernel, &binaries, &[], &workspace, &vm_dir))
         .collect::<Result<Vec<_>>>()?;
-    let runs = planned_runs(&prepared, &scenarios);
+    let runs = planned_runs(&prepared, &scenarios, args.test_set);
     let outcomes = run_all(&runs, args.jobs.max(1), &binaries, &vm_dir)?;
     if !args.keep {
         for kernel in &prepared {
@@ -98,11 +111,27 @@ struct RunOutcome {
 }
 
 /// Every (kernel, scenario) pair to boot, in kernel order; scenarios that need
-/// modules skip kernels without them, and say so.
-fn planned_runs<'a>(kernels: &'a [PreparedKernel], scenarios: &'a [Scenario]) -> Vec<Run<'a>> {
+/// modules skip kernels without them, and say so. With `test_set`, kernels
+/// marked [`InTest::Core`] run [`CORE_SCENARIOS`] only.
+fn planned_runs<'a>(
+    kernels: &'a [PreparedKernel],
+    scenarios: &'a [Scenario],
+    test_set: bool,
+) -> Vec<Run<'a>> {
     let mut runs = Vec::new();
     for kernel in kernels {
+        let core_only = test_set && kernel.kernel.in_test == InTest::Core;
+        if core_only {
+            eprintln!(
+                "vm: {}: the test set runs {} only (cargo xtask vm-test runs every scenario)",
+                kernel.kernel.name,
+                CORE_SCENARIOS.join(", ")
+            );
+        }
         for scenario in scenarios {
+            if core_only && !CORE_SCENARIOS.contains(&scenario.name.as_str()) {
+                continue;
+            }
             if scenario.needs_modules && !kernel.kernel.has_modules {
                 eprintln!(
                     "vm: {}/{}: not run, the kernel has no modules",
@@ -153,21 +182,20 @@ fn run_all(
     Ok(done.into_iter().map(|(_, outcome)| outcome).collect())
 }
 
-/// Every kernel of the matrix, or the one named.
-pub(crate) fn selected_kernels(name: Option<&str>) -> Result<Vec<&'static Kernel>> {
-    let kernels: Vec<_> = KERNELS
-        .iter()
-        .filter(|k| name.is_none_or(|want| want == k.name))
-        .collect();
-    if kernels.is_empty() {
-        let names: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+/// Every kernel of the matrix, or those named.
+pub(crate) fn selected_kernels(names: &[impl AsRef<str>]) -> Result<Vec<&'static Kernel>> {
+    let known: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+    if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_ref())) {
         bail!(
             "no kernel named {:?}; known: {}",
-            name.unwrap_or(""),
-            names.join(", ")
+            unknown.as_ref(),
+            known.join(", ")
         );
     }
-    Ok(kernels)
+    Ok(KERNELS
+        .iter()
+        .filter(|k| names.is_empty() || names.iter().any(|n| n.as_ref() == k.name))
+        .collect())
 }
 
 fn selected_scenarios(dir: &Path, args: &VmTestArgs) -> Result<Vec<Scenario>> {
@@ -181,7 +209,8 @@ fn selected_scenarios(dir: &Path, args: &VmTestArgs) -> Result<Vec<Scenario>> {
         else {
             continue;
         };
-        if name == "lib" || args.scenario.as_deref().is_some_and(|want| want != name) {
+        let wanted = args.scenario.is_empty() || args.scenario.iter().any(|w| w == name);
+        if name == "lib" || !wanted {
             continue;
         }
         let text =
@@ -193,12 +222,15 @@ fn selected_scenarios(dir: &Path, args: &VmTestArgs) -> Result<Vec<Scenario>> {
         });
     }
     scenarios.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(missing) = args
+        .scenario
+        .iter()
+        .find(|want| !scenarios.iter().any(|s| &s.name == *want))
+    {
+        bail!("no scenario {missing:?} in {}", dir.display());
+    }
     if scenarios.is_empty() {
-        bail!(
-            "no scenario {:?} in {}",
-            args.scenario.as_deref().unwrap_or("*"),
-            dir.display()
-        );
+        bail!("no scenario in {}", dir.display());
     }
     Ok(scenarios)
 }
@@ -371,4 +403,34 @@ fn report(outcomes: &[checks::Outcome]) -> Result<()> {
     }
     eprintln!("vm: all {} scenario runs passed", outcomes.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_core_scenario_is_a_scenario_file() {
+        let dir = crate::workspace_root().join("tests/vm/scenarios");
+        for name in CORE_SCENARIOS {
+            assert!(dir.join(format!("{name}.sh")).is_file(), "{name}");
+        }
+    }
+
+    #[test]
+    fn kernels_select_by_name_and_unknown_names_fail() {
+        let names = |k: Vec<&Kernel>| k.iter().map(|k| k.name).collect::<Vec<_>>();
+        assert_eq!(
+            selected_kernels(&[] as &[&str]).unwrap().len(),
+            KERNELS.len()
+        );
+        assert_eq!(
+            names(selected_kernels(&["debian-6.12", "debian-5.10"]).unwrap()),
+            ["debian-5.10", "debian-6.12"]
+        );
+        let Err(err) = selected_kernels(&["debian-6.1", "debian-9"]) else {
+            panic!("debian-9 was selected");
+        };
+        assert!(err.to_string().contains("\"debian-9\""), "{err}");
+    }
 }

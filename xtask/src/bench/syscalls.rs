@@ -58,7 +58,7 @@ pub(crate) fn run(kernel: Option<&str>, settings: &Settings) -> Result<()> {
     fs::create_dir_all(&out_dir)?;
     let guests = match kernel {
         Some("host") => Vec::new(),
-        name => vm::selected_kernels(name)?,
+        name => vm::selected_kernels(&Vec::from_iter(name))?,
     };
     let binaries = vm::build_guest_binaries();
     if binaries.modtrace.is_none() || binaries.mtcall.is_none() {

@@ -23,6 +23,19 @@ pub(crate) struct Kernel {
     pub boot: Boot,
     /// Whether the kernel loads modules (scenarios marked `needs: modules` skip it otherwise).
     pub has_modules: bool,
+    /// What `cargo xtask test` runs on it (`cargo xtask vm-test` runs every scenario).
+    pub in_test: InTest,
+}
+
+/// The scenarios `cargo xtask test` runs on a kernel, so that the whole test
+/// command fits its time on a 2-core machine (README, "What CI runs").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InTest {
+    /// Every scenario.
+    All,
+    /// The scenarios whose outcome depends on the kernel or its kmod
+    /// (`vm::CORE_SCENARIOS`).
+    Core,
 }
 
 /// What the kernel command line adds to the harness's own arguments.
@@ -40,6 +53,7 @@ const fn kernel(
     release: &'static Release,
     packages: &'static [&'static str],
     boot: Boot,
+    in_test: InTest,
 ) -> Kernel {
     Kernel {
         name,
@@ -47,24 +61,25 @@ const fn kernel(
         packages,
         boot,
         has_modules: true,
+        in_test,
     }
 }
 
-/// Adding a kernel is one line here.
+/// Adding a kernel is one line here: name, release, package globs, boot, what CI runs.
 #[rustfmt::skip]
 pub(crate) const KERNELS: &[Kernel] = &[
-    kernel("debian-5.10", &BULLSEYE, &["linux-image-5.10.0-*-amd64"], Boot::AsShipped),
-    kernel("debian-5.10-lsm-bpf", &BULLSEYE, &["linux-image-5.10.0-*-amd64"], Boot::LsmPlusBpf),
-    kernel("debian-6.1", &BOOKWORM, &["linux-image-6.1.0-*-amd64"], Boot::AsShipped),
-    kernel("debian-6.12-cloud", &BOOKWORM, &["linux-image-6.12.*+deb12-cloud-amd64"], Boot::AsShipped),
-    kernel("debian-6.12", &TRIXIE, &["linux-image-6.12.*+deb13-amd64"], Boot::AsShipped),
-    kernel("debian-6.12-rt", &TRIXIE, &["linux-image-6.12.*+deb13-rt-amd64"], Boot::AsShipped),
+    kernel("debian-5.10", &BULLSEYE, &["linux-image-5.10.0-*-amd64"], Boot::AsShipped, InTest::All),
+    kernel("debian-5.10-lsm-bpf", &BULLSEYE, &["linux-image-5.10.0-*-amd64"], Boot::LsmPlusBpf, InTest::Core),
+    kernel("debian-6.1", &BOOKWORM, &["linux-image-6.1.0-*-amd64"], Boot::AsShipped, InTest::All),
+    kernel("debian-6.12-cloud", &BOOKWORM, &["linux-image-6.12.*+deb12-cloud-amd64"], Boot::AsShipped, InTest::Core),
+    kernel("debian-6.12", &TRIXIE, &["linux-image-6.12.*+deb13-amd64"], Boot::AsShipped, InTest::All),
+    kernel("debian-6.12-rt", &TRIXIE, &["linux-image-6.12.*+deb13-rt-amd64"], Boot::AsShipped, InTest::Core),
     // sid splits the kernel: vmlinuz, modules, and the files both need.
     kernel("debian-7.2-cloud", &SID, &[
         "linux-binary-7.2.*+deb14-cloud-amd64",
         "linux-modules-7.2.*+deb14-cloud-amd64",
         "linux-base-7.2.*+deb14-cloud-amd64",
-    ], Boot::AsShipped),
+    ], Boot::AsShipped, InTest::Core),
 ];
 
 /// A kernel's packages unpacked under `target/vm/kernels/`, with `depmod` run on it.
