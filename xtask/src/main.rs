@@ -25,7 +25,7 @@ enum Task {
     /// Install what the build and the tests need (idempotent; seconds when done).
     Setup,
     /// Set up, check formatting and lints, then run every test: unit, host
-    /// integration, VM matrix.
+    /// integration, and the VM matrix's test set (`vm-test --test-set`).
     Test,
     /// Set up, build, then run `modtrace watch` with the given arguments.
     Watch {
@@ -50,7 +50,10 @@ fn main() -> Result<()> {
             // through build.rs, never for the host. This runs the unit tests
             // and modtrace's one host integration test binary (`--test host`).
             run_cargo(&["test", "--release"])?;
-            vm::run(&vm::VmTestArgs::default())
+            vm::run(&vm::VmTestArgs {
+                test_set: true,
+                ..vm::VmTestArgs::default()
+            })
         }
         Task::Watch { args } => {
             setup::run()?;

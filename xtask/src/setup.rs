@@ -24,6 +24,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "zstd",
     // pahole: the BTF offset tests check every offset against it.
     "dwarves",
+    // Points each guest's kmod at its release's own loader and libraries.
+    "patchelf",
 ];
 
 pub(crate) fn run() -> Result<()> {

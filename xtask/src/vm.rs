@@ -2,36 +2,68 @@
 //! scenario of `tests/vm/scenarios/` with the real kmod tools in its own fresh guest,
 //! brings the results back, and asserts them on the host with the checks of
 //! `tests/vm/checks/` (the `modtrace-vm-checks` crate).
+pub(crate) mod apt;
 pub(crate) mod image;
 pub(crate) mod kernels;
 pub(crate) mod qemu;
+pub(crate) mod userland;
 
 use std::{
+    collections::VecDeque,
     fs,
     path::{Path, PathBuf},
+    sync::Mutex,
     time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
 use modtrace_vm_checks::{self as checks, ScenarioResults};
 
-use self::kernels::{Kernel, KERNELS};
+use self::kernels::{InTest, Kernel, KERNELS};
+
+/// What `cargo xtask test` runs on kernels marked [`InTest::Core`]: the
+/// scenarios whose outcome depends on the kernel and its kmod (how a load
+/// reaches the kernel, the image read back, the attach strategies, the
+/// kernel-spawned modprobe); the rest exercise modtrace's userspace, which
+/// the kernels marked `All` cover.
+pub(crate) const CORE_SCENARIOS: &[&str] = &["autoload", "identity", "modprobe_sctp", "strategies"];
 
 /// Hard limit per guest: boot, scenario, results, poweroff.
 /// Generous: a guest under TCG on a loaded 2-core host runs several times slower.
 const VM_TIMEOUT: Duration = Duration::from_secs(300);
 
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 pub(crate) struct VmTestArgs {
-    /// Run only this kernel (names: the KERNELS table in xtask/src/vm/kernels.rs).
-    #[arg(long)]
-    pub kernel: Option<String>,
-    /// Run only this scenario (a file name under tests/vm/scenarios/, without .sh).
-    #[arg(long)]
-    pub scenario: Option<String>,
+    /// Run only these kernels (names: the KERNELS table in xtask/src/vm/kernels.rs;
+    /// repeat the option or separate names with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub kernel: Vec<String>,
+    /// Run only these scenarios (file names under tests/vm/scenarios/, without .sh).
+    #[arg(long, value_delimiter = ',')]
+    pub scenario: Vec<String>,
     /// Keep each guest's initramfs tree and raw serial output under target/vm/work.
     #[arg(long)]
     pub keep: bool,
+    /// Run what `cargo xtask test` runs: every scenario on the kernels marked
+    /// `InTest::All` in the KERNELS table, CORE_SCENARIOS on the others.
+    #[arg(long)]
+    pub test_set: bool,
+    /// Guests run at once; each is one single-threaded TCG process, so more
+    /// than the host's free cores only slows every guest down.
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+}
+
+impl Default for VmTestArgs {
+    fn default() -> Self {
+        Self {
+            kernel: Vec::new(),
+            scenario: Vec::new(),
+            keep: false,
+            test_set: false,
+            jobs: 2,
+        }
+    }
 }
 
 /// A scenario script and what it needs from a kernel.
@@ -43,55 +75,127 @@ struct Scenario {
 pub(crate) fn run(args: &VmTestArgs) -> Result<()> {
     let workspace = crate::workspace_root();
     let vm_dir = crate::target_dir().join("vm");
-    let kernels = selected_kernels(args.kernel.as_deref())?;
+    let kernels = selected_kernels(&args.kernel)?;
     let scenarios = selected_scenarios(&workspace.join("tests/vm/scenarios"), args)?;
     let binaries = build_guest_binaries();
-    // Downloads and images one kernel at a time (apt and the disk gain nothing from
-    // overlap), then boots the kernels side by side: each guest is one
-    // single-threaded TCG process, so the matrix takes about half the time on a
-    // host with a core per kernel.
+    // Downloads and images one kernel at a time (apt and the disk gain nothing
+    // from overlap), then runs the guests `jobs` at a time.
     let prepared = kernels
         .into_iter()
         .map(|kernel| prepare_kernel(kernel, &binaries, &[], &workspace, &vm_dir))
         .collect::<Result<Vec<_>>>()?;
-    let outcomes = std::thread::scope(|scope| {
-        let runs: Vec<_> = prepared
-            .iter()
-            .map(|kernel| scope.spawn(|| run_kernel(kernel, &scenarios, &binaries, &vm_dir)))
-            .collect();
-        runs.into_iter()
-            .zip(&prepared)
-            .map(|(run, kernel)| {
-                run.join().map_err(|_| {
-                    anyhow::anyhow!("the VM runner of {} panicked", kernel.kernel.name)
-                })
-            })
-            .collect::<Result<Vec<_>>>()
-    })?;
-    let outcomes: Vec<checks::Outcome> = outcomes.into_iter().flatten().collect();
+    let runs = planned_runs(&prepared, &scenarios, args.test_set);
+    let outcomes = run_all(&runs, args.jobs.max(1), &binaries, &vm_dir)?;
     if !args.keep {
         for kernel in &prepared {
             let _ = fs::remove_dir_all(&kernel.work);
         }
     }
+    report_timings(&prepared, &outcomes);
+    let outcomes: Vec<checks::Outcome> = outcomes.into_iter().map(|run| run.outcome).collect();
     report(&outcomes)
 }
 
-/// Every kernel of the matrix, or the one named.
-pub(crate) fn selected_kernels(name: Option<&str>) -> Result<Vec<&'static Kernel>> {
-    let kernels: Vec<_> = KERNELS
-        .iter()
-        .filter(|k| name.is_none_or(|want| want == k.name))
-        .collect();
-    if kernels.is_empty() {
-        let names: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+/// One guest boot: a scenario on a kernel.
+struct Run<'a> {
+    kernel: &'a PreparedKernel,
+    scenario: &'a Scenario,
+}
+
+/// What a guest boot gave, with its wall time and the start-up time of each watch.
+struct RunOutcome {
+    kernel: &'static str,
+    outcome: checks::Outcome,
+    guest_s: Option<f64>,
+    startups_s: Vec<f64>,
+}
+
+/// Every (kernel, scenario) pair to boot, in kernel order; scenarios that need
+/// modules skip kernels without them, and say so. With `test_set`, kernels
+/// marked [`InTest::Core`] run [`CORE_SCENARIOS`] only.
+fn planned_runs<'a>(
+    kernels: &'a [PreparedKernel],
+    scenarios: &'a [Scenario],
+    test_set: bool,
+) -> Vec<Run<'a>> {
+    let mut runs = Vec::new();
+    for kernel in kernels {
+        let core_only = test_set && kernel.kernel.in_test == InTest::Core;
+        if core_only {
+            eprintln!(
+                "vm: {}: the test set runs {} only (cargo xtask vm-test runs every scenario)",
+                kernel.kernel.name,
+                CORE_SCENARIOS.join(", ")
+            );
+        }
+        for scenario in scenarios {
+            if core_only && !CORE_SCENARIOS.contains(&scenario.name.as_str()) {
+                continue;
+            }
+            if scenario.needs_modules && !kernel.kernel.has_modules {
+                eprintln!(
+                    "vm: {}/{}: not run, the kernel has no modules",
+                    kernel.kernel.name, scenario.name
+                );
+                continue;
+            }
+            runs.push(Run { kernel, scenario });
+        }
+    }
+    runs
+}
+
+/// Boots the runs `jobs` at a time; outcomes come back in the runs' order.
+fn run_all(
+    runs: &[Run],
+    jobs: usize,
+    binaries: &image::GuestBinaries,
+    vm_dir: &Path,
+) -> Result<Vec<RunOutcome>> {
+    let queue = Mutex::new(runs.iter().enumerate().collect::<VecDeque<_>>());
+    let next = || queue.lock().ok()?.pop_front();
+    let mut done: Vec<(usize, RunOutcome)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut outcomes = Vec::new();
+                    while let Some((index, run)) = next() {
+                        outcomes.push((index, run_scenario(run, vm_dir, binaries)));
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a VM runner thread panicked"))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    done.sort_by_key(|(index, _)| *index);
+    Ok(done.into_iter().map(|(_, outcome)| outcome).collect())
+}
+
+/// Every kernel of the matrix, or those named.
+pub(crate) fn selected_kernels(names: &[impl AsRef<str>]) -> Result<Vec<&'static Kernel>> {
+    let known: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+    if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_ref())) {
         bail!(
             "no kernel named {:?}; known: {}",
-            name.unwrap_or(""),
-            names.join(", ")
+            unknown.as_ref(),
+            known.join(", ")
         );
     }
-    Ok(kernels)
+    Ok(KERNELS
+        .iter()
+        .filter(|k| names.is_empty() || names.iter().any(|n| n.as_ref() == k.name))
+        .collect())
 }
 
 fn selected_scenarios(dir: &Path, args: &VmTestArgs) -> Result<Vec<Scenario>> {
@@ -105,7 +209,8 @@ fn selected_scenarios(dir: &Path, args: &VmTestArgs) -> Result<Vec<Scenario>> {
         else {
             continue;
         };
-        if name == "lib" || args.scenario.as_deref().is_some_and(|want| want != name) {
+        let wanted = args.scenario.is_empty() || args.scenario.iter().any(|w| w == name);
+        if name == "lib" || !wanted {
             continue;
         }
         let text =
@@ -117,12 +222,15 @@ fn selected_scenarios(dir: &Path, args: &VmTestArgs) -> Result<Vec<Scenario>> {
         });
     }
     scenarios.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(missing) = args
+        .scenario
+        .iter()
+        .find(|want| !scenarios.iter().any(|s| &s.name == *want))
+    {
+        bail!("no scenario {missing:?} in {}", dir.display());
+    }
     if scenarios.is_empty() {
-        bail!(
-            "no scenario {:?} in {}",
-            args.scenario.as_deref().unwrap_or("*"),
-            dir.display()
-        );
+        bail!("no scenario in {}", dir.display());
     }
     Ok(scenarios)
 }
@@ -150,12 +258,17 @@ pub(crate) fn build_guest_binaries() -> image::GuestBinaries {
 pub(crate) struct PreparedKernel {
     pub kernel: &'static Kernel,
     pub unpacked: kernels::UnpackedKernel,
+    /// `kmod --version` of the release's kmod in the image.
+    pub kmod_version: String,
+    /// What the kernel command line adds for this kernel ([`kernels::Boot`]).
+    pub boot_args: String,
     pub initramfs: PathBuf,
     pub work: PathBuf,
 }
 
-/// Fetches the kernel and builds its initramfs under `vm_dir/work/<kernel>`; `debs`
-/// are Debian packages to unpack into the image besides the usual userland.
+/// Fetches the kernel and its release's kmod and builds its initramfs under
+/// `vm_dir/work/<kernel>`; `debs` are Debian packages to unpack into the image
+/// besides the usual userland.
 pub(crate) fn prepare_kernel(
     kernel: &'static Kernel,
     binaries: &image::GuestBinaries,
@@ -164,54 +277,43 @@ pub(crate) fn prepare_kernel(
     vm_dir: &Path,
 ) -> Result<PreparedKernel> {
     let unpacked = kernels::fetch(kernel, vm_dir)?;
+    let userland = userland::fetch(kernel.release, vm_dir)?;
     let work = vm_dir.join("work").join(kernel.name);
     let initramfs = image::build(
         &unpacked,
+        &userland,
         binaries,
         debs,
         &workspace.join("tests/vm"),
         &work,
     )
     .with_context(|| format!("building the initramfs for {}", kernel.name))?;
+    let boot_args = unpacked.boot_args(kernel.boot)?;
     eprintln!(
-        "vm: {} is {} ({})",
-        kernel.name, unpacked.release, unpacked.package
+        "vm: {} is {} ({}), kmod {} of {}{}",
+        kernel.name,
+        unpacked.release,
+        unpacked.package,
+        userland.kmod_package_version,
+        kernel.release.name,
+        if boot_args.is_empty() {
+            String::new()
+        } else {
+            format!(", booted with {boot_args}")
+        }
     );
     Ok(PreparedKernel {
         kernel,
         unpacked,
+        kmod_version: userland.kmod_version_line(),
+        boot_args,
         initramfs,
         work,
     })
 }
 
-fn run_kernel(
-    prepared: &PreparedKernel,
-    scenarios: &[Scenario],
-    binaries: &image::GuestBinaries,
-    vm_dir: &Path,
-) -> Vec<checks::Outcome> {
-    let kernel = prepared.kernel;
-    let mut outcomes = Vec::new();
-    for scenario in scenarios {
-        if scenario.needs_modules && !kernel.has_modules {
-            eprintln!(
-                "vm: {}/{}: not run, the kernel has no modules",
-                kernel.name, scenario.name
-            );
-            continue;
-        }
-        outcomes.push(run_scenario(prepared, scenario, vm_dir, binaries));
-    }
-    outcomes
-}
-
-fn run_scenario(
-    prepared: &PreparedKernel,
-    scenario: &Scenario,
-    vm_dir: &Path,
-    binaries: &image::GuestBinaries,
-) -> checks::Outcome {
+fn run_scenario(run: &Run, vm_dir: &Path, binaries: &image::GuestBinaries) -> RunOutcome {
+    let (prepared, scenario) = (run.kernel, run.scenario);
     let kernel = prepared.kernel;
     let label = format!("{}/{}", kernel.name, scenario.name);
     let out_dir = vm_dir
@@ -222,20 +324,66 @@ fn run_scenario(
         vmlinuz: &prepared.unpacked.vmlinuz,
         initramfs: &prepared.initramfs,
         scenario: &scenario.name,
-        append: "",
+        append: &prepared.boot_args,
         timeout: VM_TIMEOUT,
         out_dir: &out_dir,
     };
+    let mut guest_s = None;
     let booted = qemu::run(&boot).and_then(|(dir, elapsed)| {
+        guest_s = Some(elapsed.as_secs_f64());
         eprintln!("vm: {label}: guest ran for {:.1} s", elapsed.as_secs_f64());
         Ok(ScenarioResults::load(&dir)?)
     });
     let built = checks::Built {
         mtcall: binaries.mtcall.is_some(),
+        kmod_version: prepared.kmod_version.clone(),
     };
-    match booted {
-        Ok(results) => checks::run(&label, &scenario.name, &results, &built),
-        Err(err) => checks::Outcome::vm_failed(&label, format!("{err:#}")),
+    let (outcome, startups_s) = match booted {
+        Ok(results) => (
+            checks::run(&label, &scenario.name, &results, &built),
+            results
+                .watches
+                .values()
+                .filter_map(|w| w.startup_s)
+                .collect(),
+        ),
+        Err(err) => (
+            checks::Outcome::vm_failed(&label, format!("{err:#}")),
+            Vec::new(),
+        ),
+    };
+    RunOutcome {
+        kernel: kernel.name,
+        outcome,
+        guest_s,
+        startups_s,
+    }
+}
+
+/// Per kernel: guests booted, their total and longest wall time, and the
+/// start-up of `modtrace watch` (spawn to start record) over every watch.
+fn report_timings(kernels: &[PreparedKernel], runs: &[RunOutcome]) {
+    eprintln!("\nvm: timings (wall time of each guest; watch start-up polled every 50 ms)");
+    for kernel in kernels {
+        let name = kernel.kernel.name;
+        let ours: Vec<&RunOutcome> = runs.iter().filter(|r| r.kernel == name).collect();
+        let guests: Vec<f64> = ours.iter().filter_map(|r| r.guest_s).collect();
+        let mut startups: Vec<f64> = ours.iter().flat_map(|r| r.startups_s.clone()).collect();
+        startups.sort_by(f64::total_cmp);
+        let startup = match (startups.first(), startups.last()) {
+            (Some(min), Some(max)) => format!(
+                "watch start-up median {:.2} s (min {min:.2}, max {max:.2}, {} watches)",
+                startups[startups.len() / 2],
+                startups.len()
+            ),
+            _ => "no watch started".to_owned(),
+        };
+        eprintln!(
+            "vm: {name}: {} guests, {:.0} s in all, longest {:.0} s; {startup}",
+            guests.len(),
+            guests.iter().sum::<f64>(),
+            guests.iter().copied().fold(0.0, f64::max),
+        );
     }
 }
 
@@ -255,4 +403,34 @@ fn report(outcomes: &[checks::Outcome]) -> Result<()> {
     }
     eprintln!("vm: all {} scenario runs passed", outcomes.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_core_scenario_is_a_scenario_file() {
+        let dir = crate::workspace_root().join("tests/vm/scenarios");
+        for name in CORE_SCENARIOS {
+            assert!(dir.join(format!("{name}.sh")).is_file(), "{name}");
+        }
+    }
+
+    #[test]
+    fn kernels_select_by_name_and_unknown_names_fail() {
+        let names = |k: Vec<&Kernel>| k.iter().map(|k| k.name).collect::<Vec<_>>();
+        assert_eq!(
+            selected_kernels(&[] as &[&str]).unwrap().len(),
+            KERNELS.len()
+        );
+        assert_eq!(
+            names(selected_kernels(&["debian-6.12", "debian-5.10"]).unwrap()),
+            ["debian-5.10", "debian-6.12"]
+        );
+        let Err(err) = selected_kernels(&["debian-6.1", "debian-9"]) else {
+            panic!("debian-9 was selected");
+        };
+        assert!(err.to_string().contains("\"debian-9\""), "{err}");
+    }
 }

@@ -78,6 +78,7 @@ watch_start() {
         echo "missing: $MODTRACE is not in the image (target/release/modtrace was not built)" > "$w/status"
         return 0
     fi
+    read -r spawned _ < /proc/uptime
     "$MODTRACE" watch --format json "$@" > "$w/out.ndjson" 2> "$w/stderr" &
     watch_pid=$!
     i=0
@@ -89,14 +90,16 @@ watch_start() {
             return 0
         fi
         i=$((i + 1))
-        if [ $i -ge 600 ]; then
+        if [ $i -ge 1200 ]; then
             kill -9 $watch_pid
             echo "failed: no start record after 60 s" > "$w/status"
             watch_pid=
             return 0
         fi
-        sleep 0.1
+        sleep 0.05
     done
+    read -r seen _ < /proc/uptime
+    echo "$spawned $seen" > "$w/startup"
     echo started > "$w/status"
     echo "watch-begin $watch_label" > $T/trace_marker
 }

@@ -18,7 +18,11 @@ use serde_json::{json, Value};
 use super::collector::Collector;
 use crate::{
     sh::{output, status},
-    vm::{self, kernels, qemu},
+    vm::{
+        self,
+        apt::{Apt, BOOKWORM},
+        kernels, qemu,
+    },
 };
 
 /// The configurations, in the order of the first round.
@@ -54,7 +58,7 @@ pub(crate) fn run(kernel: Option<&str>, settings: &Settings) -> Result<()> {
     fs::create_dir_all(&out_dir)?;
     let guests = match kernel {
         Some("host") => Vec::new(),
-        name => vm::selected_kernels(name)?,
+        name => vm::selected_kernels(&Vec::from_iter(name))?,
     };
     let binaries = vm::build_guest_binaries();
     if binaries.modtrace.is_none() || binaries.mtcall.is_none() {
@@ -85,10 +89,11 @@ pub(crate) fn run(kernel: Option<&str>, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// Debian's auditd and the libraries it depends on (C library aside, which the
-/// image has already), downloaded into `target/vm/debs/`.
+/// bookworm's auditd and the libraries it depends on (C library aside, which the
+/// image has already: this machine's, bookworm's too), through the harness's apt.
 fn auditd_debs(vm_dir: &Path) -> Result<Vec<PathBuf>> {
-    let depends = output(Command::new("apt-cache").args(["depends", "auditd"]))?;
+    let apt = Apt::open(&BOOKWORM, vm_dir)?;
+    let depends = output(apt.command("apt-cache").args(["depends", "auditd"]))?;
     let mut packages = vec!["auditd".to_owned()];
     packages.extend(
         depends
@@ -97,10 +102,7 @@ fn auditd_debs(vm_dir: &Path) -> Result<Vec<PathBuf>> {
             .filter(|p| p.starts_with("lib") && !p.starts_with("libc6"))
             .map(str::to_owned),
     );
-    packages
-        .iter()
-        .map(|p| kernels::fetch_package(p, vm_dir))
-        .collect()
+    packages.iter().map(|p| apt.download(p)).collect()
 }
 
 fn run_guest(
@@ -115,11 +117,12 @@ fn run_guest(
     let prepared = vm::prepare_kernel(kernel, binaries, debs, &workspace, vm_dir)?;
     let runs = u32::try_from(CONFIGS.len())? * settings.rounds;
     let append = format!(
-        "modtrace.bench_rounds={} modtrace.bench_loops={} modtrace.bench_calls={} modtrace.bench_configs={}",
+        "modtrace.bench_rounds={} modtrace.bench_loops={} modtrace.bench_calls={} modtrace.bench_configs={} {}",
         settings.rounds,
         settings.loops,
         settings.guest_calls,
-        CONFIGS.join(",")
+        CONFIGS.join(","),
+        prepared.boot_args
     );
     let boot_dir = vm_dir.join("results").join(kernel.name).join("bench");
     let boot = qemu::Boot {

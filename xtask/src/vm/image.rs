@@ -1,4 +1,4 @@
-//! The guest initramfs: busybox, Debian's kmod, modtrace, mtcall, the selected modules
+//! The guest initramfs: busybox, the kernel's release's kmod, modtrace, mtcall, the selected modules
 //! with their dependencies, the init, scenario and bench scripts from `tests/vm/`, and
 //! any Debian packages a caller adds (the benches' auditd).
 use std::{
@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::kernels::UnpackedKernel;
+use super::{
+    kernels::UnpackedKernel,
+    userland::{self, Userland, GUEST_LIBDIR},
+};
 use crate::sh::{output, output_bytes, status};
 
 /// Modules the scenarios use; their dependencies and soft dependencies come along.
@@ -37,6 +40,7 @@ pub(crate) struct GuestBinaries {
 /// Debian packages unpacked into the image as they are.
 pub(crate) fn build(
     kernel: &UnpackedKernel,
+    userland: &Userland,
     binaries: &GuestBinaries,
     debs: &[PathBuf],
     tests_vm: &Path,
@@ -60,7 +64,8 @@ pub(crate) fn build(
         fs::create_dir_all(root.join(dir))?;
     }
     install_busybox(&root)?;
-    install_kmod(&root)?;
+    install_kmod(&root, userland)
+        .with_context(|| format!("adding the kmod of {}", userland.release))?;
     if let Some(modtrace) = &binaries.modtrace {
         install_elf(&root, modtrace, "usr/bin/modtrace")?;
     }
@@ -95,19 +100,22 @@ fn install_busybox(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn install_kmod(root: &Path) -> Result<()> {
-    let kmod = which("kmod")?;
-    install_elf(root, &kmod, "usr/bin/kmod")?;
+/// The release's kmod at /usr/bin/kmod, its libraries and loader in
+/// [`GUEST_LIBDIR`]; the kmod tools are symlinks to it in /sbin, so that the
+/// kernel's usermode helper execs the real ELF.
+fn install_kmod(root: &Path, userland: &Userland) -> Result<()> {
+    let files = userland.kmod_files()?;
+    let kmod = root.join("usr/bin/kmod");
+    copy_file(&files.kmod, &kmod)?;
+    userland::patch_kmod(&kmod, &files.interpreter)?;
+    let libdir = root.join(GUEST_LIBDIR.trim_start_matches('/'));
+    for (name, library) in &files.libraries {
+        copy_file(library, &libdir.join(name))?;
+    }
     for tool in KMOD_TOOLS {
         symlink("/usr/bin/kmod", root.join("sbin").join(tool))?;
     }
     Ok(())
-}
-
-fn which(program: &str) -> Result<PathBuf> {
-    let path = output(Command::new("sh").args(["-c", &format!("command -v {program}")]))
-        .with_context(|| format!("{program} is not installed (cargo xtask setup)"))?;
-    Ok(PathBuf::from(path.trim()))
 }
 
 /// Copies an executable and every shared library `ldd` lists (the loader too) to

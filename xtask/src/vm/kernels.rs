@@ -1,6 +1,6 @@
-//! The kernel matrix and how each kernel gets from Debian's mirror into `target/vm/`.
+//! The kernel matrix and how each kernel gets from Debian's mirror into `target/vm/`,
+//! through the harness's own apt configuration of the kernel's release.
 use std::{
-    cmp::Ordering,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -8,40 +8,90 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::sh::{output, status};
+use super::apt::{Apt, Release, BOOKWORM, BULLSEYE, SID, TRIXIE};
+use crate::sh::status;
 
-/// One Debian kernel of the matrix.
+/// One Debian kernel of the matrix, booted one way.
 pub(crate) struct Kernel {
     /// Short name used on the command line and in result paths.
     pub name: &'static str,
-    /// Binary package name; `*` matches one dash-free run (an ABI number or version),
-    /// and the newest matching package is used.
-    pub package_glob: &'static str,
+    /// The release the kernel comes from; the guest's kmod comes from it too.
+    pub release: &'static Release,
+    /// The binary packages that make up the kernel, each a glob: `*` matches one
+    /// dash-free run (an ABI number or version), and the newest match is used.
+    pub packages: &'static [&'static str],
+    pub boot: Boot,
     /// Whether the kernel loads modules (scenarios marked `needs: modules` skip it otherwise).
     pub has_modules: bool,
+    /// What `cargo xtask test` runs on it (`cargo xtask vm-test` runs every scenario).
+    pub in_test: InTest,
 }
 
-/// Adding a kernel is one line here.
+/// The scenarios `cargo xtask test` runs on a kernel, so that the whole test
+/// command fits its time on a 2-core machine (README, "What CI runs").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InTest {
+    /// Every scenario.
+    All,
+    /// The scenarios whose outcome depends on the kernel or its kmod
+    /// (`vm::CORE_SCENARIOS`).
+    Core,
+}
+
+/// What the kernel command line adds to the harness's own arguments.
+#[derive(Clone, Copy)]
+pub(crate) enum Boot {
+    /// Nothing: the kernel as Debian ships it.
+    AsShipped,
+    /// `lsm=` set to the kernel's own CONFIG_LSM list plus `bpf`, for kernels
+    /// whose default list lacks the BPF LSM.
+    LsmPlusBpf,
+}
+
+const fn kernel(
+    name: &'static str,
+    release: &'static Release,
+    packages: &'static [&'static str],
+    boot: Boot,
+    in_test: InTest,
+) -> Kernel {
+    Kernel {
+        name,
+        release,
+        packages,
+        boot,
+        has_modules: true,
+        in_test,
+    }
+}
+
+/// Adding a kernel is one line here: name, release, package globs, boot, what CI runs.
+#[rustfmt::skip]
 pub(crate) const KERNELS: &[Kernel] = &[
-    Kernel {
-        name: "debian-6.1",
-        package_glob: "linux-image-6.1.0-*-amd64",
-        has_modules: true,
-    },
-    Kernel {
-        name: "debian-6.12-cloud",
-        package_glob: "linux-image-6.12.*-cloud-amd64",
-        has_modules: true,
-    },
+    kernel("debian-5.10", &BULLSEYE, &["linux-image-5.10.0-*-amd64"], Boot::AsShipped, InTest::All),
+    kernel("debian-5.10-lsm-bpf", &BULLSEYE, &["linux-image-5.10.0-*-amd64"], Boot::LsmPlusBpf, InTest::Core),
+    kernel("debian-6.1", &BOOKWORM, &["linux-image-6.1.0-*-amd64"], Boot::AsShipped, InTest::All),
+    kernel("debian-6.12-cloud", &BOOKWORM, &["linux-image-6.12.*+deb12-cloud-amd64"], Boot::AsShipped, InTest::Core),
+    kernel("debian-6.12", &TRIXIE, &["linux-image-6.12.*+deb13-amd64"], Boot::AsShipped, InTest::All),
+    kernel("debian-6.12-rt", &TRIXIE, &["linux-image-6.12.*+deb13-rt-amd64"], Boot::AsShipped, InTest::Core),
+    // sid splits the kernel: vmlinuz, modules, and the files both need.
+    kernel("debian-7.2-cloud", &SID, &[
+        "linux-binary-7.2.*+deb14-cloud-amd64",
+        "linux-modules-7.2.*+deb14-cloud-amd64",
+        "linux-base-7.2.*+deb14-cloud-amd64",
+    ], Boot::AsShipped, InTest::Core),
 ];
 
-/// A kernel package unpacked under `target/vm/kernels/`, with `depmod` run on it.
+/// A kernel's packages unpacked under `target/vm/kernels/`, with `depmod` run on it.
 pub(crate) struct UnpackedKernel {
+    /// The packages, `name_version` each.
     pub package: String,
     /// `uname -r` of the kernel.
     pub release: String,
     pub vmlinuz: PathBuf,
-    /// The unpacked package (`lib/modules/<release>` inside).
+    /// The kernel's build configuration.
+    pub config: PathBuf,
+    /// The unpacked packages (`lib/modules/<release>` inside).
     pub root: PathBuf,
 }
 
@@ -49,129 +99,94 @@ impl UnpackedKernel {
     pub(crate) fn modules_dir(&self) -> PathBuf {
         self.root.join("lib/modules").join(&self.release)
     }
-}
 
-/// Downloads (unless cached) and unpacks the newest package matching the kernel's glob.
-pub(crate) fn fetch(kernel: &Kernel, vm_dir: &Path) -> Result<UnpackedKernel> {
-    let debs = debs_dir(vm_dir)?;
-    let deb = match newest_cached_deb(kernel.package_glob, &debs)? {
-        Some(deb) => deb,
-        None => download(kernel, &debs)?,
-    };
-    unpack(&deb, &vm_dir.join("kernels"))
-        .with_context(|| format!("unpacking {} for kernel {}", deb.display(), kernel.name))
-}
-
-/// The .deb of one named package (a guest's userland, not a kernel), downloaded
-/// into `target/vm/debs/` unless it is there already; nothing is installed.
-pub(crate) fn fetch_package(package: &str, vm_dir: &Path) -> Result<PathBuf> {
-    let debs = debs_dir(vm_dir)?;
-    if let Some(deb) = newest_cached_deb(package, &debs)? {
-        return Ok(deb);
-    }
-    apt_download(package, &debs)
-}
-
-fn debs_dir(vm_dir: &Path) -> Result<PathBuf> {
-    let debs = vm_dir.join("debs");
-    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    Ok(debs)
-}
-
-fn newest_cached_deb(package_glob: &str, debs: &Path) -> Result<Option<PathBuf>> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(debs).with_context(|| format!("listing {}", debs.display()))? {
-        let path = entry?.path();
-        let file = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let Some((package, _)) = file.split_once('_') else {
-            continue;
-        };
-        if file.ends_with(".deb") && glob_matches(package_glob, package) {
-            found.push((package.to_owned(), path));
+    /// What `boot` adds to the kernel command line of this kernel.
+    pub(crate) fn boot_args(&self, boot: Boot) -> Result<String> {
+        match boot {
+            Boot::AsShipped => Ok(String::new()),
+            Boot::LsmPlusBpf => {
+                let config = fs::read_to_string(&self.config)
+                    .with_context(|| format!("reading {}", self.config.display()))?;
+                let lsm = config_string(&config, "CONFIG_LSM")
+                    .with_context(|| format!("{} sets no CONFIG_LSM", self.config.display()))?;
+                Ok(format!("lsm={lsm},bpf"))
+            }
         }
     }
-    found.sort_by(|a, b| natural_cmp(&a.0, &b.0));
-    Ok(found.pop().map(|(_, path)| path))
 }
 
-fn download(kernel: &Kernel, debs: &Path) -> Result<PathBuf> {
-    let package = match newest_package(kernel)? {
-        Some(package) => package,
-        None => {
-            // A fresh machine may have stale or no package lists.
-            status(Command::new("apt-get").args(["update", "-qq"]))?;
-            newest_package(kernel)?.with_context(|| {
-                format!(
-                    "no Debian package matches {} (kernel {})",
-                    kernel.package_glob, kernel.name
-                )
-            })?
-        }
-    };
-    eprintln!("vm: downloading {package} for kernel {}", kernel.name);
-    apt_download(&package, debs)
-}
-
-/// `apt-get download` of one package into `debs`, returning the .deb it left.
-fn apt_download(package: &str, debs: &Path) -> Result<PathBuf> {
-    status(
-        Command::new("apt-get")
-            .args(["download", "-q", package])
-            .current_dir(debs),
-    )?;
-    newest_cached_deb(package, debs)?.with_context(|| {
-        format!(
-            "apt-get download {package} left no .deb in {}",
-            debs.display()
-        )
+/// The value of a string option of a kernel config (`CONFIG_LSM="yama,apparmor"`).
+fn config_string<'a>(config: &'a str, option: &str) -> Option<&'a str> {
+    config.lines().find_map(|line| {
+        line.strip_prefix(option)?
+            .strip_prefix('=')?
+            .strip_prefix('"')?
+            .strip_suffix('"')
     })
 }
 
-fn newest_package(kernel: &Kernel) -> Result<Option<String>> {
-    let prefix = kernel.package_glob.split('*').next().unwrap_or_default();
-    let names = output(Command::new("apt-cache").args(["pkgnames", prefix]))?;
-    Ok(names
-        .lines()
-        .filter(|name| glob_matches(kernel.package_glob, name))
-        .max_by(|a, b| natural_cmp(a, b))
-        .map(str::to_owned))
+/// Downloads (unless cached) and unpacks the newest packages matching the kernel's globs.
+pub(crate) fn fetch(kernel: &Kernel, vm_dir: &Path) -> Result<UnpackedKernel> {
+    let apt = Apt::open(kernel.release, vm_dir)?;
+    let debs = kernel
+        .packages
+        .iter()
+        .map(|glob| apt.download(&apt.newest_matching(glob)?))
+        .collect::<Result<Vec<_>>>()
+        .with_context(|| format!("fetching kernel {}", kernel.name))?;
+    unpack(&debs, &vm_dir.join("kernels"))
+        .with_context(|| format!("unpacking {debs:?} for kernel {}", kernel.name))
 }
 
-fn unpack(deb: &Path, kernels_dir: &Path) -> Result<UnpackedKernel> {
-    let stem = deb
-        .file_stem()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let package = stem.split('_').next().unwrap_or_default().to_owned();
-    let root = kernels_dir.join(&stem);
+fn unpack(debs: &[PathBuf], kernels_dir: &Path) -> Result<UnpackedKernel> {
+    let stems: Vec<String> = debs
+        .iter()
+        .map(|deb| {
+            let stem = deb.file_stem().unwrap_or_default().to_string_lossy();
+            stem.rsplit_once('_').map_or(&*stem, |(s, _)| s).to_owned()
+        })
+        .collect();
+    let package = stems.join(" ");
+    let root = kernels_dir.join(stems.first().context("a kernel of no packages")?);
+    // Names the packages unpacked, so that a change of one unpacks all again.
     let done = root.join(".unpacked");
-    if !done.exists() {
+    let unpacked = fs::read_to_string(&done).is_ok_and(|text| text == package);
+    if !unpacked {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root)?;
-        status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
+        for deb in debs {
+            status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
+        }
         merge_usr_lib_modules(&root)?;
     }
     let release = only_entry(&root.join("lib/modules"))?;
-    let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
-    if !vmlinuz.is_file() {
-        bail!("{} holds no boot/vmlinuz-{release}", deb.display());
-    }
-    if !done.exists() {
+    let modules = root.join("lib/modules").join(&release);
+    let vmlinuz = first_file(&[
+        root.join("boot").join(format!("vmlinuz-{release}")),
+        modules.join("vmlinuz"),
+    ])
+    .with_context(|| format!("{package} holds no vmlinuz of {release}"))?;
+    let config = first_file(&[
+        root.join("boot").join(format!("config-{release}")),
+        modules.join("config"),
+    ])
+    .with_context(|| format!("{package} holds no config of {release}"))?;
+    if !unpacked {
         // modules.dep is made by the package's postinst, not shipped.
         status(Command::new("depmod").arg("-b").arg(&root).arg(&release))?;
-        fs::write(&done, "")?;
+        fs::write(&done, &package)?;
     }
     Ok(UnpackedKernel {
         package,
         release,
         vmlinuz,
+        config,
         root,
     })
+}
+
+fn first_file(candidates: &[PathBuf]) -> Option<PathBuf> {
+    candidates.iter().find(|path| path.is_file()).cloned()
 }
 
 /// Newer packages ship modules under usr/lib/modules; give both layouts one path.
@@ -200,87 +215,27 @@ fn only_entry(dir: &Path) -> Result<String> {
     }
 }
 
-/// `*` matches one or more characters other than `-`, so `6.1.0-*-amd64` does not
-/// match `6.1.0-56-cloud-amd64`.
-pub(crate) fn glob_matches(glob: &str, name: &str) -> bool {
-    match glob.split_once('*') {
-        None => glob == name,
-        Some((head, tail)) => {
-            let Some(rest) = name.strip_prefix(head) else {
-                return false;
-            };
-            (1..=rest.len()).any(|n| {
-                rest.is_char_boundary(n)
-                    && !rest[..n].contains('-')
-                    && glob_matches(tail, &rest[n..])
-            })
-        }
-    }
-}
-
-/// Orders names with numbers by value: `6.1.0-9` < `6.1.0-56`.
-pub(crate) fn natural_cmp(a: &str, b: &str) -> Ordering {
-    let (mut a, mut b) = (a, b);
-    while !a.is_empty() && !b.is_empty() {
-        let (chunk_a, rest_a) = split_chunk(a);
-        let (chunk_b, rest_b) = split_chunk(b);
-        let order = match (chunk_a.parse::<u64>(), chunk_b.parse::<u64>()) {
-            (Ok(x), Ok(y)) => x.cmp(&y),
-            _ => chunk_a.cmp(chunk_b),
-        };
-        if order != Ordering::Equal {
-            return order;
-        }
-        (a, b) = (rest_a, rest_b);
-    }
-    a.len().cmp(&b.len())
-}
-
-fn split_chunk(s: &str) -> (&str, &str) {
-    let digits = s.starts_with(|c: char| c.is_ascii_digit());
-    let end = s
-        .find(|c: char| c.is_ascii_digit() != digits)
-        .unwrap_or(s.len());
-    s.split_at(end)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn glob_matches_abi_numbers_only() {
-        assert!(glob_matches(
-            "linux-image-6.1.0-*-amd64",
-            "linux-image-6.1.0-56-amd64"
-        ));
-        assert!(!glob_matches(
-            "linux-image-6.1.0-*-amd64",
-            "linux-image-6.1.0-56-cloud-amd64"
-        ));
-        assert!(!glob_matches(
-            "linux-image-6.1.0-*-amd64",
-            "linux-image-6.1.0-56-amd64-dbg"
-        ));
-        assert!(glob_matches(
-            "linux-image-6.12.*-cloud-amd64",
-            "linux-image-6.12.117+deb12-cloud-amd64"
-        ));
-        assert!(!glob_matches(
-            "linux-image-6.12.*-cloud-amd64",
-            "linux-image-6.12.117+deb12-cloud-amd64-unsigned"
-        ));
+    fn config_string_reads_the_quoted_value() {
+        let config = "# CONFIG_LSM_MMAP_MIN_ADDR is not set\nCONFIG_LSM_X=\"no\"\n\
+                      CONFIG_LSM=\"lockdown,yama,apparmor\"\nCONFIG_BPF=y\n";
+        assert_eq!(
+            config_string(config, "CONFIG_LSM"),
+            Some("lockdown,yama,apparmor")
+        );
+        assert_eq!(config_string(config, "CONFIG_BPF"), None);
+        assert_eq!(config_string(config, "CONFIG_NONE"), None);
     }
 
     #[test]
-    fn natural_order_compares_numbers_by_value() {
-        assert_eq!(
-            natural_cmp("6.1.0-9-amd64", "6.1.0-56-amd64"),
-            Ordering::Less
-        );
-        assert_eq!(
-            natural_cmp("6.12.117+deb12", "6.12.99+deb12"),
-            Ordering::Greater
-        );
+    fn kernel_names_are_unique() {
+        let mut names: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KERNELS.len());
     }
 }

@@ -3,8 +3,8 @@
 use serde_json::Value;
 
 use super::{
-    scenarios::{expect_one_call, expect_rc, kmod_load_syscall, kmod_tool, one_record},
-    watch::{check_process, child_record, watched, Watched},
+    scenarios::{expect_kmod_load, expect_rc, kmod_load, kmod_tool, one_record},
+    watch::{check_flags, check_process, child_record, watched, Watched},
     Checks, Ctx,
 };
 use crate::results::Action;
@@ -68,7 +68,7 @@ pub(crate) fn identity(ctx: &mut Ctx) {
     let r = ctx.results;
     for &(label, file, ..) in LOADS {
         expect_rc(ctx, label, 0);
-        expect_one_call(ctx, label, kmod_load_syscall(file, r), 0);
+        expect_kmod_load(ctx, label, &format!("{FIXTURES}/{file}"), 0);
     }
     let first_word = |label: &str| {
         r.action(label)
@@ -97,6 +97,21 @@ pub(crate) fn identity(ctx: &mut Ctx) {
             continue;
         };
         check_process(m, label, record, &kmod_tool(a, "insmod"));
+        let load = kmod_load(file, r);
+        m.eq(
+            &format!("{label}: kind (how this kmod loads {file})"),
+            record["kind"].as_str(),
+            Some(load.syscall),
+        );
+        if load.syscall == "finit_module" {
+            check_flags(
+                m,
+                &format!("{label}: args.flags"),
+                &record["args"]["flags"],
+                load.flags.0,
+                load.flags.1,
+            );
+        }
         check_image(
             m,
             label,
@@ -108,7 +123,7 @@ pub(crate) fn identity(ctx: &mut Ctx) {
         if let Some(modinfo) = r.action(modinfo) {
             check_modinfo(m, label, &record["module"]["image"], &modinfo.stdout);
         }
-        // kmod < 31 passes the decompressed image of a .xz: no size to compare.
+        // Through init_module kmod passes the image it decompressed: no file size to compare.
         if record["kind"] == "finit_module" {
             m.eq(
                 &format!("{label}: module.image.size = wc -c {file}"),
@@ -274,7 +289,7 @@ fn check_image(
             decompressed,
         );
     } else {
-        // kmod < 31 decompresses the file itself and passes the result.
+        // kmod decompressed the file itself and passed the result.
         m.eq(
             &format!("{label}: module.image.sha256 (the image kmod decompressed from {path})"),
             field("sha256"),

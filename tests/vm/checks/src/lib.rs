@@ -29,6 +29,9 @@ pub use results::{LoadError, ScenarioResults};
 pub struct Built {
     /// Whether mtcall built, so that the guest has it.
     pub mtcall: bool,
+    /// The first line of `kmod --version` of the kmod the image holds, the
+    /// kernel's release's (`kmod version 28`).
+    pub kmod_version: String,
 }
 
 /// The result of one (kernel, scenario) run.
@@ -201,6 +204,11 @@ fn common_ground(ctx: &mut Ctx, built: &Built) {
     if !built.mtcall {
         g.fail("mtcall did not build: target/release/mtcall is not in the guest");
     }
+    g.eq(
+        "the kmod that ran in the guest (meta kmod) is the release's",
+        r.meta.get("kmod").map(String::as_str),
+        Some(built.kmod_version.as_str()),
+    );
     for action in &r.actions {
         let uses_mtcall = action.argv.first().is_some_and(|a| a.ends_with("/mtcall"));
         if uses_mtcall {

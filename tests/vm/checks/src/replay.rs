@@ -245,6 +245,7 @@ mod tests {
                 stderr: "replay: …".into(),
                 exit_code,
             },
+            startup_s: Some(0.5),
         }
     }
 

@@ -75,6 +75,9 @@ pub struct Watch {
     pub exit_code: Option<i32>,
     /// `modtrace replay` of the capture, run by lib.sh once the watch stopped.
     pub replay: Replayed,
+    /// Seconds from the spawn of `modtrace watch` to lib.sh seeing its start
+    /// record (read from /proc/uptime, polled every 50 ms); None when it never started.
+    pub startup_s: Option<f64>,
 }
 
 /// A capture re-judged by `modtrace replay --format json`.
@@ -287,10 +290,18 @@ fn load_watches(dir: &Path) -> Result<BTreeMap<String, Watch>, LoadError> {
                     stderr: read("replay.stderr")?,
                     exit_code: read("replay_exit_code")?.trim().parse().ok(),
                 },
+                startup_s: startup(&read("startup")?),
             };
             Ok((label, watch))
         })
         .collect()
+}
+
+/// `SPAWNED SEEN`, two /proc/uptime readings in seconds, as their difference.
+fn startup(text: &str) -> Option<f64> {
+    let mut uptimes = text.split_whitespace().map(|t| t.parse::<f64>().ok());
+    let (spawned, seen) = (uptimes.next()??, uptimes.next()??);
+    (seen >= spawned).then_some(seen - spawned)
 }
 
 /// Each line parsed, or why it is not JSON.

@@ -60,19 +60,61 @@ fn calls_of(r: &ScenarioResults, pid: Option<u32>) -> Vec<&TracedCall> {
         .collect()
 }
 
-/// What syscall kmod uses for a module file: uncompressed files go through
-/// finit_module; kmod < 31 decompresses .ko.xz itself and calls init_module.
-pub(super) fn kmod_load_syscall(path: &str, r: &ScenarioResults) -> &'static str {
-    let kmod: u32 = r
-        .meta
-        .get("kmod")
-        .and_then(|v| v.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0);
-    if path.ends_with(".ko") || kmod >= 31 {
-        "finit_module"
+/// How the guest's kmod hands a module file to the kernel, as kmod's
+/// `kmod_module_insert_module` decides: an uncompressed file by fd
+/// (finit_module, flags 0); a compressed one by fd with
+/// MODULE_INIT_COMPRESSED_FILE when kmod is 31 or later and the kernel
+/// decompresses that format itself (/sys/module/compression, meta
+/// `compression`); otherwise kmod decompresses it and calls init_module.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct KmodLoad {
+    pub syscall: &'static str,
+    /// finit_module's flags, with their names as modtrace renders them.
+    pub flags: (u64, &'static [&'static str]),
+}
+
+pub(super) fn kmod_load(path: &str, r: &ScenarioResults) -> KmodLoad {
+    let meta = |key: &str| r.meta.get(key).map(String::as_str);
+    kmod_load_by(path, meta("kmod"), meta("compression"))
+}
+
+/// [`kmod_load`] for `kmod --version`'s first line and /sys/module/compression.
+fn kmod_load_by(path: &str, kmod: Option<&str>, kernel_compression: Option<&str>) -> KmodLoad {
+    const BY_FD: KmodLoad = KmodLoad {
+        syscall: "finit_module",
+        flags: (0, &[]),
+    };
+    let Some(format) = compression_of(path) else {
+        return BY_FD;
+    };
+    let kernel_decompresses = kernel_compression.map(str::trim) == Some(format);
+    if kmod.and_then(kmod_major).is_some_and(|major| major >= 31) && kernel_decompresses {
+        KmodLoad {
+            syscall: "finit_module",
+            flags: (
+                MODULE_INIT_COMPRESSED_FILE,
+                &["MODULE_INIT_COMPRESSED_FILE"],
+            ),
+        }
     } else {
-        "init_module"
+        KmodLoad {
+            syscall: "init_module",
+            flags: (0, &[]),
+        }
     }
+}
+
+/// The major version in `kmod --version`'s first line (`kmod version 34.2` → 34).
+fn kmod_major(version_line: &str) -> Option<u32> {
+    let version = version_line.split_whitespace().last()?;
+    version.split('.').next()?.parse().ok()
+}
+
+/// The compression of a module file as /sys/module/compression names it.
+fn compression_of(path: &str) -> Option<&'static str> {
+    [(".ko.xz", "xz"), (".ko.zst", "zstd"), (".ko.gz", "gzip")]
+        .into_iter()
+        .find_map(|(suffix, format)| path.ends_with(suffix).then_some(format))
 }
 
 /// `.../crc32c-intel.ko.xz` → `crc32c_intel` (the name /proc/modules shows).
@@ -100,6 +142,27 @@ pub(super) fn expect_one_call<'a>(
         ),
     );
     ok.then(|| calls[0])
+}
+
+/// Exactly one traced load of `path` by the action's process, made the way the
+/// guest's kmod makes it ([`kmod_load`]): its syscall, its finit_module flags
+/// as the kernel traced them, and this return.
+pub(super) fn expect_kmod_load<'a>(
+    ctx: &mut Ctx<'a>,
+    label: &str,
+    path: &str,
+    ret: i64,
+) -> Option<&'a TracedCall> {
+    let load = kmod_load(path, ctx.results);
+    let call = expect_one_call(ctx, label, load.syscall, ret)?;
+    if load.syscall == "finit_module" {
+        ctx.ground.eq(
+            &format!("{label}: finit_module flags of {path} as traced"),
+            call.args.get("flags").copied(),
+            Some(load.flags.0),
+        );
+    }
+    Some(call)
 }
 
 fn expect_no_call(ctx: &mut Ctx, label: &str) {
@@ -236,8 +299,8 @@ fn modprobe_sctp(ctx: &mut Ctx) {
         .collect();
     let names: Vec<String> = paths.iter().map(|p| module_name(p)).collect();
     ctx.ground.check(
-        names.contains(&"sctp".into()) && names.contains(&"libcrc32c".into()),
-        format!("--show-depends sctp plans sctp and libcrc32c: {names:?}"),
+        names.len() >= 2 && names.last().is_some_and(|n| n == "sctp"),
+        format!("--show-depends sctp plans sctp after its dependencies: {names:?}"),
     );
     let loads: Vec<String> = r
         .trace
@@ -257,13 +320,20 @@ fn modprobe_sctp(ctx: &mut Ctx) {
         format!("all of {names:?} in /proc/modules after"),
     );
     let calls = calls_of(r, modprobe.pid);
-    let expected: Vec<(&str, Option<i64>)> = paths
+    let expected: Vec<(&str, Option<u64>, Option<i64>)> = paths
         .iter()
-        .map(|p| (kmod_load_syscall(p, r), Some(0)))
+        .map(|p| {
+            let load = kmod_load(p, r);
+            let flags = (load.syscall == "finit_module").then_some(load.flags.0);
+            (load.syscall, flags, Some(0))
+        })
         .collect();
-    let got: Vec<(&str, Option<i64>)> = calls.iter().map(|c| (c.syscall.as_str(), c.ret)).collect();
+    let got: Vec<(&str, Option<u64>, Option<i64>)> = calls
+        .iter()
+        .map(|c| (c.syscall.as_str(), c.args.get("flags").copied(), c.ret))
+        .collect();
     ctx.ground.eq(
-        "modprobe's load syscalls (one per module, successful)",
+        "modprobe's load syscalls (one per module: syscall, flags, return)",
         got,
         expected,
     );
@@ -276,10 +346,11 @@ fn modprobe_sctp(ctx: &mut Ctx) {
     m.eq("modtrace records of modprobe", records.len(), paths.len());
     for (record, path) in records.iter().zip(&paths) {
         let what = format!("modprobe load of {path}");
+        let load = kmod_load(path, r);
         m.eq(
             &format!("{what}: kind"),
             record["kind"].as_str(),
-            Some(kmod_load_syscall(path, r)),
+            Some(load.syscall),
         );
         check_process(m, &what, record, &kmod_tool(modprobe, "modprobe"));
         m.eq(
@@ -308,8 +379,8 @@ fn modprobe_sctp(ctx: &mut Ctx) {
                 m,
                 &format!("{what}: args.flags"),
                 &record["args"]["flags"],
-                0,
-                &[],
+                load.flags.0,
+                load.flags.1,
             );
         }
     }
@@ -343,7 +414,7 @@ fn insmod_params(ctx: &mut Ctx) {
         .and_then(|a| a.argv.get(1))
         .cloned()
         .unwrap_or_default();
-    expect_one_call(ctx, "insmod", kmod_load_syscall(&dummy_path, r), 0);
+    expect_kmod_load(ctx, "insmod", &dummy_path, 0);
     for label in ["rmmod", "modprobe_r"] {
         if let Some(call) = expect_one_call(ctx, label, "delete_module", 0) {
             ctx.ground.eq(
@@ -414,7 +485,7 @@ const KMOD_FAILURES: &[(&str, i32, Option<i64>)] = &[
     ("unknown_param", 0, Some(0)),
     ("unload_unknown_param", 0, Some(0)),
     ("bad_value", 1, Some(-22)),
-    // Unresolved symbols (libcrc32c, udp_tunnel not loaded).
+    // Unresolved symbols (sctp's dependencies not loaded).
     ("missing_dependency", 1, Some(-2)),
     // kmod checks holders and /sys/module first and never calls delete_module.
     ("rmmod_in_use", 1, None),
@@ -435,17 +506,27 @@ fn failures(ctx: &mut Ctx) {
         .unwrap_or_default();
     for &(label, rc, ret) in KMOD_FAILURES {
         expect_rc(ctx, label, rc);
-        let syscall = match label {
-            l if l.starts_with("unload") => "delete_module",
-            "missing_dependency" => kmod_load_syscall(&sctp_path, r),
-            _ => kmod_load_syscall(&dummy_path, r),
+        let loaded_path = match label {
+            l if l.starts_with("unload") => None,
+            "missing_dependency" => Some(&sctp_path),
+            _ => Some(&dummy_path),
         };
-        match ret {
-            Some(ret) => drop(expect_one_call(ctx, label, syscall, ret)),
-            None => expect_no_call(ctx, label),
+        match (ret, loaded_path) {
+            (Some(ret), Some(path)) => drop(expect_kmod_load(ctx, label, path, ret)),
+            (Some(ret), None) => drop(expect_one_call(ctx, label, "delete_module", ret)),
+            (None, _) => expect_no_call(ctx, label),
         }
     }
     expect_rc(ctx, "load_sctp", 0);
+    expect_rc(ctx, "sctp_depends", 0);
+    let in_use = r
+        .action("sctp_depends")
+        .and_then(|a| a.stdout.trim().split(',').next())
+        .unwrap_or_default();
+    ctx.ground.check(
+        !in_use.is_empty(),
+        "modinfo -F depends sctp names a module sctp uses",
+    );
     expect_mtcall(ctx, "delete_in_use", "delete_module", -11, 0);
     expect_mtcall(ctx, "delete_absent", "delete_module", -2, 0);
 
@@ -476,10 +557,7 @@ fn failures(ctx: &mut Ctx) {
             );
         }
     }
-    for (label, name) in [
-        ("delete_in_use", "libcrc32c"),
-        ("delete_absent", "nosuchmodule"),
-    ] {
+    for (label, name) in [("delete_in_use", in_use), ("delete_absent", "nosuchmodule")] {
         let Some(a) = r.action(label) else { continue };
         let Some(record) = root_mtcall_record(m, &w, a) else {
             continue;
@@ -868,5 +946,48 @@ fn strategies(ctx: &mut Ctx) {
                 one_record(m, &w, a);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kmod_load_follows_each_releases_kmod_and_kernel() {
+        let by_fd = |flags| KmodLoad {
+            syscall: "finit_module",
+            flags,
+        };
+        let decompressed = KmodLoad {
+            syscall: "init_module",
+            flags: (0, &[]),
+        };
+        let compressed = by_fd((4, &["MODULE_INIT_COMPRESSED_FILE"]));
+        let xz = "/lib/modules/x/kernel/net/sctp/sctp.ko.xz";
+        // bullseye: kmod 28, 5.10 has no in-kernel decompression.
+        assert_eq!(
+            kmod_load_by(xz, Some("kmod version 28"), Some("")),
+            decompressed
+        );
+        // bookworm's kmod 30 decompresses even where the kernel could.
+        assert_eq!(
+            kmod_load_by(xz, Some("kmod version 30"), Some("xz")),
+            decompressed
+        );
+        // trixie and sid: kmod 34.2 hands the kernel the compressed file.
+        assert_eq!(
+            kmod_load_by(xz, Some("kmod version 34.2"), Some("xz\n")),
+            compressed
+        );
+        assert_eq!(
+            kmod_load_by("/m/dummy.ko.zst", Some("kmod version 34.2"), Some("xz")),
+            decompressed
+        );
+        assert_eq!(kmod_load_by(xz, None, Some("xz")), decompressed);
+        assert_eq!(
+            kmod_load_by("/m/dummy.ko", Some("kmod version 34.2"), Some("xz")),
+            by_fd((0, &[]))
+        );
     }
 }

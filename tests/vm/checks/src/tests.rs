@@ -15,7 +15,13 @@ use super::*;
 
 const SCENARIO: &str = "insmod_params";
 const LABEL: &str = "debian-6.1/insmod_params";
-const ALL_BUILT: Built = Built { mtcall: true };
+/// What the runner built for the fixture's guest (debian-6.1: bookworm's kmod 30).
+fn all_built() -> Built {
+    Built {
+        mtcall: true,
+        kmod_version: "kmod version 30".into(),
+    }
+}
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -134,7 +140,7 @@ fn is_record_of(record: &Value, kind: &str, pid: u32) -> bool {
 
 #[test]
 fn a_run_where_modtrace_agrees_with_ftrace_passes() {
-    let outcome = check(&fixture(), &ALL_BUILT);
+    let outcome = check(&fixture(), &all_built());
     assert_eq!(failures(&outcome), []);
     assert!(outcome.passed(), "{outcome}");
     let shown = outcome.to_string();
@@ -160,7 +166,7 @@ fn a_load_ftrace_saw_but_modtrace_did_not_report_fails_naming_it() {
     let pid = pid_of("insmod");
     let dir = copy_of_fixture();
     drop_records(dir.path(), "main", |r| is_record_of(r, "finit_module", pid));
-    let outcome = check(dir.path(), &ALL_BUILT);
+    let outcome = check(dir.path(), &all_built());
     assert!(!outcome.passed());
     let failed = failures(&outcome);
     assert_eq!(failed.len(), 2, "{failed:#?}");
@@ -203,7 +209,7 @@ fn a_record_of_a_call_ftrace_never_saw_fails() {
         .collect();
     assert_ne!(kept, text, "the fixture traced insmod");
     fs::write(&trace, kept).unwrap();
-    let outcome = check(dir.path(), &ALL_BUILT);
+    let outcome = check(dir.path(), &all_built());
     assert!(!outcome.passed());
     let failed = failures(&outcome);
     assert_eq!(failed.len(), 2, "{failed:#?}");
@@ -239,7 +245,7 @@ fn a_record_field_that_disagrees_with_the_kernel_fails_naming_the_field() {
         .unwrap();
     load["module"]["name"] = json!("dumm");
     write_ndjson(&out, &live);
-    let outcome = check(dir.path(), &ALL_BUILT);
+    let outcome = check(dir.path(), &all_built());
     assert_eq!(
         failures(&outcome),
         [(
@@ -255,7 +261,7 @@ fn a_watch_that_did_not_start_fails_and_says_why() {
     let dir = copy_of_fixture();
     let status = "missing: /usr/bin/modtrace is not in the image";
     fs::write(dir.path().join("watch/main/status"), format!("{status}\n")).unwrap();
-    let outcome = check(dir.path(), &ALL_BUILT);
+    let outcome = check(dir.path(), &all_built());
     let failed = failures(&outcome);
     assert_eq!(failed.len(), 1, "{failed:#?}");
     assert_eq!(failed[0].0, "modtrace");
@@ -268,7 +274,7 @@ fn a_watch_that_did_not_start_fails_and_says_why() {
     assert!(!outcome.passed());
 
     fs::remove_dir_all(dir.path().join("watch")).unwrap();
-    let outcome = check(dir.path(), &ALL_BUILT);
+    let outcome = check(dir.path(), &all_built());
     assert_eq!(
         failures(&outcome),
         [("modtrace", "watch main: the scenario never started it")]
@@ -281,7 +287,7 @@ fn lost_ground_truth_fails() {
     let stats = dir.path().join("trace_stats");
     let text = fs::read_to_string(&stats).unwrap();
     fs::write(&stats, text.replacen("overrun: 0", "overrun: 3", 1)).unwrap();
-    let outcome = check(dir.path(), &ALL_BUILT);
+    let outcome = check(dir.path(), &all_built());
     assert_eq!(
         failures(&outcome),
         [(
@@ -293,7 +299,13 @@ fn lost_ground_truth_fails() {
 
 #[test]
 fn a_guest_without_mtcall_fails() {
-    let outcome = check(&fixture(), &Built { mtcall: false });
+    let outcome = check(
+        &fixture(),
+        &Built {
+            mtcall: false,
+            ..all_built()
+        },
+    );
     assert_eq!(
         failures(&outcome),
         [(
@@ -304,9 +316,27 @@ fn a_guest_without_mtcall_fails() {
 }
 
 #[test]
+fn a_kmod_other_than_the_releases_fails() {
+    let outcome = check(
+        &fixture(),
+        &Built {
+            kmod_version: "kmod version 34.2".into(),
+            ..all_built()
+        },
+    );
+    assert_eq!(
+        failures(&outcome),
+        [(
+            "ground",
+            "the kmod that ran in the guest (meta kmod) is the release's: got Some(\"kmod version 30\"), expected Some(\"kmod version 34.2\")"
+        )]
+    );
+}
+
+#[test]
 fn a_scenario_without_assertions_fails_naming_where_to_write_them() {
     let results = ScenarioResults::load(&fixture()).unwrap();
-    let outcome = run("debian-6.1/unwritten", "unwritten", &results, &ALL_BUILT);
+    let outcome = run("debian-6.1/unwritten", "unwritten", &results, &all_built());
     assert!(!outcome.passed());
     let failed = failures(&outcome);
     let path = "tests/vm/checks/src/scenarios.rs";
