@@ -14,7 +14,7 @@
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use modtrace_common::{
     DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LoadEntryEvent,
@@ -26,20 +26,33 @@ use modtrace_common::{
 
 use crate::{aggregate, capture};
 
+/// Which syscalls the raw `sys_enter`/`sys_exit` programs report, indexed by
+/// the syscall's place in `Syscall::ALL`: nonzero for those the loader gave
+/// to the `raw-syscalls` strategy, zero for those another strategy reports,
+/// so that no call is reported twice. A map rather than a setting, because
+/// the loader decides after the object is loaded, as other strategies'
+/// programs load or fail.
+#[map]
+static RAW_SYSCALLS: Array<u32> = Array::with_max_entries(Syscall::ALL.len() as u32, 0);
+
 /// The traced syscall that number `nr` is, by the numbers the loader wrote
-/// for the running architecture.
+/// for the running architecture, when the raw programs report it.
 #[inline(always)]
-pub(crate) fn syscall_of_nr(nr: i64) -> Option<Syscall> {
+pub(crate) fn raw_syscall_of_nr(nr: i64) -> Option<Syscall> {
     let nr = u32::try_from(nr).ok()?;
-    if nr == config!(nr_finit_module) {
-        Some(Syscall::FinitModule)
+    let call = if nr == config!(nr_finit_module) {
+        Syscall::FinitModule
     } else if nr == config!(nr_init_module) {
-        Some(Syscall::InitModule)
+        Syscall::InitModule
     } else if nr == config!(nr_delete_module) {
-        Some(Syscall::DeleteModule)
+        Syscall::DeleteModule
     } else {
-        None
-    }
+        return None;
+    };
+    RAW_SYSCALLS
+        .get(call as u32)
+        .is_some_and(|enabled| *enabled != 0)
+        .then_some(call)
 }
 
 /// Failing calls reported in full, and autoload requests. Sized by the

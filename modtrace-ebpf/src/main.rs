@@ -22,8 +22,11 @@ mod capture;
 mod execs;
 
 use aya_ebpf::{
-    macros::{fentry, fexit, raw_tracepoint, tracepoint},
-    programs::{FEntryContext, FExitContext, RawTracePointContext, TracePointContext},
+    macros::{fentry, fexit, kprobe, raw_tracepoint, tracepoint},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, TracePointContext,
+    },
+    EbpfContext,
 };
 use modtrace_common::Syscall;
 
@@ -77,6 +80,30 @@ fentry_pair!(
     Syscall::DeleteModule
 );
 
+/// The `kprobe` strategy's entry, for kernels whose BTF declares the
+/// wrapper's `pt_regs` only forward (5.10), where the verifier refuses an
+/// fentry program that reads its argument. The probe's context is the
+/// wrapper's own registers at entry; the first argument register holds the
+/// caller's saved registers, as fentry's first argument does. Its return is
+/// seen by the same fexit program as the `fentry` strategy's, which reads only
+/// the return value and loads on 5.10.
+macro_rules! kprobe_entry {
+    ($enter:ident, $call:expr) => {
+        #[kprobe]
+        pub(crate) fn $enter(ctx: ProbeContext) -> u32 {
+            let wrapper_regs = ctx.as_ptr() as *const u8;
+            let regs = capture::read_ptr(wrapper_regs, config!(offsets.pt_regs_di))
+                .unwrap_or(core::ptr::null());
+            calls::on_enter($call, args_from_regs(regs));
+            0
+        }
+    };
+}
+
+kprobe_entry!(kprobe_init_module, Syscall::InitModule);
+kprobe_entry!(kprobe_finit_module, Syscall::FinitModule);
+kprobe_entry!(kprobe_delete_module, Syscall::DeleteModule);
+
 macro_rules! tracepoint_pair {
     ($enter:ident, $exit:ident, $call:expr) => {
         #[tracepoint]
@@ -122,7 +149,7 @@ tracepoint_pair!(
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub(crate) fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
-    if let Some(call) = calls::syscall_of_nr(id) {
+    if let Some(call) = calls::raw_syscall_of_nr(id) {
         let regs: *const u8 = ctx.arg(0);
         calls::on_enter(call, args_from_regs(regs));
     }
@@ -133,7 +160,7 @@ pub(crate) fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
 pub(crate) fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     let id = capture::read_at::<i64>(regs, config!(offsets.pt_regs_orig_ax)).unwrap_or(-1);
-    if let Some(call) = calls::syscall_of_nr(id) {
+    if let Some(call) = calls::raw_syscall_of_nr(id) {
         let ret: i64 = ctx.arg(1);
         calls::on_exit(call, ret);
     }

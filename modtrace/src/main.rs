@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use modtrace::{kernel::Strategy, policy, replay, sink::Format, watch};
+use modtrace::{kernel::StrategyChoice, policy, replay, sink::Format, watch};
 
 #[derive(Parser)]
 #[command(
@@ -69,9 +69,16 @@ struct WatchArgs {
     /// Also append NDJSON to this file (created with mode 0600).
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Force one attach strategy for all syscalls instead of the best available.
-    #[arg(long, value_enum, env = "MODTRACE_STRATEGY")]
-    strategy: Option<Strategy>,
+    /// Force an attach strategy instead of the best available: one for all
+    /// syscalls (fentry, kprobe, syscall-tracepoints, raw-syscalls), or one
+    /// per syscall named, e.g. `init_module=kprobe,delete_module=fentry`
+    /// (the others keep the best available).
+    #[arg(
+        long,
+        env = "MODTRACE_STRATEGY",
+        value_name = "STRATEGY|SYSCALL=STRATEGY,..."
+    )]
+    strategy: Option<StrategyChoice>,
     /// Kernel BTF to read structure offsets from.
     #[arg(long, default_value = modtrace::kernel::btf::VMLINUX_BTF, value_name = "FILE")]
     btf: PathBuf,
@@ -182,7 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or(if terminal { Format::Text } else { Format::Json }),
                 colour: terminal,
                 output: args.output,
-                strategy: args.strategy,
+                strategy: args.strategy.unwrap_or_default(),
                 btf: args.btf,
                 ring_buffer_bytes: args.ring_buffer_size,
                 aggregation,

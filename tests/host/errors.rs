@@ -74,10 +74,19 @@ fn bad_arguments_are_rejected_before_anything_loads() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("must be a power of two"), "{stderr}");
     let mut cmd = modtrace();
-    cmd.args(["watch", "--strategy", "kprobe"]);
+    cmd.args(["watch", "--strategy", "uprobe"]);
     let (code, stderr) = stderr_of(cmd);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("raw-syscalls"), "{stderr}");
+    assert!(stderr.contains("unknown strategy `uprobe`"), "{stderr}");
+    assert!(
+        stderr.contains("kprobe, syscall-tracepoints, raw-syscalls"),
+        "{stderr}"
+    );
+    let mut cmd = modtrace();
+    cmd.args(["watch", "--strategy", "init_module=kprobe,init=fentry"]);
+    let (code, stderr) = stderr_of(cmd);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("unknown syscall `init`"), "{stderr}");
 }
 
 #[test]

@@ -2,26 +2,35 @@
 //! attach strategy the running kernel offers:
 //!
 //! 1. `fentry`: fentry/fexit on `__x64_sys_*`; costs nothing to other syscalls.
-//! 2. `syscall-tracepoints`: `syscalls:sys_enter_*`/`sys_exit_*`.
-//! 3. `raw-syscalls`: raw `sys_enter`/`sys_exit` filtered in the kernel by number.
+//! 2. `kprobe`: a kprobe on the entry of the same functions, with the fexit
+//!    of `fentry` on their return; costs nothing to other syscalls either.
+//!    For kernels whose BTF declares the functions' `pt_regs` argument only
+//!    forward (5.10), where the verifier refuses fentry's reading of it.
+//! 3. `syscall-tracepoints`: `syscalls:sys_enter_*`/`sys_exit_*`.
+//! 4. `raw-syscalls`: raw `sys_enter`/`sys_exit` filtered in the kernel by number.
 //!
 //! Any syscall tracepoint puts every syscall of the host on the slow path,
-//! which is why fentry comes first.
+//! which is why fentry and kprobe come first. The object is loaded once: each
+//! syscall's strategies are tried in turn on it, and a strategy that fails
+//! unloads its own programs before the next is tried.
 use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
+    str::FromStr,
     time::Instant,
 };
 
 use aya::{
-    programs::{FEntry, FExit, RawTracePoint, TracePoint},
+    maps::Array,
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use modtrace_common::{ProbeConfig, Syscall, OFFSET_NONE};
 use tracing::{debug, info, warn};
 
 use self::btf::{KernelBtf, ResolvedOffsets};
+use crate::record::RefusedStrategy;
 
 pub mod btf;
 pub mod maps;
@@ -29,22 +38,101 @@ pub mod maps;
 /// The eBPF object built from `modtrace-ebpf` by build.rs for this very build.
 const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modtrace"));
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Strategy {
     Fentry,
+    Kprobe,
     SyscallTracepoints,
     RawSyscalls,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 3] = [Self::Fentry, Self::SyscallTracepoints, Self::RawSyscalls];
+    /// Best first: the order in which they are tried.
+    pub const ALL: [Strategy; 4] = [
+        Self::Fentry,
+        Self::Kprobe,
+        Self::SyscallTracepoints,
+        Self::RawSyscalls,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
             Self::SyscallTracepoints => "syscall-tracepoints",
             Self::RawSyscalls => "raw-syscalls",
         }
+    }
+
+    fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Needs aya's parse of the kernel's BTF to attach: fentry and fexit.
+    fn uses_trampolines(self) -> bool {
+        matches!(self, Self::Fentry | Self::Kprobe)
+    }
+}
+
+/// The strategy forced for each syscall, in the order of `Syscall::ALL`;
+/// `None` leaves that syscall to the best available (the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StrategyChoice([Option<Strategy>; 3]);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StrategyChoiceError {
+    #[error("unknown strategy `{0}` (expected one of {strategies})", strategies = strategy_names())]
+    UnknownStrategy(String),
+    #[error("unknown syscall `{0}` (expected one of init_module, finit_module, delete_module)")]
+    UnknownSyscall(String),
+    #[error("{0} is given a strategy twice")]
+    Repeated(&'static str),
+}
+
+fn strategy_names() -> String {
+    Strategy::ALL.map(Strategy::as_str).join(", ")
+}
+
+impl StrategyChoice {
+    /// The strategy forced for the syscall at `index` of `Syscall::ALL`.
+    pub fn forced(&self, index: usize) -> Option<Strategy> {
+        self.0[index]
+    }
+
+    /// Whether some syscall may be served by a strategy for which `pick` holds.
+    fn may_use(&self, pick: impl Fn(Strategy) -> bool) -> bool {
+        self.0
+            .iter()
+            .any(|forced| forced.map_or_else(|| Strategy::ALL.into_iter().any(&pick), &pick))
+    }
+}
+
+/// `STRATEGY` forces it for every syscall; `SYSCALL=STRATEGY,…` forces it
+/// for each syscall named and leaves the others to the automatic choice.
+impl FromStr for StrategyChoice {
+    type Err = StrategyChoiceError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let strategy = |name: &str| {
+            Strategy::named(name.trim())
+                .ok_or_else(|| StrategyChoiceError::UnknownStrategy(name.trim().to_owned()))
+        };
+        if !text.contains('=') {
+            return Ok(Self([Some(strategy(text)?); 3]));
+        }
+        let mut choice = Self::default();
+        for part in text.split(',') {
+            let (syscall, name) = part.split_once('=').unwrap_or((part, ""));
+            let index = SYSCALLS
+                .iter()
+                .position(|s| s.name() == syscall.trim())
+                .ok_or_else(|| StrategyChoiceError::UnknownSyscall(syscall.trim().to_owned()))?;
+            if choice.0[index].is_some() {
+                return Err(StrategyChoiceError::Repeated(SYSCALLS[index].name()));
+            }
+            choice.0[index] = Some(strategy(name)?);
+        }
+        Ok(choice)
     }
 }
 
@@ -67,8 +155,11 @@ impl Names for Syscall {
     }
 }
 
-/// In the order of `ProbeConfig`'s syscall numbers.
+/// In the order of `ProbeConfig`'s syscall numbers and of `RAW_SYSCALLS`.
 const SYSCALLS: [Syscall; 3] = Syscall::ALL;
+
+/// Where perf lists the kprobe event source (`perf_event_open` type).
+const KPROBE_EVENT_SOURCE: &str = "/sys/bus/event_source/devices/kprobe";
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!(
     "modtrace supports x86_64 only: the syscall numbers and __x64_sys_ names are per architecture"
@@ -87,17 +178,11 @@ pub enum ProbeError {
     },
     #[error("loading the eBPF programs failed: {0}; if BPF is disabled or locked down on this kernel (CONFIG_BPF_SYSCALL, lockdown=confidentiality), modtrace cannot run")]
     Load(#[from] aya::EbpfError),
-    #[error("attaching {strategy} for {syscall} failed: {detail}")]
-    Attach {
-        syscall: &'static str,
-        strategy: &'static str,
-        detail: String,
-    },
 }
 
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
-    pub forced: Option<Strategy>,
+    pub forced: StrategyChoice,
     pub btf_path: PathBuf,
     pub ring_buffer_bytes: u32,
     pub aggregation: Aggregation,
@@ -141,6 +226,8 @@ impl Aggregation {
 pub struct Probes {
     pub ebpf: Ebpf,
     pub strategies: BTreeMap<&'static str, &'static str>,
+    /// For each syscall, the better strategies that were passed over and why.
+    pub refused: BTreeMap<&'static str, Vec<RefusedStrategy>>,
     pub btf_available: bool,
     pub unavailable_fields: Vec<&'static str>,
     /// The kernel's module tracepoints are attached (see `attach_module_events`).
@@ -157,6 +244,8 @@ struct KernelSupport {
     tp_offsets: Option<(u32, u32)>,
     /// /proc/modules exists: the kernel was built with module support.
     modules: bool,
+    /// perf's kprobe event source, through which aya attaches kprobes.
+    kprobes: bool,
 }
 
 fn has_capability(cap_eff: u64, bit: u32) -> bool {
@@ -266,26 +355,18 @@ impl KernelSupport {
             tracefs,
             tp_offsets,
             modules: Path::new("/proc/modules").exists(),
+            kprobes: Path::new(KPROBE_EVENT_SOURCE).exists(),
         }
     }
 
     /// Why `strategy` cannot serve `syscall` here, or None when it can.
     fn unavailable(&self, strategy: Strategy, syscall: Syscall) -> Option<String> {
         match strategy {
-            Strategy::Fentry => match &self.btf {
-                None => Some("no kernel BTF".into()),
-                // Without module support the syscalls are stubs
-                // (sys_ni_syscall), which the kernel refuses fentry on
-                // (EPERM): not worth loading the object to learn it again.
-                Some(_) if !self.modules => {
-                    Some("this kernel has no module support (no /proc/modules)".into())
-                }
-                Some(btf) if !btf.has_function(&syscall.kernel_function()) => Some(format!(
-                    "the kernel has no function {}",
-                    syscall.kernel_function()
-                )),
-                Some(_) => self.regs_missing(),
-            },
+            Strategy::Fentry => self.wrapper_missing(syscall),
+            Strategy::Kprobe if !self.kprobes => Some(format!(
+                "this kernel has no kprobes (no {KPROBE_EVENT_SOURCE})"
+            )),
+            Strategy::Kprobe => self.wrapper_missing(syscall),
             Strategy::SyscallTracepoints => match &self.tracefs {
                 None => Some("tracefs is not available".into()),
                 Some(t)
@@ -308,6 +389,26 @@ impl KernelSupport {
         }
     }
 
+    /// Why the syscall's `__x64_sys_*` function cannot be traced by its
+    /// arguments, or None when it can.
+    fn wrapper_missing(&self, syscall: Syscall) -> Option<String> {
+        match &self.btf {
+            None => Some("no kernel BTF".into()),
+            // Without module support the syscalls are stubs
+            // (sys_ni_syscall), which the kernel refuses fentry on
+            // (EPERM), and which every unimplemented syscall shares: not
+            // worth loading the object to learn it again.
+            Some(_) if !self.modules => {
+                Some("this kernel has no module support (no /proc/modules)".into())
+            }
+            Some(btf) if !btf.has_function(&syscall.kernel_function()) => Some(format!(
+                "the kernel has no function {}",
+                syscall.kernel_function()
+            )),
+            Some(_) => self.regs_missing(),
+        }
+    }
+
     fn regs_missing(&self) -> Option<String> {
         let o = self.offsets.as_ref().map(|r| r.offsets);
         let known = o.is_some_and(|o| {
@@ -318,7 +419,7 @@ impl KernelSupport {
         (!known).then(|| "the pt_regs layout is unknown (no BTF)".into())
     }
 
-    fn config(&self, plan: &[Strategy; 3], aggregation: &Aggregation) -> ProbeConfig {
+    fn config(&self, aggregation: &Aggregation) -> ProbeConfig {
         let mut config = ProbeConfig::DEFAULT;
         config.aggregate_window_ns = aggregation.window_ns();
         config.aggregate_threshold = aggregation.threshold;
@@ -331,18 +432,11 @@ impl KernelSupport {
             config.tp_enter_args = args;
             config.tp_exit_ret = ret;
         }
-        // The raw programs see every syscall; only the numbers of syscalls
-        // planned for them are enabled, so no call is reported twice.
-        let nr = |i: usize| {
-            if plan[i] == Strategy::RawSyscalls {
-                SYSCALLS[i].x86_64_nr()
-            } else {
-                u32::MAX
-            }
-        };
-        config.nr_init_module = nr(0);
-        config.nr_finit_module = nr(1);
-        config.nr_delete_module = nr(2);
+        // Which of them the raw programs report is set after loading
+        // (`RAW_SYSCALLS`), once each syscall's strategy is known.
+        config.nr_init_module = Syscall::InitModule.x86_64_nr();
+        config.nr_finit_module = Syscall::FinitModule.x86_64_nr();
+        config.nr_delete_module = Syscall::DeleteModule.x86_64_nr();
         config
     }
 }
@@ -365,14 +459,14 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
     let started = Instant::now();
     // aya's loader parses the kernel's several-MiB BTF as it is made (aya
     // 0.14 offers no loader without), which these programs need only for
-    // fentry, and aya's own parse to attach fentry is needed only if fentry
-    // may be used: our reading of the offsets goes on beside them, on a
+    // fentry and fexit, and aya's own parse to attach those is needed only if
+    // they may be used: our reading of the offsets goes on beside them, on a
     // thread of its own. Not the other way round: aya's many small
     // allocations made on a thread stay in that thread's arena (1.1 MiB of
     // resident memory kept for good), while ours are two large buffers that
     // go back to the kernel when freed.
-    let fentry_possible =
-        options.forced.is_none_or(|s| s == Strategy::Fentry) && Path::new("/proc/modules").exists();
+    let trampolines_possible =
+        options.forced.may_use(Strategy::uses_trampolines) && Path::new("/proc/modules").exists();
     let (support, aya_btf, loader) = std::thread::scope(|scope| {
         let support = scope.spawn(|| {
             let support = KernelSupport::probe(&options.btf_path);
@@ -380,7 +474,7 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
             support
         });
         let loader = EbpfLoader::new();
-        let aya_btf = if fentry_possible {
+        let aya_btf = if trampolines_possible {
             Btf::from_sys_fs().ok()
         } else {
             None
@@ -389,197 +483,227 @@ pub fn attach(options: &ProbeOptions) -> Result<Probes, ProbeError> {
     });
     // Reading the offsets does not panic; if it did, the panic is passed on.
     let support = support.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    let mut premade = Some(loader);
     debug!("start-up: loader made after {:?}", started.elapsed());
-    let mut refused: Vec<(usize, Strategy, String)> = Vec::new();
-    loop {
-        let plan = plan(&support, options.forced, &refused)?;
-        // A fallback, which is rare, makes a loader of its own.
-        let loader = premade.take().unwrap_or_else(EbpfLoader::new);
-        match load_and_attach(&support, loader, aya_btf.as_ref(), &plan, options) {
-            Ok(mut ebpf) => {
-                let module_events = match attach_module_events(&mut ebpf) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        warn!("the kernel's module tracepoints are unavailable ({why}): records carry no `module` object and autoload requests are not seen");
-                        false
-                    }
-                };
-                let exec_tracking = match attach_exec_tracking(&mut ebpf) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        warn!("exec tracking is unavailable ({why}): the exe of a process that has exited before its record is read stays null");
-                        false
-                    }
-                };
-                let strategies = SYSCALLS
-                    .iter()
-                    .zip(plan)
-                    .map(|(s, p)| (s.name(), p.as_str()))
-                    .collect();
-                let mut unavailable_fields = support
-                    .offsets
-                    .as_ref()
-                    .map(|r| r.missing.clone())
-                    .unwrap_or_default();
-                if support.offsets.is_none() {
-                    unavailable_fields.extend([
-                        "euid",
-                        "auid",
-                        "session",
-                        "ppid",
-                        "parent.comm",
-                        "finit_module.file",
-                    ]);
-                }
-                if !exec_tracking {
-                    unavailable_fields.push("exe of exited processes");
-                }
-                debug!("start-up: attached after {:?}", started.elapsed());
-                return Ok(Probes {
-                    ebpf,
-                    strategies,
-                    btf_available: support.btf.is_some(),
-                    unavailable_fields,
-                    module_events,
-                    exec_tracking,
-                });
-            }
-            Err(failures) if options.forced.is_none() => {
-                warn_once(&failures);
-                refused.extend(
-                    failures
-                        .into_iter()
-                        .map(|f| (f.index, f.strategy, f.detail)),
-                );
-            }
-            Err(mut failures) => {
-                let AttachFailure {
-                    index,
-                    strategy,
-                    detail,
-                } = failures.swap_remove(0);
-                return Err(ProbeError::Attach {
-                    syscall: SYSCALLS[index].name(),
-                    strategy: strategy.as_str(),
-                    detail,
-                });
-            }
-        }
+    let mut ebpf = load(&support, loader, aya_btf.as_ref(), options)?;
+    debug!("start-up: maps made after {:?}", started.elapsed());
+    let mut attacher = Attacher {
+        ebpf: &mut ebpf,
+        support: &support,
+        aya_btf: aya_btf.as_ref(),
+        raw: None,
+        failed: Vec::new(),
+    };
+    let mut strategies = BTreeMap::new();
+    let mut refused = BTreeMap::new();
+    for (index, syscall) in SYSCALLS.into_iter().enumerate() {
+        let (strategy, refusals) = attacher.attach_best(index, options.forced.forced(index))?;
+        strategies.insert(syscall.name(), strategy.as_str());
+        refused.insert(syscall.name(), refusals);
     }
+    warn_failures(&attacher.failed, &strategies);
+    let module_events = match attach_module_events(&mut ebpf) {
+        Ok(()) => true,
+        Err(why) => {
+            warn!("the kernel's module tracepoints are unavailable ({why}): records carry no `module` object and autoload requests are not seen");
+            false
+        }
+    };
+    let exec_tracking = match attach_exec_tracking(&mut ebpf) {
+        Ok(()) => true,
+        Err(why) => {
+            warn!("exec tracking is unavailable ({why}): the exe of a process that has exited before its record is read stays null");
+            false
+        }
+    };
+    let mut unavailable_fields = support
+        .offsets
+        .as_ref()
+        .map(|r| r.missing.clone())
+        .unwrap_or_default();
+    if support.offsets.is_none() {
+        unavailable_fields.extend([
+            "euid",
+            "auid",
+            "session",
+            "ppid",
+            "parent.comm",
+            "finit_module.file",
+        ]);
+    }
+    if !exec_tracking {
+        unavailable_fields.push("exe of exited processes");
+    }
+    debug!("start-up: attached after {:?}", started.elapsed());
+    Ok(Probes {
+        ebpf,
+        strategies,
+        refused,
+        btf_available: support.btf.is_some(),
+        unavailable_fields,
+        module_events,
+        exec_tracking,
+    })
 }
 
-/// One warning for the failures of one attempt: the syscalls a strategy
-/// failed for with the same reason are named together.
-fn warn_once(failures: &[AttachFailure]) {
-    let mut grouped: Vec<(Strategy, &str, Vec<&str>)> = Vec::new();
-    for f in failures {
-        let name = SYSCALLS[f.index].name();
-        match grouped
-            .iter_mut()
-            .find(|(s, d, _)| *s == f.strategy && *d == f.detail)
-        {
-            Some((_, _, names)) => names.push(name),
-            None => grouped.push((f.strategy, &f.detail, vec![name])),
+/// One warning per strategy that failed to load or attach for the same
+/// reason, naming the syscalls together. Strategies this kernel lacks are
+/// only listed in `start`: they are no surprise.
+fn warn_failures(
+    failed: &[(&'static str, RefusedStrategy)],
+    chosen: &BTreeMap<&'static str, &'static str>,
+) {
+    let mut grouped: Vec<(&RefusedStrategy, Vec<&str>)> = Vec::new();
+    for (syscall, refusal) in failed {
+        match grouped.iter_mut().find(|(r, _)| *r == refusal) {
+            Some((_, names)) => names.push(syscall),
+            None => grouped.push((refusal, vec![syscall])),
         }
     }
-    for (strategy, detail, names) in grouped {
+    for (refusal, names) in grouped {
+        let instead: Vec<&str> = names.iter().map(|n| chosen[n]).collect();
         warn!(
-            "{} for {} failed ({detail}); falling back",
-            strategy.as_str(),
-            names.join(", ")
+            "{} for {} failed ({}); using {} instead",
+            refusal.strategy,
+            names.join(", "),
+            refusal.reason,
+            instead.join(", ")
         );
     }
 }
 
-fn plan(
-    support: &KernelSupport,
-    forced: Option<Strategy>,
-    refused: &[(usize, Strategy, String)],
-) -> Result<[Strategy; 3], ProbeError> {
-    let mut plan = [Strategy::RawSyscalls; 3];
-    for (index, syscall) in SYSCALLS.into_iter().enumerate() {
-        let candidates = forced.map_or(Strategy::ALL.to_vec(), |s| vec![s]);
-        let mut reasons = Vec::new();
-        let chosen = candidates.into_iter().find(|&strategy| {
-            let why = refused
-                .iter()
-                .find(|(i, s, _)| *i == index && *s == strategy)
-                .map(|(_, _, d)| d.clone())
-                .or_else(|| support.unavailable(strategy, syscall));
-            if let Some(why) = &why {
-                reasons.push(format!("{}: {why}", strategy.as_str()));
-            }
-            why.is_none()
-        });
-        plan[index] = chosen.ok_or_else(|| ProbeError::NoStrategy {
-            syscall: syscall.name(),
-            reasons: reasons.join("; "),
-        })?;
-    }
-    Ok(plan)
-}
-
-struct AttachFailure {
-    index: usize,
-    strategy: Strategy,
-    detail: String,
-}
-
-fn load_and_attach(
+/// Loads the object, with the settings every strategy shares; which
+/// strategy serves a syscall is decided after, on this one load.
+fn load(
     support: &KernelSupport,
     loader: EbpfLoader<'_>,
     aya_btf: Option<&Btf>,
-    plan: &[Strategy; 3],
     options: &ProbeOptions,
-) -> Result<Ebpf, Vec<AttachFailure>> {
-    let started = Instant::now();
-    let config = support.config(plan, &options.aggregation);
+) -> Result<Ebpf, ProbeError> {
+    let config = support.config(&options.aggregation);
     // Rebound, so that its lifetime may shorten to borrow `config`.
     let mut loader = loader;
     loader
         .btf(aya_btf)
         .override_global("MODTRACE_CONFIG", &config, true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes);
-    // A load failure is not specific to one syscall; report it against the
-    // first and let the caller fall back only when attaching differs.
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
-        vec![AttachFailure {
-            index: 0,
-            strategy: plan[0],
-            detail: format!("loading: {}", brief(e)),
-        }]
-    })?;
-    debug!("start-up: maps made in {:?}", started.elapsed());
-    // Every syscall is tried before giving up, so that one reload serves
-    // all the fallbacks (each load of the object costs a fraction of a second).
-    let mut failures = Vec::new();
-    let mut raw_attached = false;
-    for (index, (syscall, strategy)) in SYSCALLS.into_iter().zip(plan).enumerate() {
-        let attached = match strategy {
-            Strategy::Fentry => aya_btf
-                .ok_or_else(|| "aya could not read the kernel BTF".to_owned())
-                .and_then(|btf| attach_fentry(&mut ebpf, syscall, btf)),
-            Strategy::SyscallTracepoints => attach_tracepoints(&mut ebpf, syscall),
-            Strategy::RawSyscalls if !raw_attached => {
-                raw_attached = true;
-                attach_raw(&mut ebpf)
-            }
-            Strategy::RawSyscalls => Ok(()),
-        };
-        if let Err(detail) = attached {
-            failures.push(AttachFailure {
-                index,
-                strategy: *strategy,
-                detail,
+    Ok(loader.load(EBPF_OBJECT)?)
+}
+
+/// Attaches each syscall's strategy to the one loaded object.
+struct Attacher<'a> {
+    ebpf: &'a mut Ebpf,
+    support: &'a KernelSupport,
+    aya_btf: Option<&'a Btf>,
+    /// The raw programs serve every syscall given to them: attached at the
+    /// first such syscall, and the outcome kept for the others.
+    raw: Option<Result<(), String>>,
+    /// The strategies that failed to load or attach, by syscall.
+    failed: Vec<(&'static str, RefusedStrategy)>,
+}
+
+impl Attacher<'_> {
+    /// Tries the strategies for the syscall at `index`, best first (only the
+    /// forced one when one is), and returns the one attached with the
+    /// better ones passed over.
+    fn attach_best(
+        &mut self,
+        index: usize,
+        forced: Option<Strategy>,
+    ) -> Result<(Strategy, Vec<RefusedStrategy>), ProbeError> {
+        let syscall = SYSCALLS[index];
+        let candidates = forced.map_or(Strategy::ALL.to_vec(), |s| vec![s]);
+        let mut refused = Vec::new();
+        for strategy in candidates {
+            let reason = match self.support.unavailable(strategy, syscall) {
+                Some(why) => why,
+                None => match self.attach(strategy, index) {
+                    Ok(()) => return Ok((strategy, refused)),
+                    Err(why) => {
+                        let refusal = RefusedStrategy {
+                            strategy: strategy.as_str(),
+                            reason: why.clone(),
+                        };
+                        self.failed.push((syscall.name(), refusal));
+                        why
+                    }
+                },
+            };
+            refused.push(RefusedStrategy {
+                strategy: strategy.as_str(),
+                reason,
             });
         }
+        Err(ProbeError::NoStrategy {
+            syscall: syscall.name(),
+            reasons: refused
+                .iter()
+                .map(|r| format!("{}: {}", r.strategy, r.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
     }
-    if failures.is_empty() {
-        Ok(ebpf)
-    } else {
-        Err(failures)
+
+    fn attach(&mut self, strategy: Strategy, index: usize) -> Result<(), String> {
+        let syscall = SYSCALLS[index];
+        let aya_btf = self.aya_btf;
+        let btf = || aya_btf.ok_or_else(|| "aya could not read the kernel BTF".to_owned());
+        match strategy {
+            Strategy::Fentry => attach_fentry(self.ebpf, syscall, btf()?),
+            Strategy::Kprobe => attach_kprobe(self.ebpf, syscall, btf()?),
+            Strategy::SyscallTracepoints => attach_tracepoints(self.ebpf, syscall),
+            Strategy::RawSyscalls => {
+                self.raw
+                    .get_or_insert_with(|| attach_raw(self.ebpf))
+                    .clone()?;
+                enable_raw(self.ebpf, index)
+            }
+        }
     }
+}
+
+/// Runs the steps of one strategy's attaching; if one fails, unloads the
+/// programs it names (which detaches what was attached), so that the next
+/// strategy starts clean and no call is reported twice.
+fn all_or_nothing(
+    ebpf: &mut Ebpf,
+    programs: &[&str],
+    steps: impl FnOnce(&mut Ebpf) -> Result<(), String>,
+) -> Result<(), String> {
+    let attached = steps(ebpf);
+    if attached.is_err() {
+        for name in programs {
+            if let Some(program) = ebpf.program_mut(name) {
+                // Unloading one that never loaded fails; nothing to undo.
+                let _ = unload(program);
+            }
+        }
+    }
+    attached
+}
+
+fn unload(program: &mut aya::programs::Program) -> Result<(), ProgramError> {
+    use aya::programs::Program;
+    match program {
+        Program::FEntry(p) => p.unload(),
+        Program::FExit(p) => p.unload(),
+        Program::KProbe(p) => p.unload(),
+        Program::TracePoint(p) => p.unload(),
+        Program::RawTracePoint(p) => p.unload(),
+        _ => Ok(()),
+    }
+}
+
+/// Marks the syscall at `index` as the raw programs' to report.
+fn enable_raw(ebpf: &mut Ebpf, index: usize) -> Result<(), String> {
+    let map = ebpf
+        .map_mut("RAW_SYSCALLS")
+        .ok_or("map RAW_SYSCALLS missing from the eBPF object")?;
+    let mut enabled: Array<_, u32> =
+        Array::try_from(map).map_err(|e| format!("map RAW_SYSCALLS: {e}"))?;
+    let index = u32::try_from(index).map_err(|e| e.to_string())?;
+    enabled
+        .set(index, 1, 0)
+        .map_err(|e| format!("enabling the raw programs' syscall: {e}"))
 }
 
 fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
@@ -623,43 +747,103 @@ fn timed<T>(program: &str, load: impl FnOnce() -> T) -> T {
     result
 }
 
+// Each pair below is loaded (verified) whole before anything is attached,
+// and its exit is attached before its entry: a call that enters between the
+// two is then seen to return without an entry (counted as `entry_missing`)
+// instead of staying pending as if still in the kernel.
+
 fn attach_fentry(ebpf: &mut Ebpf, syscall: Syscall, btf: &Btf) -> Result<(), String> {
+    let (enter, exit) = (syscall.program("fentry"), syscall.program("fexit"));
+    all_or_nothing(ebpf, &[&enter, &exit], |ebpf| {
+        load_fentry(ebpf, &enter, syscall, btf)?;
+        load_fexit(ebpf, &exit, syscall, btf)?;
+        attach_fexit(ebpf, &exit, syscall)?;
+        let program: &mut FEntry = program_mut(ebpf, &enter)?;
+        program
+            .attach()
+            .map(drop)
+            .map_err(|e| format!("attaching fentry to {}: {e}", syscall.kernel_function()))
+    })
+}
+
+/// A kprobe at the entry and, as with fentry, fexit at the return. Not a
+/// kretprobe: a kretprobe's returns are caught by a fixed number of
+/// instances (perf's kprobe source, which aya 0.14 uses, takes the kernel's
+/// default of about two per CPU and offers no way to ask for more), and a
+/// call returning when all are taken is missed, its record left pending.
+/// fexit's trampoline has no such limit.
+fn attach_kprobe(ebpf: &mut Ebpf, syscall: Syscall, btf: &Btf) -> Result<(), String> {
+    let (enter, exit) = (syscall.program("kprobe"), syscall.program("fexit"));
     let function = syscall.kernel_function();
-    let enter: &mut FEntry = program_mut(ebpf, &syscall.program("fentry"))?;
-    timed(&syscall.program("fentry"), || enter.load(&function, btf))
-        .map_err(|e| format!("loading fentry: {}", brief(e)))?;
-    enter
+    all_or_nothing(ebpf, &[&enter, &exit], |ebpf| {
+        let program: &mut KProbe = program_mut(ebpf, &enter)?;
+        timed(&enter, || program.load()).map_err(|e| format!("loading kprobe: {}", brief(e)))?;
+        load_fexit(ebpf, &exit, syscall, btf)?;
+        attach_fexit(ebpf, &exit, syscall)?;
+        let program: &mut KProbe = program_mut(ebpf, &enter)?;
+        program
+            .attach(&function, 0)
+            .map(drop)
+            .map_err(|e| format!("attaching kprobe to {function}: {e}"))
+    })
+}
+
+fn load_fentry(ebpf: &mut Ebpf, name: &str, syscall: Syscall, btf: &Btf) -> Result<(), String> {
+    let program: &mut FEntry = program_mut(ebpf, name)?;
+    timed(name, || program.load(&syscall.kernel_function(), btf))
+        .map_err(|e| format!("loading fentry: {}", brief(e)))
+}
+
+fn load_fexit(ebpf: &mut Ebpf, name: &str, syscall: Syscall, btf: &Btf) -> Result<(), String> {
+    let program: &mut FExit = program_mut(ebpf, name)?;
+    timed(name, || program.load(&syscall.kernel_function(), btf))
+        .map_err(|e| format!("loading fexit: {}", brief(e)))
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, name: &str, syscall: Syscall) -> Result<(), String> {
+    let program: &mut FExit = program_mut(ebpf, name)?;
+    program
         .attach()
-        .map_err(|e| format!("attaching fentry to {function}: {e}"))?;
-    let exit: &mut FExit = program_mut(ebpf, &syscall.program("fexit"))?;
-    timed(&syscall.program("fexit"), || exit.load(&function, btf))
-        .map_err(|e| format!("loading fexit: {}", brief(e)))?;
-    exit.attach()
-        .map_err(|e| format!("attaching fexit to {function}: {e}"))?;
-    Ok(())
+        .map(drop)
+        .map_err(|e| format!("attaching fexit to {}: {e}", syscall.kernel_function()))
 }
 
 fn attach_tracepoints(ebpf: &mut Ebpf, syscall: Syscall) -> Result<(), String> {
-    for (prefix, phase) in [("tp_enter", "enter"), ("tp_exit", "exit")] {
-        let program: &mut TracePoint = program_mut(ebpf, &syscall.program(prefix))?;
-        let tracepoint = syscall.tracepoint(phase);
-        timed(&tracepoint, || program.load())
-            .map_err(|e| format!("loading {tracepoint}: {}", brief(e)))?;
-        program
-            .attach("syscalls", &tracepoint)
-            .map_err(|e| format!("attaching syscalls:{tracepoint}: {e}"))?;
-    }
-    Ok(())
+    let pairs = [("tp_exit", "exit"), ("tp_enter", "enter")]
+        .map(|(prefix, phase)| (syscall.program(prefix), syscall.tracepoint(phase)));
+    let names = pairs.each_ref().map(|(program, _)| program.as_str());
+    all_or_nothing(ebpf, &names, |ebpf| {
+        for (name, tracepoint) in &pairs {
+            let program: &mut TracePoint = program_mut(ebpf, name)?;
+            timed(tracepoint, || program.load())
+                .map_err(|e| format!("loading {tracepoint}: {}", brief(e)))?;
+        }
+        for (name, tracepoint) in &pairs {
+            let program: &mut TracePoint = program_mut(ebpf, name)?;
+            program
+                .attach("syscalls", tracepoint)
+                .map_err(|e| format!("attaching syscalls:{tracepoint}: {e}"))?;
+        }
+        Ok(())
+    })
 }
 
 fn attach_raw(ebpf: &mut Ebpf) -> Result<(), String> {
-    for (program, tracepoint) in [("raw_sys_enter", "sys_enter"), ("raw_sys_exit", "sys_exit")] {
-        let prog: &mut RawTracePoint = program_mut(ebpf, program)?;
-        timed(program, || prog.load()).map_err(|e| format!("loading {program}: {}", brief(e)))?;
-        prog.attach(tracepoint)
-            .map_err(|e| format!("attaching raw tracepoint {tracepoint}: {e}"))?;
-    }
-    Ok(())
+    let pairs = [("raw_sys_exit", "sys_exit"), ("raw_sys_enter", "sys_enter")];
+    let names = pairs.map(|(program, _)| program);
+    all_or_nothing(ebpf, &names, |ebpf| {
+        for (name, _) in pairs {
+            let program: &mut RawTracePoint = program_mut(ebpf, name)?;
+            timed(name, || program.load()).map_err(|e| format!("loading {name}: {}", brief(e)))?;
+        }
+        for (name, tracepoint) in pairs {
+            let program: &mut RawTracePoint = program_mut(ebpf, name)?;
+            program
+                .attach(tracepoint)
+                .map_err(|e| format!("attaching raw tracepoint {tracepoint}: {e}"))?;
+        }
+        Ok(())
+    })
 }
 
 /// The kernel's own module events: `module_load` (the name the kernel
@@ -708,6 +892,42 @@ mod tests {
         assert_eq!(
             format_field_offset("field:long ret;\toffset:abc;", "ret"),
             None
+        );
+    }
+
+    #[test]
+    fn a_strategy_is_forced_for_all_syscalls_or_for_each_named() {
+        use Strategy::*;
+        let parsed = |text: &str| text.parse::<StrategyChoice>().map(|c| c.0);
+        assert_eq!(parsed("kprobe"), Ok([Some(Kprobe); 3]));
+        assert_eq!(parsed("raw-syscalls"), Ok([Some(RawSyscalls); 3]));
+        assert_eq!(
+            parsed("delete_module=fentry, init_module = syscall-tracepoints"),
+            Ok([Some(SyscallTracepoints), None, Some(Fentry)])
+        );
+        assert_eq!(
+            parsed("finit_module=kprobe"),
+            Ok([None, Some(Kprobe), None])
+        );
+        assert_eq!(StrategyChoice::default().0, [None; 3]);
+    }
+
+    #[test]
+    fn a_forced_strategy_that_does_not_exist_is_named() {
+        let error = |text: &str| text.parse::<StrategyChoice>().unwrap_err().to_string();
+        assert_eq!(
+            error("uprobe"),
+            "unknown strategy `uprobe` (expected one of fentry, kprobe, syscall-tracepoints, raw-syscalls)"
+        );
+        assert_eq!(
+            error("init_module=kprobe,finit=fentry"),
+            "unknown syscall `finit` (expected one of init_module, finit_module, delete_module)"
+        );
+        assert!(error("init_module=").starts_with("unknown strategy ``"));
+        assert!(error("init_module").starts_with("unknown strategy `init_module`"));
+        assert_eq!(
+            error("init_module=kprobe,init_module=fentry"),
+            "init_module is given a strategy twice"
         );
     }
 

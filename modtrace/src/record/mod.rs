@@ -57,6 +57,9 @@ pub struct Start {
     pub boot_id: Option<String>,
     pub btf: bool,
     pub strategies: BTreeMap<&'static str, &'static str>,
+    /// For each syscall, the better strategies passed over, best first, and
+    /// why; empty when the best one serves it (or the one forced).
+    pub refused_strategies: BTreeMap<&'static str, Vec<RefusedStrategy>>,
     /// Whether the kernel's module tracepoints (load, free, request) are
     /// attached; without them records carry no `module` object and no
     /// `request` records appear.
@@ -70,6 +73,13 @@ pub struct Start {
     /// The window in which alerts of one rule from one process repeat into
     /// one (0: every alert is written); replay takes it from here.
     pub alert_window_s: u64,
+}
+
+/// An attach strategy that could not serve a syscall.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedStrategy {
+    pub strategy: &'static str,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
