@@ -1,6 +1,7 @@
 # needs: modules
 # The default strategies in the start record, then one run per forced strategy
-# (flag and environment variable), each seeing one load and one unload.
+# (flag and environment variable), one with a strategy forced per syscall,
+# each seeing one load and one unload.
 DUMMY=$(modpath dummy)
 load_unload() {
     act "$1_load" /sbin/insmod "$DUMMY"
@@ -9,11 +10,14 @@ load_unload() {
 watch_start default
 load_unload default
 watch_stop
-for s in fentry syscall-tracepoints raw-syscalls; do
+for s in fentry kprobe syscall-tracepoints raw-syscalls; do
     watch_start "$s" --strategy "$s"
     load_unload "$s"
     watch_stop
 done
+watch_start per-syscall --strategy "finit_module=kprobe,delete_module=raw-syscalls"
+load_unload per-syscall
+watch_stop
 export MODTRACE_STRATEGY=syscall-tracepoints
 watch_start env
 load_unload env

@@ -17,6 +17,7 @@ mod policy;
 mod replay;
 pub mod results;
 mod scenarios;
+mod strategies;
 #[cfg(test)]
 mod tests;
 mod watch;

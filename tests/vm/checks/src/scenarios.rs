@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::{
-    watch::{check_flags, check_process, check_string, errno_name, watched, Who, STRATEGIES},
+    watch::{check_flags, check_process, check_string, errno_name, watched, Who},
     Checks, Ctx,
 };
 use crate::results::{Action, ScenarioResults, TraceItem, TracedCall};
@@ -16,7 +16,7 @@ pub(crate) fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
         "fileless" => fileless,
         "autoload" => autoload,
         "concurrency" => concurrency,
-        "strategies" => strategies,
+        "strategies" => super::strategies::strategies,
         "identity" => super::identity::identity,
         "policy" => super::policy::policy,
         "container" => super::container::container,
@@ -904,51 +904,6 @@ fn check_flood(g: &mut Checks, r: &ScenarioResults, report: &Value) {
         );
     }
 }
-
-fn strategies(ctx: &mut Ctx) {
-    ctx.ground.eq(
-        "BTF present (fentry possible)",
-        ctx.results.meta.get("btf").map(String::as_str),
-        Some("yes"),
-    );
-    let runs = [
-        ("default", None),
-        ("fentry", Some("fentry")),
-        ("syscall-tracepoints", Some("syscall-tracepoints")),
-        ("raw-syscalls", Some("raw-syscalls")),
-        ("env", Some("syscall-tracepoints")),
-    ];
-    for (label, _) in runs {
-        expect_rc(ctx, &format!("{label}_load"), 0);
-        expect_rc(ctx, &format!("{label}_unload"), 0);
-    }
-    for (label, forced) in runs {
-        let Some(w) = watched(ctx, label) else {
-            continue;
-        };
-        let r = ctx.results;
-        let m = &mut ctx.modtrace;
-        let Some(start) = w.start() else { continue };
-        m.eq(
-            &format!("{label}: start.btf"),
-            start["btf"].as_bool(),
-            Some(true),
-        );
-        for syscall in ["init_module", "finit_module", "delete_module"] {
-            let strategy = start["strategies"][syscall].as_str();
-            match forced {
-                Some(forced) => m.eq(&format!("{label}: start.strategies.{syscall}"), strategy, Some(forced)),
-                None => m.check(strategy.is_some_and(|s| STRATEGIES.contains(&s)), format!("{label}: start.strategies.{syscall} is one of {STRATEGIES:?}: {strategy:?}")),
-            }
-        }
-        for action in ["load", "unload"] {
-            if let Some(a) = r.action(&format!("{label}_{action}")) {
-                one_record(m, &w, a);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

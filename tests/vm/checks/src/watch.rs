@@ -12,7 +12,6 @@ pub(super) const SYSCALL_KINDS: &[&str] = &["init_module", "finit_module", "dele
 /// /flood.sh filters them out: millions of calls would overrun the trace).
 /// Their records and summaries are checked against their own counts instead.
 pub(crate) const UNTRACED_COMM: &str = "flooder";
-pub(crate) const STRATEGIES: &[&str] = &["fentry", "syscall-tracepoints", "raw-syscalls"];
 
 /// A watch whose output passed the envelope checks, with the ground-truth calls
 /// made while it ran.
