@@ -20,7 +20,7 @@ setting() {
 ROUNDS=$(setting BENCH_ROUNDS bench_rounds 3)
 CALLS=$(setting BENCH_CALLS bench_calls 200000)
 LOOPS=$(setting BENCH_LOOPS bench_loops 10)
-CONFIGS=$(setting BENCH_CONFIGS bench_configs bare,fentry,syscall-tracepoints,raw-syscalls,auditd | tr , ' ')
+CONFIGS=$(setting BENCH_CONFIGS bench_configs bare,fentry,kprobe,syscall-tracepoints,raw-syscalls,auditd | tr , ' ')
 BENCH_DIR=${BENCH_DIR:-/scenarios/bench}
 AUDIT_LOG=${AUDIT_LOG:-/var/log/audit/audit.log}
 AUDIT_RULES_D=${AUDIT_RULES_D:-/etc/audit/rules.d}
@@ -112,7 +112,7 @@ run_config() {
     case $2 in
     bare) ;;
     auditd) audit_up || up=1 ;;
-    fentry | syscall-tracepoints | raw-syscalls) modtrace_up "$2" || up=1 ;;
+    fentry | kprobe | syscall-tracepoints | raw-syscalls) modtrace_up "$2" || up=1 ;;
     *)
         note="unknown configuration"
         up=1

@@ -29,6 +29,7 @@ use crate::{
 const CONFIGS: &[&str] = &[
     "bare",
     "fentry",
+    "kprobe",
     "syscall-tracepoints",
     "raw-syscalls",
     "auditd",
