@@ -1,13 +1,16 @@
 # needs: modules
 # The default strategies in the start record, then one run per forced strategy
 # (flag and environment variable), one with a strategy forced per syscall,
-# each seeing one load and one unload.
+# each seeing one load and one unload. The default run logs its start-up's
+# steps, so that its loads of the object can be counted.
 DUMMY=$(modpath dummy)
 load_unload() {
     act "$1_load" /sbin/insmod "$DUMMY"
     act "$1_unload" /sbin/rmmod dummy
 }
+export MODTRACE_LOG=modtrace::kernel=debug
 watch_start default
+unset MODTRACE_LOG
 load_unload default
 watch_stop
 for s in fentry kprobe syscall-tracepoints raw-syscalls; do

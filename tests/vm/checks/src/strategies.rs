@@ -2,6 +2,8 @@
 //! costs other syscalls nothing, each strategy forced (for all syscalls, per
 //! syscall, by flag and by environment) serves what it was asked to, and every
 //! strategy's records carry the same captured fields.
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use super::{
@@ -41,6 +43,7 @@ pub(crate) fn strategies(ctx: &mut Ctx) {
     let Some(default) = watched(ctx, "default") else {
         return;
     };
+    loaded_once(ctx);
     let Some(automatic) = automatic_choice(ctx, &default) else {
         return;
     };
@@ -66,6 +69,49 @@ pub(crate) fn strategies(ctx: &mut Ctx) {
             }
         }
     }
+}
+
+/// The object is loaded once, however many strategies fail: a failed
+/// strategy costs the verifying of its own programs, not a reload (5.10's
+/// three failed fentry loads used to reload the object three times). The
+/// figures of the start-up's steps are logged beside, for the report.
+fn loaded_once(ctx: &mut Ctx) {
+    let Some(watch) = ctx.results.watches.get("default") else {
+        return;
+    };
+    let step = |name: &str| -> Vec<Option<Duration>> {
+        let marker = format!("start-up: {name} after ");
+        watch
+            .stderr
+            .lines()
+            .filter_map(|line| line.split_once(&marker))
+            .map(|(_, rest)| rest.split_whitespace().next().and_then(duration))
+            .collect()
+    };
+    let (loads, attached) = (step("maps made"), step("attached"));
+    let loaded_to_attached = match (loads.as_slice(), attached.as_slice()) {
+        ([Some(loaded)], [Some(attached)]) => Some(attached.saturating_sub(*loaded)),
+        _ => None,
+    };
+    ctx.modtrace.check(
+        loaded_to_attached.is_some(),
+        format!("default: the object is loaded once and attached (logged at debug): loaded after {loads:?}, attached after {attached:?}, {loaded_to_attached:?} from one to the other"),
+    );
+}
+
+/// A `Duration` as its `Debug` prints it: `1.5s`, `312.4ms`, `80µs`, `7ns`.
+fn duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (value, unit) = text.split_at(split);
+    let value: f64 = value.parse().ok()?;
+    let per_second = match unit {
+        "s" => 1.0,
+        "ms" => 1e3,
+        "µs" => 1e6,
+        "ns" => 1e9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(value / per_second))
 }
 
 /// What the default run chose per syscall, and the strategies it passed
@@ -265,4 +311,24 @@ fn without(value: &Value, pointer: &str) -> Value {
         }
     }
     value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_durations_as_debug_prints_them() {
+        for (text, expected) in [
+            ("1.5s", Duration::from_millis(1500)),
+            ("312.5ms", Duration::from_micros(312_500)),
+            ("80µs", Duration::from_micros(80)),
+            ("7ns", Duration::from_nanos(7)),
+        ] {
+            assert_eq!(duration(text), Some(expected), "{text}");
+        }
+        assert_eq!(duration("12"), None);
+        assert_eq!(duration("12min"), None);
+        assert_eq!(duration("ms"), None);
+    }
 }
