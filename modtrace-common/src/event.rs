@@ -4,7 +4,8 @@
 use alloc::boxed::Box;
 
 use crate::{
-    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, ModuleRequestEvent, TaskInfo,
+    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, Invocation,
+    ModuleRequestEvent, TaskInfo,
 };
 
 /// One syscall record or request as the kernel wrote it. The large records
@@ -38,6 +39,15 @@ impl KernelEvent {
             Self::FinitModule(e) => &e.task,
             Self::DeleteModule(e) => &e.task,
             Self::ModuleRequest(e) => &e.task,
+        }
+    }
+
+    /// How a load's caller was started; None for an unload or a request.
+    pub fn invocation(&self) -> Option<&Invocation> {
+        match self {
+            Self::InitModule(e) => Some(&e.invocation),
+            Self::FinitModule(e) => Some(&e.invocation),
+            Self::DeleteModule(_) | Self::ModuleRequest(_) => None,
         }
     }
 }

@@ -18,7 +18,7 @@ use core::mem::{offset_of, size_of};
 
 /// Bumped whenever any record below changes shape. Userspace refuses records of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u16 = 5;
+pub const ABI_VERSION: u16 = 6;
 
 /// Record kinds. Values are never reused.
 pub const KIND_INIT_MODULE: u16 = 1;
@@ -199,6 +199,34 @@ pub struct EventHeader {
     pub digest: u64,
 }
 
+/// Capacity of `Invocation::argv`. A request name (`request_module`) is at
+/// most `KERNEL_MODULE_NAME_LEN` bytes with its NUL, so the last bytes of any
+/// command line hold its last argument whole when that names a request.
+pub const ARGV_CAP: usize = 256;
+
+/// Values of `Invocation::parent`. 0 is what an unset record holds.
+pub const PARENT_UNKNOWN: u32 = 0;
+/// The parent is a process: it has an address space.
+pub const PARENT_PROCESS: u32 = 1;
+/// The parent is a kernel thread (no `mm`): the caller was started by the
+/// kernel's usermode helper, as the modprobe of `request_module` is.
+pub const PARENT_KERNEL_THREAD: u32 = 2;
+
+/// How a load's caller was started, captured at the call's entry: what ties
+/// a load by the kernel's own modprobe (`modprobe -q -- NAME`) to the request
+/// for NAME, even when modprobe has exited before userspace reads the record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Invocation {
+    /// `PARENT_*`.
+    pub parent: u32,
+    pub _reserved: u32,
+    /// The caller's command line as its memory holds it (`mm->arg_start` to
+    /// `arg_end`, each argument ended by its NUL): all of it (`STR_OK`), or
+    /// when longer its last `ARGV_CAP` bytes (`STR_TRUNCATED`).
+    pub argv: BoundedStr<ARGV_CAP>,
+}
+
 /// The module as the kernel registered it, from the `module_load` tracepoint,
 /// which fires inside the loading syscall.
 #[repr(C)]
@@ -226,6 +254,7 @@ pub struct InitModuleEvent {
     pub params_addr: u64,
     pub module: LoadedModule,
     pub params: BoundedStr<PARAMS_CAP>,
+    pub invocation: Invocation,
 }
 
 /// Bits of `FinitModuleEvent::file_flags`.
@@ -256,6 +285,7 @@ pub struct FinitModuleEvent {
     /// at increasing offsets, and the helper's own NUL as separator, keep
     /// every write bounded for the verifier.
     pub path: BoundedStr<PATH_BUF>,
+    pub invocation: Invocation,
 }
 
 #[repr(C)]
@@ -393,6 +423,9 @@ pub struct KernelOffsets {
     pub cred_cap_effective: u32,
     pub cred_user_ns: u32,
     pub user_namespace_level: u32,
+    pub task_mm: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
 }
 
 impl KernelOffsets {
@@ -446,6 +479,9 @@ impl KernelOffsets {
         cred_cap_effective: OFFSET_NONE,
         cred_user_ns: OFFSET_NONE,
         user_namespace_level: OFFSET_NONE,
+        task_mm: OFFSET_NONE,
+        mm_arg_start: OFFSET_NONE,
+        mm_arg_end: OFFSET_NONE,
     };
 }
 
@@ -471,7 +507,6 @@ pub struct ProbeConfig {
     /// Full reports of failing calls with distinct arguments per process,
     /// syscall and result per window; beyond it they are only counted.
     pub aggregate_budget: u32,
-    pub _reserved: u32,
     /// Length of an aggregation window; 0 reports every call in full.
     pub aggregate_window_ns: u64,
 }
@@ -487,7 +522,6 @@ impl ProbeConfig {
         cap_sys_module: u32::MAX,
         aggregate_threshold: 1,
         aggregate_budget: 16,
-        _reserved: 0,
         aggregate_window_ns: 0,
     };
 }
@@ -570,14 +604,23 @@ const _: () = {
     assert!(size_of::<LoadedModule>() == 16 + KERNEL_MODULE_NAME_LEN);
     assert!(offset_of!(InitModuleEvent, module) == 144 + T);
     assert!(offset_of!(InitModuleEvent, params) == 144 + T + 72);
-    assert!(size_of::<InitModuleEvent>() == 144 + T + 72 + 8 + PARAMS_CAP);
+    assert!(size_of::<Invocation>() == 16 + ARGV_CAP);
+    assert!(offset_of!(Invocation, argv) == 8);
+    assert!(offset_of!(InitModuleEvent, invocation) == 144 + T + 72 + 8 + PARAMS_CAP);
+    assert!(size_of::<InitModuleEvent>() == 144 + T + 72 + 8 + PARAMS_CAP + 16 + ARGV_CAP);
     assert!(offset_of!(FinitModuleEvent, fd) == 120 + T);
     assert!(offset_of!(FinitModuleEvent, ino) == 128 + T);
     assert!(offset_of!(FinitModuleEvent, params_addr) == 144 + T);
     assert!(offset_of!(FinitModuleEvent, module) == 152 + T);
     assert!(offset_of!(FinitModuleEvent, params) == 152 + T + 72);
     assert!(offset_of!(FinitModuleEvent, path) == 152 + T + 72 + 8 + PARAMS_CAP);
-    assert!(size_of::<FinitModuleEvent>() == 152 + T + 72 + 8 + PARAMS_CAP + 8 + PATH_BUF);
+    assert!(
+        offset_of!(FinitModuleEvent, invocation) == 152 + T + 72 + 8 + PARAMS_CAP + 8 + PATH_BUF
+    );
+    assert!(
+        size_of::<FinitModuleEvent>()
+            == 152 + T + 72 + 8 + PARAMS_CAP + 8 + PATH_BUF + 16 + ARGV_CAP
+    );
     assert!(offset_of!(DeleteModuleEvent, flags) == 120 + T);
     assert!(offset_of!(DeleteModuleEvent, name_addr) == 128 + T);
     assert!(offset_of!(DeleteModuleEvent, name) == 136 + T);
@@ -585,9 +628,9 @@ const _: () = {
     assert!(offset_of!(ModuleRequestEvent, name) == 128 + T);
     assert!(size_of::<LoadEntryEvent>() == 40 + 32);
     assert!(size_of::<ModuleRequestEvent>() == 128 + T + 8 + MODULE_NAME_CAP);
-    assert!(size_of::<KernelOffsets>() == 47 * 4);
-    assert!(size_of::<ProbeConfig>() == 47 * 4 + 36 + 8);
-    assert!(offset_of!(ProbeConfig, aggregate_window_ns) == 47 * 4 + 36);
+    assert!(size_of::<KernelOffsets>() == 50 * 4);
+    assert!(size_of::<ProbeConfig>() == 50 * 4 + 32 + 8);
+    assert!(offset_of!(ProbeConfig, aggregate_window_ns) == 50 * 4 + 32);
     assert!(size_of::<AggregateKey>() == 32);
     assert!(size_of::<AggregateCount>() == 48 + COMM_LEN);
     assert!(PARAMS_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());

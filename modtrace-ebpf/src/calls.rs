@@ -190,6 +190,7 @@ pub(crate) fn on_exit(call: Syscall, ret: i64) {
             ret,
             |e| {
                 capture::retry_user_str(e.params_addr, &mut e.params);
+                capture::retry_argv(&mut e.invocation);
                 let hash = digest_word(DIGEST_SEED, e.image_len);
                 e.header.digest = digest_str(hash, &e.params.bytes, e.params.len);
                 (&mut e.header, &e.task)
@@ -200,6 +201,7 @@ pub(crate) fn on_exit(call: Syscall, ret: i64) {
             ret,
             |e| {
                 capture::retry_user_str(e.params_addr, &mut e.params);
+                capture::retry_argv(&mut e.invocation);
                 let hash = digest_word(DIGEST_SEED, e.ino);
                 let hash = digest_word(hash, u64::from(e.flags));
                 let hash = digest_str(hash, &e.path.bytes, e.path.len);
@@ -276,6 +278,7 @@ fn enter_init([image_addr, image_len, params]: [u64; 3]) {
     event.module.seen = 0;
     event.module.taints = 0;
     capture::user_str(params, &mut event.params);
+    capture::fill_invocation(&mut event.invocation);
     let privileged = caller_is_privileged();
     if privileged {
         notify_load_entry(
@@ -311,6 +314,7 @@ fn enter_finit([fd, params, flags]: [u64; 3]) {
     let file = capture::resolve_fd(event.fd, &mut event.path);
     event.file_flags = file.flags;
     event.ino = file.ino;
+    capture::fill_invocation(&mut event.invocation);
     let privileged = caller_is_privileged();
     if privileged {
         notify_load_entry(

@@ -12,9 +12,10 @@ use aya_ebpf::{
     },
 };
 use modtrace_common::{
-    BoundedStr, TaskInfo, COMM_LEN, FILE_BAD_FD, FILE_INTERNAL_MOUNT, FILE_RESOLVED, FILE_UNLINKED,
-    MISSING_AUID, MISSING_EUID, MISSING_MNT_NS, MISSING_PARENT, MISSING_PID_NS, MISSING_SESSION,
-    NAME_MAX, OFFSET_NONE, PATH_CAP, PATH_MAX_COMPONENTS, STR_NULL, STR_OK, STR_TRUNCATED,
+    BoundedStr, Invocation, TaskInfo, ARGV_CAP, COMM_LEN, FILE_BAD_FD, FILE_INTERNAL_MOUNT,
+    FILE_RESOLVED, FILE_UNLINKED, MISSING_AUID, MISSING_EUID, MISSING_MNT_NS, MISSING_PARENT,
+    MISSING_PID_NS, MISSING_SESSION, NAME_MAX, OFFSET_NONE, PARENT_KERNEL_THREAD, PARENT_PROCESS,
+    PARENT_UNKNOWN, PATH_CAP, PATH_MAX_COMPONENTS, STR_ABSENT, STR_NULL, STR_OK, STR_TRUNCATED,
     STR_UNREADABLE,
 };
 
@@ -167,6 +168,67 @@ fn fill_ancestors(task: *const u8, task_info: &mut TaskInfo) {
         }
         current = parent;
     }
+}
+
+/// How the current task was started: whether its parent is a kernel thread
+/// (which has no `mm`; only the kernel's usermode helper starts a process
+/// from one), and its command line out of its own memory. Taken at a load's
+/// entry, while the caller is alive and in its call: /proc may no longer
+/// have it by the time userspace reads the record.
+#[inline(always)]
+pub(crate) fn fill_invocation(invocation: &mut Invocation) {
+    // SAFETY: helper call without arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let task_mm = config!(offsets.task_mm);
+    invocation.parent = match read_ptr(task, config!(offsets.task_real_parent))
+        .and_then(|parent| read_at::<u64>(parent, task_mm))
+    {
+        Some(0) => PARENT_KERNEL_THREAD,
+        Some(_) => PARENT_PROCESS,
+        None => PARENT_UNKNOWN,
+    };
+    invocation._reserved = 0;
+    read_argv(task, &mut invocation.argv);
+}
+
+/// Reads the argv of the current task again if it was unreadable at entry.
+#[inline(always)]
+pub(crate) fn retry_argv(invocation: &mut Invocation) {
+    if invocation.argv.state == STR_UNREADABLE {
+        // SAFETY: helper call without arguments.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        read_argv(task, &mut invocation.argv);
+    }
+}
+
+/// `mm->arg_start..arg_end` of `task` (the current one): all of it, or its
+/// last `ARGV_CAP` bytes when it is longer, where the last argument is.
+#[inline(always)]
+fn read_argv(task: *const u8, argv: &mut BoundedStr<ARGV_CAP>) {
+    argv.len = 0;
+    let mm = read_ptr(task, config!(offsets.task_mm));
+    let start = mm.and_then(|mm| read_at::<u64>(mm, config!(offsets.mm_arg_start)));
+    let end = mm.and_then(|mm| read_at::<u64>(mm, config!(offsets.mm_arg_end)));
+    let (Some(start), Some(end)) = (start, end) else {
+        argv.state = STR_ABSENT;
+        return;
+    };
+    if start == 0 || end <= start {
+        argv.state = STR_ABSENT;
+        return;
+    }
+    let whole = end - start;
+    let (from, len, state) = if whole > ARGV_CAP as u64 {
+        (end - ARGV_CAP as u64, ARGV_CAP as u32, STR_TRUNCATED)
+    } else {
+        (start, whole as u32, STR_OK)
+    };
+    if User::read(argv.bytes.as_mut_ptr() as *mut c_void, len, from) != 0 {
+        argv.state = STR_UNREADABLE;
+        return;
+    }
+    argv.len = len;
+    argv.state = state;
 }
 
 /// Where a string is read from: the two memories have their own helpers.

@@ -80,11 +80,12 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
 mod tests {
     use super::*;
     use modtrace_common::{
-        Ancestor, BoundedStr, DeleteModuleEvent, FinitModuleEvent, InitModuleEvent, LoadedModule,
-        ModuleRequestEvent, TaskInfo, COMM_LEN, FILE_BAD_FD, FILE_INTERNAL_MOUNT, FILE_RESOLVED,
-        FILE_UNLINKED, KERNEL_MODULE_NAME_LEN, MAX_ANCESTORS, MISSING_AUID, MISSING_EUID,
-        MISSING_MNT_NS, MISSING_PARENT, MISSING_PID_NS, MISSING_SESSION, MODULE_NAME_CAP, NAME_MAX,
-        PARAMS_CAP, PATH_BUF, PATH_CAP, STR_ABSENT, STR_NULL, STR_OK, STR_TRUNCATED,
+        Ancestor, BoundedStr, DeleteModuleEvent, FinitModuleEvent, InitModuleEvent, Invocation,
+        LoadedModule, ModuleRequestEvent, TaskInfo, ARGV_CAP, COMM_LEN, FILE_BAD_FD,
+        FILE_INTERNAL_MOUNT, FILE_RESOLVED, FILE_UNLINKED, KERNEL_MODULE_NAME_LEN, MAX_ANCESTORS,
+        MISSING_AUID, MISSING_EUID, MISSING_MNT_NS, MISSING_PARENT, MISSING_PID_NS,
+        MISSING_SESSION, MODULE_NAME_CAP, NAME_MAX, PARAMS_CAP, PARENT_KERNEL_THREAD,
+        PARENT_UNKNOWN, PATH_BUF, PATH_CAP, STR_ABSENT, STR_NULL, STR_OK, STR_TRUNCATED,
         STR_UNREADABLE,
     };
 
@@ -424,6 +425,39 @@ mod tests {
         }
     }
 
+    /// `fill_invocation` for the kernel's own modprobe: its parent is a
+    /// kernel thread, its whole command line was read (`read_argv` copies
+    /// exactly the area, no NUL of its own after it).
+    fn kernel_modprobe() -> Invocation {
+        let argv = b"/sbin/modprobe\0-q\0--\0net-pf-10\0";
+        let mut bytes = [STALE; ARGV_CAP];
+        bytes[..argv.len()].copy_from_slice(argv);
+        Invocation {
+            parent: PARENT_KERNEL_THREAD,
+            _reserved: 0,
+            argv: BoundedStr {
+                len: argv.len() as u32,
+                state: STR_OK,
+                bytes,
+            },
+        }
+    }
+
+    /// `fill_invocation` without BTF: nothing could be read.
+    fn not_captured() -> Invocation {
+        Invocation {
+            parent: PARENT_UNKNOWN,
+            _reserved: 0,
+            argv: not_read(STR_ABSENT),
+        }
+    }
+
+    fn assert_invocation(got: &Invocation, sent: &Invocation) {
+        assert_eq!((got.parent, got._reserved), (sent.parent, 0));
+        let text = &sent.argv.bytes[..sent.argv.len as usize];
+        assert_str(&got.argv, &sent.argv, sent.argv.len, sent.argv.state, text);
+    }
+
     /// A path as `walk_path` writes it: components leaf first, each ended by
     /// the helper's NUL, which `len` counts.
     fn leaf_first(components: &[&[u8]], state: u32) -> BoundedStr<PATH_BUF> {
@@ -497,6 +531,7 @@ mod tests {
             params_addr: 0x5555_0000_2000,
             module: loaded(b"dummy", TAINTS_OE),
             params: copied(b"numdummies=2 debug=1"),
+            invocation: kernel_modprobe(),
         }
     }
 
@@ -528,6 +563,7 @@ mod tests {
         let text = b"numdummies=2 debug=1";
         assert_str(&got.params, &sent.params, 20, STR_OK, text);
         assert_eq!(got.params.bytes[20], 0);
+        assert_invocation(&got.invocation, &sent.invocation);
         assert_eq!(as_bytes(&*got), as_bytes(&sent));
     }
 
@@ -556,6 +592,7 @@ mod tests {
                 params_addr: if state == STR_NULL { 0 } else { 0x1000 },
                 module: not_loaded(),
                 params,
+                invocation: not_captured(),
             };
             let KernelEvent::InitModule(got) = decode_record(&ring_bytes(&sent)) else {
                 panic!("kind")
@@ -579,6 +616,7 @@ mod tests {
             if state == STR_TRUNCATED {
                 assert_eq!(got.params.bytes[PARAMS_CAP - 2..], [b'p', 0]);
             }
+            assert_invocation(&got.invocation, &sent.invocation);
         }
     }
 
@@ -605,6 +643,7 @@ mod tests {
             module: loaded(b"dummy", 0),
             params: copied(b""),
             path: leaf_first(&components, STR_OK),
+            invocation: kernel_modprobe(),
         };
         let event = decode_record(&ring_bytes(&sent));
         assert_eq!(event.kind(), "finit_module");
@@ -633,6 +672,7 @@ mod tests {
         let path = b"dummy.ko\x00net\x00drivers\x00kernel\x006.1.0-57-amd64\x00modules\x00lib\x00";
         assert_str(&got.path, &sent.path, path.len() as u32, STR_OK, path);
         assert_eq!(got.path.bytes[path.len()], STALE);
+        assert_invocation(&got.invocation, &sent.invocation);
         assert_eq!(as_bytes(&*got), as_bytes(&sent));
     }
 
@@ -709,6 +749,7 @@ mod tests {
                 module: not_loaded(),
                 params: cut_short(b'q'),
                 path,
+                invocation: not_captured(),
             };
             let KernelEvent::FinitModule(got) = decode_record(&ring_bytes(&sent)) else {
                 panic!("kind")
@@ -907,6 +948,7 @@ mod tests {
             module: not_loaded(),
             params: not_read(STR_NULL),
             path: not_read(STR_ABSENT),
+            invocation: not_captured(),
         };
         [
             ("init_module", as_bytes(&init_load()).to_vec()),

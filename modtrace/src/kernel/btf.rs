@@ -149,6 +149,9 @@ pub const FIELDS: &[FieldSpec] = fields![
     cred.cap_effective => cred_cap_effective,
     cred.user_ns => cred_user_ns,
     user_namespace.level => user_namespace_level,
+    task_struct.mm => task_mm,
+    mm_struct.arg_start => mm_arg_start,
+    mm_struct.arg_end => mm_arg_end,
 ];
 
 /// A struct whose size the programs need, as the stride of an array they index.
