@@ -19,7 +19,7 @@ pub mod summaries;
 use modtrace_common::{EventHeader, KernelEvent, LoadEntryEvent};
 
 use self::{
-    cause::RecentRequests,
+    cause::{Loader, RecentRequests},
     cgroups::CgroupPaths,
     execs::{ExeAt, ExecTable},
     image::TakenImage,
@@ -139,7 +139,8 @@ impl Enricher {
         };
         let image = match &mut made.body {
             Body::Call(call) => {
-                call.cause = self.requests.cause_of(header.enter_ns, call);
+                call.cause = Loader::of(event, call)
+                    .and_then(|loader| self.requests.cause_of(header.enter_ns, &loader));
                 self.add_ancestor_exes(event, call, reading);
                 // Loads are rare and worth the read; floods of failing
                 // unloads are not.
@@ -415,11 +416,90 @@ mod tests {
         let mut load: modtrace_common::InitModuleEvent = unsafe { std::mem::zeroed() };
         load.header = header(modtrace_common::KIND_INIT_MODULE, 5_200_000_000, 0);
         load.task = task(60, 2, "modprobe", "kworker/u4:1");
+        // The kernel started modprobe after the request.
+        load.task.start_ns = 5_100_000_000;
         let (made, _) = enricher.enrich(&KernelEvent::InitModule(Box::new(load)));
         let cause = call(made).cause.expect("the request is the cause");
         assert_eq!(cause.request, "net-pf-10");
         assert_eq!(cause.request_id, request_id);
         assert_eq!(cause.matched_by, "cmdline");
         assert_eq!(cause.process.exe.as_deref(), Some("/usr/bin/python3"));
+    }
+
+    /// A finit_module by the kernel's modprobe as the kernel side captures it
+    /// at entry: its parent a kernel thread, its command line out of its
+    /// memory.
+    fn kernel_modprobe_load(pid: u32, start_ns: u64, enter_ns: u64, request: &str) -> KernelEvent {
+        // SAFETY: plain data, every bit pattern valid.
+        let mut load: modtrace_common::FinitModuleEvent = unsafe { std::mem::zeroed() };
+        load.header = header(modtrace_common::KIND_FINIT_MODULE, enter_ns, 0);
+        load.task = task(pid, 2, "modprobe", "kworker/u4:1");
+        load.task.start_ns = start_ns;
+        let argv = format!("/sbin/modprobe\0-q\0--\0{request}\0");
+        load.invocation.parent = modtrace_common::PARENT_KERNEL_THREAD;
+        load.invocation.argv = name(&argv);
+        KernelEvent::FinitModule(Box::new(load))
+    }
+
+    fn request_by(pid: u32, enter_ns: u64, request: &str) -> KernelEvent {
+        // SAFETY: plain data, every bit pattern valid.
+        let mut event: ModuleRequestEvent = unsafe { std::mem::zeroed() };
+        event.header = header(KIND_MODULE_REQUEST, enter_ns, 0);
+        event.task = task(pid, 1, "mtcall", "sh");
+        event.name = name(request);
+        event.wait = 1;
+        KernelEvent::ModuleRequest(Box::new(event))
+    }
+
+    /// Read late: both modprobes have exited (no /proc entry), and two
+    /// requests are outstanding. The kernel's capture still names each
+    /// load's request.
+    #[test]
+    fn loads_of_modprobes_gone_from_proc_name_their_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut enricher = enricher(dir.path());
+        let (sctp, _) = enricher.enrich(&request_by(50, 1_000_000_000, "net-pf-2-proto-132"));
+        let (tipc, _) = enricher.enrich(&request_by(51, 2_000_000_000, "net-pf-30"));
+        let expected = [
+            (
+                60,
+                1_100_000_000,
+                1_500_000_000,
+                "net-pf-2-proto-132",
+                sctp.id(),
+            ),
+            (
+                60,
+                1_100_000_000,
+                1_600_000_000,
+                "net-pf-2-proto-132",
+                sctp.id(),
+            ),
+            (61, 2_100_000_000, 2_500_000_000, "net-pf-30", tipc.id()),
+        ];
+        for (pid, start_ns, enter_ns, request, id) in expected {
+            let load = kernel_modprobe_load(pid, start_ns, enter_ns, request);
+            let (made, _) = enricher.enrich(&load);
+            let call = call(made);
+            assert_eq!(call.process.cmdline, None, "gone from /proc");
+            let cause = call.cause.expect("a cause");
+            assert_eq!(
+                (
+                    cause.request.as_str(),
+                    cause.request_id,
+                    cause.matched_by.as_ref()
+                ),
+                (request, id, "kernel-argv")
+            );
+        }
+        // The same command line from a process a user started: no cause.
+        let KernelEvent::FinitModule(mut manual) =
+            kernel_modprobe_load(62, 2_100_000_000, 2_600_000_000, "net-pf-30")
+        else {
+            unreachable!()
+        };
+        manual.invocation.parent = modtrace_common::PARENT_PROCESS;
+        let (made, _) = enricher.enrich(&KernelEvent::FinitModule(manual));
+        assert!(call(made).cause.is_none());
     }
 }
