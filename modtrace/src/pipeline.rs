@@ -91,15 +91,30 @@ impl Pipeline {
         bytes: &[u8],
         still_in_call: impl Fn(u32, u64) -> bool,
     ) -> Result<(), SinkError> {
-        match decode::decode(bytes) {
-            Ok(Decoded::Record(event)) => self.on_event(&event),
-            Ok(Decoded::LoadEntry(notice)) => {
-                self.enricher.load_began(&notice, still_in_call);
-                Ok(())
-            }
+        match Self::decode(bytes) {
+            Some(decoded) => self.on_decoded(decoded, still_in_call),
+            None => Ok(()),
+        }
+    }
+
+    /// One item of a ring buffer, typed; None for one that cannot be read.
+    pub fn decode(bytes: &[u8]) -> Option<Decoded> {
+        decode::decode(bytes)
             // A record we cannot read is still a lost event: say so.
-            Err(err) => {
-                warn!("dropping an unreadable kernel record: {err}");
+            .inspect_err(|err| warn!("dropping an unreadable kernel record: {err}"))
+            .ok()
+    }
+
+    /// One decoded item of a ring buffer.
+    pub fn on_decoded(
+        &mut self,
+        decoded: Decoded,
+        still_in_call: impl Fn(u32, u64) -> bool,
+    ) -> Result<(), SinkError> {
+        match decoded {
+            Decoded::Record(event) => self.on_event(&event),
+            Decoded::LoadEntry(notice) => {
+                self.enricher.load_began(&notice, still_in_call);
                 Ok(())
             }
         }

@@ -11,12 +11,13 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use modtrace_common::KernelEvent;
+use modtrace_common::{KernelEvent, PARENT_PROCESS};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::warn;
 
 use crate::{
     clock::Clock,
+    decode::Decoded,
     enrich::{
         analysis::Analyses,
         execs::ExecTable,
@@ -108,11 +109,55 @@ impl Collector {
         const EVENTS_PER_PASS: usize = 4096;
         loop {
             self.drain_ring(&mut rings.notices, maps, usize::MAX)?;
-            self.drain_ring(&mut rings.loads, maps, usize::MAX)?;
+            self.drain_loads(rings, maps)?;
             if self.drain_ring(&mut rings.events, maps, EVENTS_PER_PASS)? < EVENTS_PER_PASS {
                 return Ok(());
             }
         }
+    }
+
+    /// Reads the loads. Before a load whose caller the kernel may have
+    /// started (modprobe for an autoload request), reads the events the
+    /// kernel wrote before that load began: the request it serves, which is
+    /// among them, is then written first, and the load can cite it. When
+    /// userspace reads late (a busy host), the loads ring would otherwise be
+    /// read ahead of the request.
+    fn drain_loads(&mut self, rings: &mut Rings, maps: &Maps) -> Result<(), WatchError> {
+        while let Some(item) = rings.loads.next() {
+            let decoded = Pipeline::decode(&item);
+            drop(item);
+            let Some(decoded) = decoded else { continue };
+            if let Some(entered_ns) = load_of_kernel_helper(&decoded) {
+                self.catch_up(&mut rings.events, maps, entered_ns)?;
+            }
+            self.pipeline
+                .on_decoded(decoded, |tid, enter_ns| maps.in_call(tid, enter_ns))?;
+        }
+        Ok(())
+    }
+
+    /// Reads `events` until it is empty or up to the first item the kernel
+    /// wrote after `entered_ns`. Its timestamp was taken before it was
+    /// written, and items are read in the order they were written: past it,
+    /// nothing written before `entered_ns` is left.
+    fn catch_up(
+        &mut self,
+        events: &mut RingBuf<MapData>,
+        maps: &Maps,
+        entered_ns: u64,
+    ) -> Result<(), WatchError> {
+        while let Some(item) = events.next() {
+            let decoded = Pipeline::decode(&item);
+            drop(item);
+            let Some(decoded) = decoded else { continue };
+            let later = matches!(&decoded, Decoded::Record(e) if e.header().exit_ns > entered_ns);
+            self.pipeline
+                .on_decoded(decoded, |tid, enter_ns| maps.in_call(tid, enter_ns))?;
+            if later {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Reads up to `limit` items of `ring`; returns how many it read.
@@ -186,6 +231,18 @@ impl Collector {
         Ok(self
             .pipeline
             .emit("policy_reload", None, &Body::PolicyReload(reload))?)
+    }
+}
+
+/// The entry time of a load whose caller's parent is a kernel thread, or
+/// not known to be a process.
+fn load_of_kernel_helper(decoded: &Decoded) -> Option<u64> {
+    match decoded {
+        Decoded::Record(event) => event
+            .invocation()
+            .filter(|i| i.parent != PARENT_PROCESS)
+            .map(|_| event.header().enter_ns),
+        Decoded::LoadEntry(_) => None,
     }
 }
 
