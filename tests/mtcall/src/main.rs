@@ -30,6 +30,9 @@ ops:
   socket-sctp
       socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP), which makes the kernel
       request the sctp module
+  socket-key
+      socket(AF_KEY, SOCK_RAW, PF_KEY_V2), which makes the kernel request
+      the af_key module (net-pf-15), whatever the caller may then open
   flood --procs P --calls N [--name NAME] [--distinct] [--until FILE]
       P child processes each make N delete_module(NAME, O_NONBLOCK) calls;
       with --distinct each call's name is NAME followed by the call's number
@@ -112,7 +115,12 @@ enum Op {
         name: CString,
         flags: u32,
     },
-    SocketSctp,
+    Socket {
+        op: &'static str,
+        domain: i32,
+        kind: i32,
+        protocol: i32,
+    },
     Flood {
         procs: u32,
         calls: u64,
@@ -336,7 +344,7 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             "--flags",
         ],
         "delete-module" => &["--repeat", "--flags"],
-        "socket-sctp" => &["--repeat"],
+        "socket-sctp" | "socket-key" => &["--repeat"],
         "flood" => &[
             "--repeat",
             "--procs",
@@ -384,7 +392,18 @@ fn parse(args: Vec<String>) -> Res<Cli> {
             name: cstring("module name", positional.remove(0).into_bytes())?,
             flags,
         },
-        "socket-sctp" => Op::SocketSctp,
+        "socket-sctp" => Op::Socket {
+            op: "socket_sctp",
+            domain: libc::AF_INET,
+            kind: libc::SOCK_STREAM,
+            protocol: libc::IPPROTO_SCTP,
+        },
+        "socket-key" => Op::Socket {
+            op: "socket_key",
+            domain: libc::AF_KEY,
+            kind: libc::SOCK_RAW,
+            protocol: PF_KEY_V2,
+        },
         "flood" => Op::Flood {
             procs: procs.map_or_else(|| usage("flood needs --procs"), Ok)?,
             calls: calls.map_or_else(|| usage("flood needs --calls"), Ok)?,
@@ -462,7 +481,12 @@ fn run(cli: &Cli) -> Res<()> {
                 flags,
             } => finit_module(source, params, *flags)?,
             Op::Delete { name, flags } => delete_module(name, *flags),
-            Op::SocketSctp => socket_sctp(),
+            Op::Socket {
+                op,
+                domain,
+                kind,
+                protocol,
+            } => socket(op, *domain, *kind, *protocol),
             Op::Flood {
                 procs,
                 calls,
@@ -806,15 +830,20 @@ fn delete_module(name: &CStr, flags: u32) -> Map<String, Value> {
     m
 }
 
-fn socket_sctp() -> Map<String, Value> {
+/// include/uapi/linux/pfkeyv2.h: the one PF_KEY protocol version.
+const PF_KEY_V2: i32 = 2;
+
+/// `socket(domain, kind, protocol)`, reported as `op`; the kernel requests
+/// the module of a protocol that is not loaded.
+fn socket(op: &str, domain: i32, kind: i32, protocol: i32) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("op".into(), json!("socket_sctp"));
-    m.insert("domain".into(), json!(libc::AF_INET));
-    m.insert("type".into(), json!(libc::SOCK_STREAM));
-    m.insert("protocol".into(), json!(libc::IPPROTO_SCTP));
+    m.insert("op".into(), json!(op));
+    m.insert("domain".into(), json!(domain));
+    m.insert("type".into(), json!(kind));
+    m.insert("protocol".into(), json!(protocol));
     // SAFETY: plain socket call; a returned fd is closed right after.
     outcome(&mut m, || unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP);
+        let fd = libc::socket(domain, kind, protocol);
         if fd >= 0 {
             libc::close(fd);
         }

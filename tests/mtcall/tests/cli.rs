@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const MTCALL: &str = env!("CARGO_BIN_EXE_mtcall");
 
@@ -322,25 +322,40 @@ fn flood_counts_add_up() {
 }
 
 #[test]
-fn socket_sctp_matches_a_direct_call() {
-    // SAFETY: plain socket call; a returned fd is closed.
-    let (ret, errno) = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP);
-        let e = std::io::Error::last_os_error().raw_os_error().unwrap();
-        if fd >= 0 {
-            libc::close(fd);
+fn socket_ops_match_a_direct_call() {
+    for (op, domain, kind, protocol) in [
+        (
+            "socket-sctp",
+            libc::AF_INET,
+            libc::SOCK_STREAM,
+            libc::IPPROTO_SCTP,
+        ),
+        ("socket-key", libc::AF_KEY, libc::SOCK_RAW, 2),
+    ] {
+        // SAFETY: plain socket call; a returned fd is closed.
+        let (ret, errno) = unsafe {
+            let fd = libc::socket(domain, kind, protocol);
+            let e = std::io::Error::last_os_error().raw_os_error().unwrap();
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            (fd, e)
+        };
+        let (_, lines) = ok(&[op], 1);
+        let l = &lines[0];
+        assert_eq!(l["op"], op.replace('-', "_"), "{l}");
+        assert_eq!(
+            (&l["domain"], &l["type"], &l["protocol"]),
+            (&json!(domain), &json!(kind), &json!(protocol)),
+            "{l}"
+        );
+        if ret >= 0 {
+            assert!(l["ret"].as_i64().unwrap() >= 0, "{l}");
+            assert_eq!(l["errno"], Value::Null);
+        } else {
+            assert_eq!(l["ret"], -1, "{l}");
+            assert_eq!(l["errno_num"], errno, "{l}");
         }
-        (fd, e)
-    };
-    let (_, lines) = ok(&["socket-sctp"], 1);
-    let l = &lines[0];
-    assert_eq!(l["protocol"], 132);
-    if ret >= 0 {
-        assert!(l["ret"].as_i64().unwrap() >= 0, "{l}");
-        assert_eq!(l["errno"], Value::Null);
-    } else {
-        assert_eq!(l["ret"], -1, "{l}");
-        assert_eq!(l["errno_num"], errno, "{l}");
     }
 }
 
