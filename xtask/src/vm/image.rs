@@ -18,7 +18,7 @@ use super::{
 use crate::sh::{output, output_bytes, status};
 
 /// Modules the scenarios use; their dependencies and soft dependencies come along.
-const MODULES: &[&str] = &["sctp", "dummy", "loop", "udf"];
+const MODULES: &[&str] = &["sctp", "af_key", "dummy", "loop", "udf"];
 /// Where the dummy module's variants go in the guest (see `install_fixtures`).
 const FIXTURES_DIR: &str = "lib/modtrace-fixtures";
 /// kmod's tools; in the guest they live in /sbin, busybox's applets in /bin.

@@ -8,6 +8,7 @@
 //! The runner hands over the directory the guest's results were unpacked into
 //! ([`ScenarioResults::load`]) and what it built for the guest ([`Built`]);
 //! [`run`] gives the [`Outcome`].
+mod cause;
 mod container;
 mod flood;
 mod identity;

@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::{
+    cause::check_cause,
     watch::{check_flags, check_process, check_string, errno_name, watched, Who},
     Checks, Ctx,
 };
@@ -15,6 +16,7 @@ pub(crate) fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
         "failures" => failures,
         "fileless" => fileless,
         "autoload" => autoload,
+        "autoload_late" => super::cause::autoload_late,
         "concurrency" => concurrency,
         "strategies" => super::strategies::strategies,
         "identity" => super::identity::identity,
@@ -175,7 +177,7 @@ fn expect_no_call(ctx: &mut Ctx, label: &str) {
     }
 }
 
-fn loaded(r: &ScenarioResults, before: bool, module: &str) -> bool {
+pub(super) fn loaded(r: &ScenarioResults, before: bool, module: &str) -> bool {
     let list = if before {
         &r.modules_before
     } else {
@@ -743,6 +745,9 @@ fn autoload(ctx: &mut Ctx) {
         module_loads,
     );
 
+    let Some(asked) = super::cause::asked(ctx, socket, "sctp_aliases") else {
+        return;
+    };
     let Some(w) = watched(ctx, "main") else {
         return;
     };
@@ -774,46 +779,24 @@ fn autoload(ctx: &mut Ctx) {
             && cmdline[3].starts_with("net-pf-2-proto-132");
         m.check(ok, format!("{what}: process.cmdline is the kernel's modprobe -q -- net-pf-2-proto-132…: {cmdline:?}"));
         // The load points back to the request that the socket call made.
-        let request = cmdline.last().and_then(|name| {
-            w.records.iter().find(|r| {
-                r["kind"] == "request"
-                    && r.pointer("/name/value").and_then(Value::as_str) == Some(*name)
-            })
+        check_cause(m, &w, &what, record, &asked);
+        let request = record.pointer("/cause/request_seq").and_then(|seq| {
+            w.records
+                .iter()
+                .find(|r| r["kind"] == "request" && r.get("seq") == Some(seq))
         });
-        let Some(request) = request else {
-            m.fail(format!("{what}: no request record for {cmdline:?}"));
-            continue;
-        };
-        m.eq(
-            &format!("{what}: request.process.pid"),
-            request.pointer("/process/pid").and_then(Value::as_u64),
-            socket.pid.map(u64::from),
-        );
-        m.eq(
-            &format!("{what}: request.process.uid"),
-            request.pointer("/process/uid").and_then(Value::as_u64),
-            Some(1000),
-        );
-        m.eq(
-            &format!("{what}: request.process.comm"),
-            request.pointer("/process/comm").and_then(Value::as_str),
-            Some("mtcall"),
-        );
-        m.eq(
-            &format!("{what}: cause.request_seq"),
-            record.pointer("/cause/request_seq"),
-            request.get("seq"),
-        );
-        m.eq(
-            &format!("{what}: cause.process.pid"),
-            record.pointer("/cause/process/pid").and_then(Value::as_u64),
-            socket.pid.map(u64::from),
-        );
-        m.eq(
-            &format!("{what}: cause.process.uid"),
-            record.pointer("/cause/process/uid").and_then(Value::as_u64),
-            Some(1000),
-        );
+        if let Some(request) = request {
+            m.eq(
+                &format!("{what}: request.process.comm"),
+                request.pointer("/process/comm").and_then(Value::as_str),
+                Some("mtcall"),
+            );
+            m.eq(
+                &format!("{what}: the request names modprobe's last argument"),
+                request.pointer("/name/value").and_then(Value::as_str),
+                cmdline.last().copied(),
+            );
+        }
     }
 }
 
