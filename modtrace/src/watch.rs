@@ -123,9 +123,7 @@ impl Collector {
     /// userspace reads late (a busy host), the loads ring would otherwise be
     /// read ahead of the request.
     fn drain_loads(&mut self, rings: &mut Rings, maps: &Maps) -> Result<(), WatchError> {
-        while let Some(item) = rings.loads.next() {
-            let decoded = Pipeline::decode(&item);
-            drop(item);
+        while let Some(decoded) = next_decoded(&mut rings.loads) {
             let Some(decoded) = decoded else { continue };
             if let Some(entered_ns) = load_of_kernel_helper(&decoded) {
                 self.catch_up(&mut rings.events, maps, entered_ns)?;
@@ -146,9 +144,7 @@ impl Collector {
         maps: &Maps,
         entered_ns: u64,
     ) -> Result<(), WatchError> {
-        while let Some(item) = events.next() {
-            let decoded = Pipeline::decode(&item);
-            drop(item);
+        while let Some(decoded) = next_decoded(events) {
             let Some(decoded) = decoded else { continue };
             let later = matches!(&decoded, Decoded::Record(e) if e.header().exit_ns > entered_ns);
             self.pipeline
@@ -232,6 +228,13 @@ impl Collector {
             .pipeline
             .emit("policy_reload", None, &Body::PolicyReload(reload))?)
     }
+}
+
+/// The next item of `ring`, decoded (`Some(None)` for one that could not
+/// be); None once the ring is empty.
+fn next_decoded(ring: &mut RingBuf<MapData>) -> Option<Option<Decoded>> {
+    let item = ring.next()?;
+    Some(Pipeline::decode(&item))
 }
 
 /// The entry time of a load whose caller's parent is a kernel thread, or
