@@ -54,6 +54,11 @@ exited() {
     [ ! -e "/proc/$1/stat" ] || [ "$(cut -d' ' -f3 "/proc/$1/stat" 2> /dev/null)" = Z ]
 }
 
+# aliases_of MODULE: the aliases depmod indexed for MODULE (modules.alias), one a
+# line; read from the index, not the module file, which trixie's modinfo cannot
+# decompress without a liblzma the guest does not have.
+aliases_of() { sed -n "s/^alias \(.*\) $1\$/\1/p" /lib/modules/$KVER/modules.alias; }
+
 # Path of a module file as kmod resolves it (.ko or .ko.xz).
 modpath() { /sbin/modinfo -n "$1"; }
 
@@ -102,6 +107,18 @@ watch_start() {
     echo "$spawned $seen" > "$w/startup"
     echo started > "$w/status"
     echo "watch-begin $watch_label" > $T/trace_marker
+}
+
+# watch_pause, watch_resume: SIGSTOP and SIGCONT the watch, marked in the trace so
+# that the host knows which calls it read late.
+watch_pause() {
+    kill -STOP $watch_pid
+    echo "watch-pause $watch_label" > $T/trace_marker
+}
+
+watch_resume() {
+    echo "watch-resume $watch_label" > $T/trace_marker
+    kill -CONT $watch_pid
 }
 
 # watch_stop: SIGTERM, wait, record the exit status, then replay the capture.

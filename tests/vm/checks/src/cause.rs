@@ -13,13 +13,13 @@ use crate::results::{Action, TracedCall};
 
 /// The request a kernel modprobe serves, as the ground truth knows it: the
 /// action whose socket call made it, and the aliases of the module that
-/// modprobe was asked for (`modinfo -F alias`), one of which it names.
+/// modprobe was asked for (depmod's modules.alias), one of which it names.
 pub(super) struct Asked<'a> {
     pub by: &'a Action,
     pub aliases: Vec<&'a str>,
 }
 
-/// The aliases kmod lists in action `label` (`modinfo -F alias MODULE`).
+/// The aliases listed by action `label` (lib.sh's `aliases_of MODULE`).
 pub(super) fn asked<'a>(ctx: &mut Ctx<'a>, by: &'a Action, label: &str) -> Option<Asked<'a>> {
     let listed = action(ctx, label)?;
     let aliases: Vec<&str> = listed.stdout.lines().map(str::trim).collect();

@@ -158,6 +158,18 @@ impl ScenarioResults {
         matches!((call.exit_at, end), (Some(exit), Some(end)) if exit > end)
     }
 
+    /// Whether `call` returned between `watch-pause LABEL` and the next
+    /// `watch-resume LABEL` (lib.sh's `watch_pause`, `watch_resume`).
+    pub fn returned_while_paused(&self, call: &TracedCall, label: &str) -> bool {
+        let (Some(exit), Some(paused)) = (call.exit_at, self.marker("watch-pause", label)) else {
+            return false;
+        };
+        let resumed = self
+            .marker("watch-resume", label)
+            .unwrap_or(self.trace.len());
+        paused < exit && exit <= resumed
+    }
+
     /// Whether `call` entered before watch `label` began and returned while it
     /// ran.
     pub fn straddles_start(&self, call: &TracedCall, label: &str) -> bool {
@@ -178,7 +190,8 @@ impl ScenarioResults {
         }
     }
 
-    /// Where lib.sh marked `watch-begin LABEL` or `watch-end LABEL` in the trace.
+    /// Where lib.sh marked `watch-begin LABEL`, `watch-end LABEL` (or
+    /// `watch-pause`, `watch-resume`) in the trace.
     fn marker(&self, phase: &str, label: &str) -> Option<usize> {
         let marker = TraceItem::Marker(format!("{phase} {label}"));
         self.trace.iter().position(|item| *item == marker)

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use super::{replay::check_replay, Checks, Ctx};
-use crate::results::{Action, TraceItem, TracedCall, Watch};
+use crate::results::{Action, ScenarioResults, TraceItem, TracedCall, Watch};
 
 pub(super) const SYSCALL_KINDS: &[&str] = &["init_module", "finit_module", "delete_module"];
 /// The comm of flooders whose calls ftrace does not record (tests/vm/scenarios
@@ -92,9 +92,7 @@ fn checked_watch<'a>(ctx: &mut Ctx<'a>, label: &str, losses: Losses) -> Option<W
             .unwrap_or(0),
     };
     let watched = Watched { records, calls };
-    match_calls(m, label, &watched, lost, |call| {
-        r.returned_after(call, label)
-    });
+    match_calls(m, label, &watched, lost, r);
     Some(watched)
 }
 
@@ -178,13 +176,8 @@ fn envelope<'a>(
 /// `"exited": false` for a call still in the kernel when the watch stopped), or
 /// is among the `lost` that modtrace counted, and every syscall record has a
 /// traced call.
-fn match_calls(
-    m: &mut Checks,
-    label: &str,
-    watched: &Watched,
-    lost: u64,
-    returned_after: impl Fn(&TracedCall) -> bool,
-) {
+fn match_calls(m: &mut Checks, label: &str, watched: &Watched, lost: u64, r: &ScenarioResults) {
+    let returned_after = |call: &TracedCall| r.returned_after(call, label);
     let mut unmatched: Vec<&Value> = watched
         .records
         .iter()
@@ -208,7 +201,10 @@ fn match_calls(
             })
         };
         match found {
-            Some(index) => record_matches_call(m, label, unmatched.remove(index), call),
+            Some(index) => {
+                let read_late = r.returned_while_paused(call, label);
+                record_matches_call(m, label, unmatched.remove(index), call, read_late);
+            }
             None if returned_after(call) => match in_flight() {
                 Some(index) => in_flight_record(m, label, unmatched.remove(index), call),
                 None => missing.push(call),
@@ -307,7 +303,14 @@ fn in_flight_record(m: &mut Checks, label: &str, record: &Value, call: &TracedCa
     );
 }
 
-fn record_matches_call(m: &mut Checks, label: &str, record: &Value, call: &TracedCall) {
+/// `read_late`: the call returned while the watch was paused (SIGSTOP).
+fn record_matches_call(
+    m: &mut Checks,
+    label: &str,
+    record: &Value,
+    call: &TracedCall,
+    read_late: bool,
+) {
     let what = |field: &str| {
         format!(
             "watch {label}: {} by tid {} ({}): {field}",
@@ -338,7 +341,7 @@ fn record_matches_call(m: &mut Checks, label: &str, record: &Value, call: &Trace
             what("process.namespaces")
         ),
     );
-    check_module(m, &what("module"), record, call);
+    check_module(m, &what("module"), record, call, read_late);
     check_ancestors(m, &what("process.ancestors"), record);
     let arg = |name: &str| call.args.get(name).copied();
     match call.syscall.as_str() {
@@ -398,8 +401,10 @@ fn check_ancestors(m: &mut Checks, what: &str, record: &Value) {
 }
 
 /// The `module` object against the kernel's own module_load/module_free
-/// events inside the same call.
-fn check_module(m: &mut Checks, what: &str, record: &Value, call: &TracedCall) {
+/// events inside the same call. A loader that exited while modtrace was
+/// paused may have taken its image with it (init_module's buffer): the
+/// record must then say the image is gone, never show another.
+fn check_module(m: &mut Checks, what: &str, record: &Value, call: &TracedCall, read_late: bool) {
     let module = &record["module"];
     match (call.syscall.as_str(), &call.loaded) {
         ("delete_module", _) => m.eq(
@@ -426,6 +431,15 @@ fn check_module(m: &mut Checks, what: &str, record: &Value, call: &TracedCall) {
             m.eq(&format!("{what}.taint.letters"), got, Some(sorted(letters)));
             // The image modtrace captured is the module the kernel registered.
             let image = &module["image"];
+            if read_late && image.get("sha256").is_none() {
+                m.check(
+                    image["during_call"] == false
+                        && image["error"].as_str().is_some_and(|e| !e.is_empty())
+                        && image.get("modinfo").is_none(),
+                    format!("{what}.image of a loader gone while modtrace was paused is an error: {image}"),
+                );
+                return;
+            }
             for field in ["/modinfo/name", "/this_module_name"] {
                 m.eq(
                     &format!("{what}.image{field}"),
