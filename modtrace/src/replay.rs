@@ -889,7 +889,8 @@ mod tests {
         )
     }
 
-    const DEFAULT: &str = "default-without-modprobe-d.toml";
+    /// The default policy the fixture captures were judged with.
+    const DEFAULT: &str = "default-at-capture-without-modprobe-d.toml";
 
     #[test]
     fn a_record_judged_as_it_was_is_written_byte_for_byte_as_captured() {
