@@ -285,6 +285,9 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
                         kernel = captured.to_owned();
                         policy = source.load(&kernel)?;
                     }
+                    // A run under `watch --enforce` had its deny rules
+                    // enforced: its records say so, not `would_deny`.
+                    policy.set_enforced(record["enforcing"].as_bool().unwrap_or(false));
                     self.write(&record)?;
                     alerts.observe(&ts);
                     let preloaded = preloaded_alerts(&policy, &record);

@@ -9,6 +9,7 @@
 //! ([`ScenarioResults::load`]) and what it built for the guest ([`Built`]);
 //! [`run`] gives the [`Outcome`].
 mod container;
+mod enforce;
 mod flood;
 mod identity;
 mod inflight;

@@ -133,6 +133,12 @@ fn check_default_policy(ctx: &mut Ctx, w: &Watched) {
                 expected,
                 w,
             );
+            // Audit mode: the deny rule matched, the load went ahead.
+            m.eq(
+                &format!("modprobe_cis ({module:?}): policy.would_deny"),
+                record.pointer("/policy/would_deny").cloned(),
+                (module == Some("udf")).then_some(Value::Bool(true)),
+            );
         }
     }
     for &(label, rules) in DEFAULT_POLICY {
