@@ -169,7 +169,7 @@ fn verdict(subject: &Subject, at: u32) -> i32 {
     // module_request tracepoint comes after this hook).
     if at != DENIED_AT_MODULE_REQUEST {
         let tid = bpf_get_current_pid_tgid() as u32;
-        let _ = LAST_DENIAL.insert(&tid, &Denial { rule, hook: at }, 0);
+        let _ = LAST_DENIAL.insert(tid, Denial { rule, hook: at }, 0);
     }
     -EPERM
 }
@@ -200,7 +200,7 @@ fn denying_rule(subject: &Subject) -> Option<u32> {
                 name,
             };
             // SAFETY: the value is only tested for presence.
-            if unsafe { DENY_NAMES.get(&key) }.is_none() {
+            if unsafe { DENY_NAMES.get(key) }.is_none() {
                 continue;
             }
         }

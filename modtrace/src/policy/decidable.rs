@@ -23,16 +23,15 @@ pub(super) fn refusals(rule_span: Range<usize>, rule: &DeTable) -> Vec<Refusal> 
         out.push((key.span(), undecidable("allow")));
     }
     match rule.get_key_value("when") {
-        Some((key, when)) => match when.get_ref().as_table() {
-            Some(table) => {
+        Some((key, when)) => {
+            // A `when` that is not a table is reported by the parser.
+            if let Some(table) = when.get_ref().as_table() {
                 check_table(table, &mut out);
                 if !restricts_to_loads(table) {
                     out.push((key.span(), NO_LOAD_RESTRICTION.into()));
                 }
             }
-            // A `when` that is not a table is reported by the parser.
-            None => {}
-        },
+        }
         None => out.push((rule_span, NO_LOAD_RESTRICTION.into())),
     }
     out
