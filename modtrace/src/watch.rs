@@ -529,3 +529,39 @@ fn shutdown(
     pipeline.emit("stop", None, &Body::Stop(stop))?;
     Ok(pipeline.flush()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(deny: &str) -> Policy {
+        let text = format!(
+            "[[rule]]\nid = \"d\"\nseverity = \"high\"\naction = \"deny\"\nwhen = {{ {deny} }}\n\
+             [[rule]]\nid = \"a\"\nseverity = \"low\"\nwhen = {{ exe = \"/bin/x\" }}\n"
+        );
+        let context = policy::Context {
+            kernel: "6.1.0-28-amd64".into(),
+            check_owner: false,
+        };
+        Policy::from_text(&text, "p.toml", &context).unwrap()
+    }
+
+    #[test]
+    fn an_enforced_reload_keeps_its_deny_rules_or_is_refused() {
+        let enforced = deny_tables(&policy(r#"load = true, module = "udf""#)).unwrap();
+        // Other rules may change; the new policy is then enforced too.
+        let same = same_deny_rules(policy(r#"load = true, module = "udf""#), &enforced).unwrap();
+        let record = serde_json::json!({"kind":"finit_module",
+            "args":{"file":{"path":"/lib/modules/x/udf.ko"}}});
+        let judged = same
+            .evaluate(&crate::samples::complete(&record))
+            .unwrap()
+            .unwrap();
+        assert!(!judged.would_deny, "{judged:?}");
+        let refused = same_deny_rules(policy(r#"load = true, module = "rds""#), &enforced);
+        assert_eq!(
+            refused.err().as_deref(),
+            Some("under --enforce the deny rules cannot change on SIGHUP: the kernel's tables are filled once; restart watch to change them")
+        );
+    }
+}
