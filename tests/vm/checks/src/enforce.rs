@@ -13,6 +13,10 @@ use crate::results::Action;
 const EPERM: i64 = -1;
 
 pub(crate) fn enforce(ctx: &mut Ctx) {
+    if ctx.results.watches.contains_key("inactive") {
+        check_inactive(ctx);
+        return;
+    }
     ground(ctx);
     if let Some(w) = watched(ctx, "cis") {
         check_cis(ctx, &w);
@@ -307,5 +311,41 @@ fn check_unlisted(ctx: &mut Ctx) {
             .modtrace
             .eq("plain_unlisted: status", w.status.trim(), "started"),
         None => ctx.ground.fail("watch plain_unlisted did not run"),
+    }
+}
+
+/// A kernel booted without the BPF LSM: --enforce refuses, naming the
+/// kernel's list and the parameter to add; plain `watch` starts.
+fn check_inactive(ctx: &mut Ctx) {
+    let Some(kernel_list) = action(ctx, "lsm_list").map(|a| a.stdout.trim().to_owned()) else {
+        return;
+    };
+    ctx.ground.check(
+        !kernel_list.is_empty() && !kernel_list.split(',').any(|l| l == "bpf"),
+        format!("inactive: the kernel's LSM list lacks bpf: {kernel_list:?}"),
+    );
+    let watches = &ctx.results.watches;
+    let refused = &watches["inactive"];
+    let stderr = refused.stderr.trim();
+    let list = stderr
+        .split_once("(/sys/kernel/security/lsm: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(list, _)| list.to_owned());
+    ctx.modtrace.check(
+        refused.status.starts_with("failed")
+            && list.as_deref() == Some(kernel_list.as_str())
+            && stderr.contains(&format!(
+                "add `lsm={kernel_list},bpf` to the kernel command line"
+            )),
+        format!(
+            "inactive: --enforce refused, naming the list and lsm=…,bpf: {:?} {stderr:?}",
+            refused.status
+        ),
+    );
+    match watches.get("plain_inactive") {
+        Some(w) => ctx
+            .modtrace
+            .eq("plain_inactive: status", w.status.trim(), "started"),
+        None => ctx.ground.fail("watch plain_inactive did not run"),
     }
 }
