@@ -9,6 +9,7 @@
 #[cfg(feature = "user")]
 extern crate alloc;
 
+pub mod enforce;
 #[cfg(feature = "user")]
 mod event;
 #[cfg(feature = "user")]

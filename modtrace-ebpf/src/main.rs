@@ -19,6 +19,7 @@ mod config;
 mod aggregate;
 mod calls;
 mod capture;
+mod enforce;
 mod execs;
 
 use aya_ebpf::{

@@ -112,6 +112,11 @@ struct WatchArgs {
     /// written.
     #[arg(long, value_name = "SECONDS", default_value_t = policy::dedup::DEFAULT_WINDOW_S)]
     alert_window: u64,
+    /// Enforce the policy's `deny` rules in the kernel through the BPF LSM:
+    /// the loads they match fail with EPERM. Without it deny rules only
+    /// alert, and their records say `"would_deny": true`.
+    #[arg(long)]
+    enforce: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -196,6 +201,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 lock_file: args.lock_file,
                 policy: args.policy,
                 alert_window_s: args.alert_window,
+                enforce: args.enforce,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

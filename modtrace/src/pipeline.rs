@@ -9,6 +9,7 @@ use crate::{
     clock::Clock,
     decode::{self, Decoded},
     enrich::{analysis::Analyses, summaries::Summaries, Enricher, Made},
+    kernel::enforce::{EnforceError, Enforcer},
     policy::{
         dedup::{Alerted, Dedup},
         Policy,
@@ -16,7 +17,7 @@ use crate::{
     record::{
         image::ImageReport,
         judgement::{Alert, Evaluation},
-        Body, EventCounts, Record, RecordId, SCHEMA_VERSION,
+        Body, Call, Denials, Enforcement, EventCounts, Record, RecordId, SCHEMA_VERSION,
     },
     sink::{Emitter, SinkError},
 };
@@ -27,6 +28,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error("map AGGREGATES: {0}")]
     Aggregates(aya::maps::MapError),
+    #[error("reading the kernel's denial counts: {0}")]
+    Denials(#[from] EnforceError),
 }
 
 /// Requests remembered by id until the loads they cause are written.
@@ -48,6 +51,81 @@ pub struct Pipeline {
     /// The seqs of requests written, by record id, for the `cause` of loads.
     requests_written: HashMap<RecordId, u64>,
     requests_order: VecDeque<RecordId>,
+    /// Under `watch --enforce`: the kernel's denials, read back.
+    pub enforcement: Option<Enforcing>,
+}
+
+/// The enforcer and the id of each of its rule slots.
+pub struct Enforcing {
+    pub enforcer: Enforcer,
+    pub rules: Vec<String>,
+    /// The counts the last `enforcement` record reported.
+    reported: Vec<u64>,
+}
+
+impl Enforcing {
+    pub fn new(enforcer: Enforcer, rules: Vec<String>) -> Self {
+        let reported = vec![0; rules.len()];
+        Self {
+            enforcer,
+            rules,
+            reported,
+        }
+    }
+
+    /// Marks `call` of thread `tid` denied when the kernel denied it: a load
+    /// that failed with EPERM, for which a denial of the thread is noted.
+    fn attach_denial(&mut self, tid: u32, call: &mut Call) {
+        let eperm = call
+            .result
+            .as_ref()
+            .is_some_and(|r| r.errno.as_deref() == Some("EPERM"));
+        if !eperm {
+            return;
+        }
+        if let Some((slot, hook)) = self.enforcer.take_denial(tid) {
+            call.enforcement = Some(Enforcement {
+                denied: true,
+                rule: self.rule(slot),
+                hook: hook.to_owned(),
+            });
+        }
+    }
+
+    fn rule(&self, slot: u32) -> String {
+        self.rules
+            .get(slot as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("rule slot {slot}"))
+    }
+
+    /// The totals, and what changed since the last report (`None` when
+    /// nothing did), which then counts as reported.
+    fn denials(&mut self, since_last: bool) -> Result<Option<Denials>, EnforceError> {
+        let counts = self.enforcer.counts(self.rules.len())?;
+        let by_rule = |values: &[u64]| -> std::collections::BTreeMap<String, u64> {
+            self.rules
+                .iter()
+                .cloned()
+                .zip(values.iter().copied())
+                .collect()
+        };
+        let new: Vec<u64> = counts
+            .iter()
+            .zip(&self.reported)
+            .map(|(now, before)| now.saturating_sub(*before))
+            .collect();
+        if since_last && new.iter().all(|&n| n == 0) {
+            return Ok(None);
+        }
+        let denials = Denials {
+            denials: by_rule(&counts),
+            total: counts.iter().sum(),
+            new: since_last.then(|| by_rule(&new)),
+        };
+        self.reported = counts;
+        Ok(Some(denials))
+    }
 }
 
 impl Pipeline {
@@ -73,6 +151,7 @@ impl Pipeline {
             counts: EventCounts::default(),
             requests_written: HashMap::new(),
             requests_order: VecDeque::new(),
+            enforcement: None,
         }
     }
 
@@ -158,6 +237,9 @@ impl Pipeline {
         match &mut made.body {
             Body::Request(_) => self.remember_request(made.id(), seq),
             Body::Call(call) => {
+                if let Some(enforcing) = &mut self.enforcement {
+                    enforcing.attach_denial(made.tid, call);
+                }
                 // A cause is cited by seq once its request is written.
                 if let Some(cause) = &mut call.cause {
                     match self.requests_written.get(&cause.request_id) {
@@ -258,6 +340,25 @@ impl Pipeline {
             self.emit("summary", Some(last_ns), &Body::Summary(summary))?;
         }
         Ok(())
+    }
+
+    /// An `enforcement` record with the denials since the last one, if any.
+    pub fn report_denials(&mut self) -> Result<(), PipelineError> {
+        let Some(enforcing) = &mut self.enforcement else {
+            return Ok(());
+        };
+        if let Some(denials) = enforcing.denials(true)? {
+            self.emit("enforcement", None, &Body::Enforcement(denials))?;
+        }
+        Ok(())
+    }
+
+    /// The denials of the whole run, for `stop`.
+    pub fn denial_totals(&mut self) -> Result<Option<Denials>, PipelineError> {
+        match &mut self.enforcement {
+            Some(enforcing) => Ok(enforcing.denials(false)?),
+            None => Ok(None),
+        }
     }
 
     /// Alerts closing every window still open, then nothing more.

@@ -285,6 +285,9 @@ impl<W: Write, D: Write> Replay<'_, W, D> {
                         kernel = captured.to_owned();
                         policy = source.load(&kernel)?;
                     }
+                    // A run under `watch --enforce` had its deny rules
+                    // enforced: its records say so, not `would_deny`.
+                    policy.set_enforced(record["enforcing"].as_bool().unwrap_or(false));
                     self.write(&record)?;
                     alerts.observe(&ts);
                     let preloaded = preloaded_alerts(&policy, &record);
@@ -889,7 +892,8 @@ mod tests {
         )
     }
 
-    const DEFAULT: &str = "default-without-modprobe-d.toml";
+    /// The default policy the fixture captures were judged with.
+    const DEFAULT: &str = "default-at-capture-without-modprobe-d.toml";
 
     #[test]
     fn a_record_judged_as_it_was_is_written_byte_for_byte_as_captured() {

@@ -152,6 +152,7 @@ pub fn ordinary_finit() -> Call {
             },
             matched_by: "cmdline".into(),
         }),
+        enforcement: None,
     }
 }
 

@@ -26,13 +26,19 @@ use crate::{
         summaries::Summaries,
         Enricher,
     },
+    kernel::enforce::Enforcer,
     kernel::{
         self,
         maps::{take_map, Maps, MapsError, Rings, Wakers},
         ProbeOptions, StrategyChoice,
     },
-    pipeline::{Pipeline, PipelineError},
-    policy::{self, dedup::Dedup, Policy},
+    pipeline::{Enforcing, Pipeline, PipelineError},
+    policy::{
+        self,
+        dedup::Dedup,
+        kernel_rules::{self, DenyTables, ModuleTree},
+        Policy,
+    },
     record::{judgement::PolicyReload, Body, Loss, LossCounts, LostTotals, Start, Stop},
     sink::{self, Emitter, Format, SinkError},
 };
@@ -51,6 +57,8 @@ pub struct WatchOptions {
     pub policy: Option<PathBuf>,
     /// Seconds in which one rule's alerts from one process repeat into one.
     pub alert_window_s: u64,
+    /// Enforce the policy's deny rules in the kernel (BPF LSM).
+    pub enforce: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +80,10 @@ pub enum WatchError {
     Maps(#[from] MapsError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Enforce(#[from] kernel::enforce::EnforceError),
+    #[error("the policy's deny rules cannot be enforced: {0}")]
+    DenyRules(#[from] policy::kernel_rules::CompileError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -99,6 +111,9 @@ fn acquire_lock(path: &Path) -> Result<nix::fcntl::Flock<File>, WatchError> {
 struct Collector {
     pipeline: Pipeline,
     reported_losses: LossCounts,
+    /// Under `--enforce`: the deny tables in the kernel, which a reload may
+    /// not change (they are filled once, before the programs attach).
+    enforced: Option<DenyTables>,
 }
 
 impl Collector {
@@ -206,7 +221,13 @@ impl Collector {
     /// stays, so a typo never leaves the host unwatched.
     fn reload_policy(&mut self, path: Option<&Path>) -> Result<(), WatchError> {
         let policy = &mut self.pipeline.policy;
-        let reload = match Policy::load_or_default(path, &policy_context()) {
+        let loaded = Policy::load_or_default(path, &policy_context())
+            .map_err(|e| e.to_string())
+            .and_then(|loaded| match &self.enforced {
+                Some(enforced) => same_deny_rules(loaded, enforced),
+                None => Ok(loaded),
+            });
+        let reload = match loaded {
             Ok(loaded) => {
                 *policy = loaded;
                 PolicyReload {
@@ -220,7 +241,7 @@ impl Collector {
                 PolicyReload {
                     policy: policy.info(),
                     ok: false,
-                    error: Some(err.to_string()),
+                    error: Some(err),
                 }
             }
         };
@@ -247,6 +268,24 @@ fn load_of_kernel_helper(decoded: &Decoded) -> Option<u64> {
             .map(|_| event.header().enter_ns),
         Decoded::LoadEntry(_) => None,
     }
+}
+
+/// `policy`, enforced, if its deny rules compile to the tables in force;
+/// otherwise why the reload is refused.
+fn same_deny_rules(mut policy: Policy, enforced: &DenyTables) -> Result<Policy, String> {
+    let tables = deny_tables(&policy).map_err(|e| e.to_string())?;
+    if &tables != enforced {
+        return Err("under --enforce the deny rules cannot change on SIGHUP: the kernel's tables are filled once; restart watch to change them".into());
+    }
+    policy.set_enforced(true);
+    Ok(policy)
+}
+
+/// The kernel tables of `policy`'s deny rules, for the running kernel's
+/// module tree.
+fn deny_tables(policy: &Policy) -> Result<DenyTables, WatchError> {
+    let tree = ModuleTree::read(&Path::new("/lib/modules").join(policy::running_kernel()));
+    Ok(kernel_rules::compile(policy.deny_rules(), &tree)?)
 }
 
 /// A pending call whose thread no longer exists (or whose tid now belongs to
@@ -282,7 +321,12 @@ fn policy_context() -> policy::Context {
     }
 }
 
-fn start_body(probes: &kernel::Probes, policy: &Policy, alert_window_s: u64) -> Start {
+fn start_body(
+    probes: &kernel::Probes,
+    policy: &Policy,
+    alert_window_s: u64,
+    enforcing: bool,
+) -> Start {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -300,6 +344,7 @@ fn start_body(probes: &kernel::Probes, policy: &Policy, alert_window_s: u64) -> 
         unavailable_fields: probes.unavailable_fields.clone(),
         policy: policy.info(),
         alert_window_s,
+        enforcing,
     }
 }
 
@@ -378,7 +423,18 @@ fn shorten_slice() {
 pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     let _lock = acquire_lock(&options.lock_file)?;
     raise_priority();
-    let policy = Policy::load_or_default(options.policy.as_deref(), &policy_context())?;
+    let mut policy = Policy::load_or_default(options.policy.as_deref(), &policy_context())?;
+    // Refused before anything is attached: no watch that looks enforced
+    // and is not.
+    let enforce = match options.enforce {
+        true => {
+            kernel::enforce::check_running_kernel()?;
+            let config = kernel::enforce::config(&options.btf)?;
+            policy.set_enforced(true);
+            Some((config, deny_tables(&policy)?))
+        }
+        false => None,
+    };
     let file = match &options.output {
         Some(path) => Some((path.clone(), sink::open_output_file(path)?)),
         None => None,
@@ -388,6 +444,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         btf_path: options.btf.clone(),
         ring_buffer_bytes: options.ring_buffer_bytes,
         aggregation: options.aggregation,
+        enforce: enforce.as_ref().map(|(config, _)| *config),
     })?;
     // Attaching parsed the kernel's BTF (tens of MiB, freed by now);
     // the allocator would keep it for the life of the process otherwise.
@@ -417,7 +474,13 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     let mut collector = Collector {
         pipeline,
         reported_losses: LossCounts::default(),
+        enforced: None,
     };
+    if let Some((_, tables)) = enforce {
+        let enforcer = Enforcer::start(&mut probes.ebpf, &tables.clauses, &tables.keys)?;
+        collector.pipeline.enforcement = Some(Enforcing::new(enforcer, tables.rules.clone()));
+        collector.enforced = Some(tables);
+    }
     // Handlers go in before `start` is written: whoever waits for `start`
     // and then signals must not kill us with the default action.
     let mut sigterm =
@@ -425,7 +488,12 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io("installing the SIGHUP handler"))?;
-    write_start(&mut collector.pipeline, &probes, options.alert_window_s)?;
+    write_start(
+        &mut collector.pipeline,
+        &probes,
+        options.alert_window_s,
+        options.enforce,
+    )?;
 
     // Epoll only wakes the loop; every wake-up drains all rings in their
     // order, so the rings themselves stay with the collector.
@@ -443,6 +511,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
             _ = tick.tick() => {
                 collector.drain(&mut rings, &maps)?;
                 collector.report_losses(&maps)?;
+                collector.pipeline.report_denials()?;
                 let now = Clock.rfc3339(None);
                 collector.pipeline.close_alert_windows(&now, true)?;
                 ticks += 1;
@@ -473,8 +542,9 @@ fn write_start(
     pipeline: &mut Pipeline,
     probes: &kernel::Probes,
     alert_window_s: u64,
+    enforcing: bool,
 ) -> Result<(), WatchError> {
-    let start = start_body(probes, &pipeline.policy, alert_window_s);
+    let start = start_body(probes, &pipeline.policy, alert_window_s, enforcing);
     let preloaded = policy::preloaded_alerts(
         &pipeline.policy,
         start.loaded_modules.iter().map(|m| m.name.as_str()),
@@ -506,6 +576,7 @@ fn shutdown(
     let pipeline = &mut collector.pipeline;
     pipeline.close_all_alerts()?;
     let counts = collector.reported_losses.clone();
+    let enforcement = pipeline.denial_totals()?;
     let stop = Stop {
         events: pipeline.counts.clone(),
         aggregated: pipeline.summaries.totals.clone(),
@@ -513,7 +584,44 @@ fn shutdown(
             total: counts.total(),
             counts,
         },
+        enforcement,
     };
     pipeline.emit("stop", None, &Body::Stop(stop))?;
     Ok(pipeline.flush()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(deny: &str) -> Policy {
+        let text = format!(
+            "[[rule]]\nid = \"d\"\nseverity = \"high\"\naction = \"deny\"\nwhen = {{ {deny} }}\n\
+             [[rule]]\nid = \"a\"\nseverity = \"low\"\nwhen = {{ exe = \"/bin/x\" }}\n"
+        );
+        let context = policy::Context {
+            kernel: "6.1.0-28-amd64".into(),
+            check_owner: false,
+        };
+        Policy::from_text(&text, "p.toml", &context).unwrap()
+    }
+
+    #[test]
+    fn an_enforced_reload_keeps_its_deny_rules_or_is_refused() {
+        let enforced = deny_tables(&policy(r#"load = true, module = "udf""#)).unwrap();
+        // Other rules may change; the new policy is then enforced too.
+        let same = same_deny_rules(policy(r#"load = true, module = "udf""#), &enforced).unwrap();
+        let record = serde_json::json!({"kind":"finit_module",
+            "args":{"file":{"path":"/lib/modules/x/udf.ko"}}});
+        let judged = same
+            .evaluate(&crate::samples::complete(&record))
+            .unwrap()
+            .unwrap();
+        assert!(!judged.would_deny, "{judged:?}");
+        let refused = same_deny_rules(policy(r#"load = true, module = "rds""#), &enforced);
+        assert_eq!(
+            refused.err().as_deref(),
+            Some("under --enforce the deny rules cannot change on SIGHUP: the kernel's tables are filled once; restart watch to change them")
+        );
+    }
 }

@@ -9,6 +9,7 @@
 //! `/run/modtrace.lock` of a real instance.
 mod harness;
 
+mod enforce;
 mod errors;
 mod policy;
 mod watch;

@@ -178,5 +178,6 @@ pub(super) fn body(
         result: exited.then(|| call_result(header.ret)),
         module: module_info(event, module_events),
         cause: None,
+        enforcement: None,
     }))
 }

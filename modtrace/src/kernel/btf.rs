@@ -307,6 +307,37 @@ impl KernelBtf {
         Ok(ResolvedOffsets { offsets, missing })
     }
 
+    /// The value of constant `constant` of `enum enum_name`, `None` when the
+    /// enum (of that name, in any definition) lacks it, e.g.
+    /// READING_MODULE_COMPRESSED before the kernel had it.
+    pub fn enum_value(&self, enum_name: &str, constant: &str) -> Result<Option<u32>, BtfError> {
+        let parse_err = |reason: String| BtfError::Parse {
+            path: self.path.clone(),
+            reason,
+        };
+        let mut values: Vec<u32> = Vec::new();
+        for ty in self.types_named(enum_name).map_err(parse_err)? {
+            let Type::Enum(def) = ty else { continue };
+            for member in &def.members {
+                let name = self
+                    .btf
+                    .resolve_name(member)
+                    .map_err(|e| parse_err(format!("a constant of enum {enum_name}: {e:#}")))?;
+                if name == constant {
+                    values.push(member.val());
+                }
+            }
+        }
+        values.dedup();
+        match values.as_slice() {
+            [] => Ok(None),
+            [value] => Ok(Some(*value)),
+            many => Err(parse_err(format!(
+                "enum {enum_name}: definitions disagree on {constant}: {many:?}"
+            ))),
+        }
+    }
+
     /// `sizeof(struct strukt)`; an error if the struct is absent or its
     /// definitions disagree.
     pub fn struct_size(&self, strukt: &'static str) -> Result<u32, BtfError> {

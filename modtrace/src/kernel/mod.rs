@@ -33,6 +33,7 @@ use self::btf::{KernelBtf, ResolvedOffsets};
 use crate::record::RefusedStrategy;
 
 pub mod btf;
+pub mod enforce;
 pub mod maps;
 
 /// The eBPF object built from `modtrace-ebpf` by build.rs for this very build.
@@ -186,6 +187,9 @@ pub struct ProbeOptions {
     pub btf_path: PathBuf,
     pub ring_buffer_bytes: u32,
     pub aggregation: Aggregation,
+    /// The LSM programs' settings under `watch --enforce`; they are loaded
+    /// and attached only then (`enforce::Enforcer::start`).
+    pub enforce: Option<modtrace_common::enforce::EnforceConfig>,
 }
 
 /// How the kernel side counts repeated failing calls instead of reporting
@@ -586,6 +590,9 @@ fn load(
         .btf(aya_btf)
         .override_global("MODTRACE_CONFIG", &config, true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes);
+    if let Some(enforce) = &options.enforce {
+        loader.override_global("MODTRACE_ENFORCE", enforce, true);
+    }
     Ok(loader.load(EBPF_OBJECT)?)
 }
 

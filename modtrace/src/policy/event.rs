@@ -210,11 +210,13 @@ impl<'a> Event<'a> {
             week_time: OnceCell::new(),
         };
         event.module = event.module_name().or_else(|| match syscall {
-            // Until module analysis names it: the name delete_module was
-            // given, or the file name of a finit_module path.
+            // Until the kernel names it (a load that failed never is): the
+            // name delete_module was given, the file name of a finit_module
+            // path, or the name in an init_module image's `struct module`,
+            // as the kernel side of enforcement names them.
             Syscall::DeleteModule => event.delete_name(),
             Syscall::FinitModule => event.path().and_then(name_from_path),
-            Syscall::InitModule => None,
+            Syscall::InitModule => event.analysis()?.this_module_name.as_deref(),
         });
         event.module_key = event.module.map(normalise_module_name);
         event
@@ -484,6 +486,9 @@ mod tests {
         assert_eq!(module_of_record(&delete).as_deref(), Some("dummy"));
         let init = json!({"kind":"init_module"});
         assert_eq!(module_of_record(&init), None);
+        let image = json!({"kind":"init_module","module":{"image":{"sha256":"ab","size":1,
+            "modinfo":{"name":"alias-name"},"signature":{},"this_module_name":"udf","warnings":[]}}});
+        assert_eq!(module_of_record(&image).as_deref(), Some("udf"));
     }
 
     #[test]

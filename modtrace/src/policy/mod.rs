@@ -11,10 +11,12 @@
 //! can match, and the few rules that require nothing indexable, are checked.
 pub mod commands;
 pub mod condition;
+mod decidable;
 pub mod dedup;
 pub mod defaults;
 pub mod event;
 mod glob;
+pub mod kernel_rules;
 pub mod modprobe_d;
 mod parse;
 mod program;
@@ -274,7 +276,7 @@ pub fn preloaded_alerts<'a>(
     policy
         .rules()
         .iter()
-        .filter(|rule| rule.enabled && rule.action == Action::Alert)
+        .filter(|rule| rule.enabled && rule.action >= Action::Alert)
         .filter_map(|rule| match &rule.message {
             Message::Bypass(directive) if loaded.contains(&directive.module) => Some(Alert {
                 event_seq: start_seq,
@@ -315,6 +317,9 @@ pub struct Policy {
     pub sha256: String,
     /// The file the policy came from, or "default".
     pub source: String,
+    /// Whether its deny rules are enforced in the kernel (`watch
+    /// --enforce`); otherwise a deny match only says `would_deny`.
+    enforced: bool,
 }
 
 impl fmt::Debug for Policy {
@@ -410,7 +415,21 @@ impl Policy {
             scan,
             sha256: sha256.to_owned(),
             source: source.to_owned(),
+            enforced: false,
         }
+    }
+
+    /// Marks the deny rules as enforced in the kernel, so that their matches
+    /// no longer say `would_deny`.
+    pub fn set_enforced(&mut self, enforced: bool) {
+        self.enforced = enforced;
+    }
+
+    /// The enabled rules of action `deny`, which the kernel enforces.
+    pub fn deny_rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules
+            .iter()
+            .filter(|r| r.enabled && r.action == Action::Deny)
     }
 
     pub fn info(&self) -> PolicyInfo {
@@ -459,6 +478,7 @@ impl Policy {
             return Evaluation {
                 verdict: Verdict::None,
                 matches: Vec::new(),
+                would_deny: false,
             };
         }
         // An index may offer a rule twice; matches keep the order of the
@@ -474,7 +494,11 @@ impl Policy {
             .map(|m| Verdict::from(m.action))
             .max()
             .unwrap_or(Verdict::None);
-        Evaluation { verdict, matches }
+        Evaluation {
+            verdict,
+            matches,
+            would_deny: verdict == Verdict::Deny && !self.enforced,
+        }
     }
 
     /// Judges a record read back from JSON: `read`, the typed record of the

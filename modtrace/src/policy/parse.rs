@@ -11,6 +11,7 @@ use toml::{
 
 use super::{
     condition::{Condition, FlagField, IdField, Matcher, Outcome, Pattern, TextField, TimeWindow},
+    decidable,
     event::{Syscall, SyscallBit, LOAD_SYSCALLS},
     glob::{dash_underscore_alike, Glob, Globs},
     secure_file, Action, Message, Rule, Severity,
@@ -193,6 +194,11 @@ impl Parser<'_> {
             Some(v) => self.keyword(v, "action", Action::from_name, Action::NAMES),
             None => Some(Action::Alert),
         };
+        if action == Some(Action::Deny) {
+            for (span, message) in decidable::refusals(item.span(), table) {
+                self.error(span, message);
+            }
+        }
         let description = table
             .get("description")
             .and_then(|v| self.string(v))

@@ -746,7 +746,7 @@ fn rule_fields_are_checked() {
     );
     assert_eq!(
         one_error(&format!("{HEAD}action = \"block\"\n")),
-        "p.toml:4:10: action \"block\" is not one of alert, log, ignore"
+        "p.toml:4:10: action \"block\" is not one of deny, alert, log, ignore"
     );
     assert_eq!(
         one_error("[[rule]]\nid = \"a b\"\nseverity = \"low\"\n"),
@@ -883,4 +883,28 @@ fn the_kernel_release_is_a_literal_in_globs() {
         let policy = Policy::from_text(in_tree, "p", &context).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(hits(&policy, &record), hit, "{kernel}");
     }
+}
+
+#[test]
+fn a_deny_match_says_would_deny_unless_the_policy_is_enforced() {
+    let mut policy = Policy::default_policy(&context());
+    let audit = evaluate(&policy, &finit());
+    assert_eq!(audit.verdict, Verdict::Deny);
+    assert!(audit.would_deny);
+    // A deny rule raises its alert too.
+    assert!(audit.alerts().any(|m| m.rule == "cis-denied-module"));
+    let rendered = serde_json::to_value(&audit).unwrap();
+    assert_eq!(rendered["would_deny"], true);
+    policy.set_enforced(true);
+    let enforced = evaluate(&policy, &finit());
+    assert_eq!(enforced.verdict, Verdict::Deny);
+    assert!(!enforced.would_deny);
+    assert!(serde_json::to_value(&enforced)
+        .unwrap()
+        .get("would_deny")
+        .is_none());
+    // Without a deny match there is nothing to say.
+    let other = finit().to_string().replace("sctp", "dummy");
+    let other = evaluate(&policy, &serde_json::from_str(&other).unwrap());
+    assert!(!other.would_deny && other.verdict != Verdict::Deny);
 }

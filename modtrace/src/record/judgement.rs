@@ -42,13 +42,17 @@ pub enum Action {
     Log,
     /// Also raises an `alert` record.
     Alert,
+    /// Also stops the load in the kernel under `watch --enforce`; without
+    /// it, the record says the load would have been denied.
+    Deny,
 }
 
 impl Action {
-    pub const NAMES: &'static [&'static str] = &["alert", "log", "ignore"];
+    pub const NAMES: &'static [&'static str] = &["deny", "alert", "log", "ignore"];
 
     pub fn name(self) -> &'static str {
         match self {
+            Action::Deny => "deny",
             Action::Alert => "alert",
             Action::Log => "log",
             Action::Ignore => "ignore",
@@ -57,6 +61,7 @@ impl Action {
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
+            "deny" => Some(Action::Deny),
             "alert" => Some(Action::Alert),
             "log" => Some(Action::Log),
             "ignore" => Some(Action::Ignore),
@@ -73,10 +78,17 @@ pub enum Verdict {
     Ignore,
     Log,
     Alert,
+    Deny,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 4] = [Verdict::None, Verdict::Ignore, Verdict::Log, Verdict::Alert];
+    pub const ALL: [Verdict; 5] = [
+        Verdict::None,
+        Verdict::Ignore,
+        Verdict::Log,
+        Verdict::Alert,
+        Verdict::Deny,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -84,6 +96,7 @@ impl Verdict {
             Verdict::Ignore => "ignore",
             Verdict::Log => "log",
             Verdict::Alert => "alert",
+            Verdict::Deny => "deny",
         }
     }
 }
@@ -94,6 +107,7 @@ impl From<Action> for Verdict {
             Action::Ignore => Verdict::Ignore,
             Action::Log => Verdict::Log,
             Action::Alert => Verdict::Alert,
+            Action::Deny => Verdict::Deny,
         }
     }
 }
@@ -112,12 +126,16 @@ pub struct Match {
 pub struct Evaluation {
     pub verdict: Verdict,
     pub matches: Vec<Match>,
+    /// Audit mode: a deny rule matched, but the policy is not enforced (no
+    /// `watch --enforce`, or `replay`), so the load went ahead.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub would_deny: bool,
 }
 
 impl Evaluation {
-    /// The matches that raise alerts.
+    /// The matches that raise alerts: a deny rule raises its alert too.
     pub fn alerts(&self) -> impl Iterator<Item = &Match> {
-        self.matches.iter().filter(|m| m.action == Action::Alert)
+        self.matches.iter().filter(|m| m.action >= Action::Alert)
     }
 }
 

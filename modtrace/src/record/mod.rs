@@ -48,6 +48,7 @@ pub enum Body {
     Stop(Stop),
     Alert(Alert),
     PolicyReload(PolicyReload),
+    Enforcement(Denials),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +74,9 @@ pub struct Start {
     /// The window in which alerts of one rule from one process repeat into
     /// one (0: every alert is written); replay takes it from here.
     pub alert_window_s: u64,
+    /// `watch --enforce`: the deny rules are enforced in the kernel.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub enforcing: bool,
 }
 
 /// An attach strategy that could not serve a syscall.
@@ -104,6 +108,27 @@ pub struct Call {
     /// The autoload request this call serves, when the kernel started it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
+    /// Under `watch --enforce`: the call was denied in the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<Enforcement>,
+}
+
+/// A load the kernel denied: which deny rule, at which LSM hook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enforcement {
+    pub denied: bool,
+    pub rule: String,
+    pub hook: String,
+}
+
+/// Denials counted in the kernel per deny rule: totals since `watch`
+/// started, and, in an `enforcement` record, those since the last one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Denials {
+    pub denials: BTreeMap<String, u64>,
+    pub total: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -327,6 +352,9 @@ pub struct Stop {
     /// of one by one: with `events` and `lost`, every call made.
     pub aggregated: EventCounts,
     pub lost: LostTotals,
+    /// Under `watch --enforce`: the denials of the whole run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<Denials>,
 }
 
 /// Calls of one process counted in the kernel instead of reported, over one

@@ -10,6 +10,7 @@
 //! [`run`] gives the [`Outcome`].
 mod cause;
 mod container;
+mod enforce;
 mod flood;
 mod identity;
 mod inflight;

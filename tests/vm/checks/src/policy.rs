@@ -133,6 +133,12 @@ fn check_default_policy(ctx: &mut Ctx, w: &Watched) {
                 expected,
                 w,
             );
+            // Audit mode: the deny rule matched, the load went ahead.
+            m.eq(
+                &format!("modprobe_cis ({module:?}): policy.would_deny"),
+                record.pointer("/policy/would_deny").cloned(),
+                (module == Some("udf")).then_some(Value::Bool(true)),
+            );
         }
     }
     for &(label, rules) in DEFAULT_POLICY {
@@ -220,7 +226,14 @@ fn check_matches(m: &mut Checks, what: &str, record: &Value, expected: &[&str], 
     let mut want = expected.to_vec();
     want.sort_unstable();
     m.eq(&format!("{what}: policy.matches rules"), &got, &want);
-    let verdict = if want.is_empty() { "none" } else { "alert" };
+    // The default policy's one deny rule outranks its alert rules.
+    let verdict = if want.contains(&"cis-denied-module") {
+        "deny"
+    } else if want.is_empty() {
+        "none"
+    } else {
+        "alert"
+    };
     m.eq(
         &format!("{what}: policy.verdict"),
         record.pointer("/policy/verdict").and_then(Value::as_str),

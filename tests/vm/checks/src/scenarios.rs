@@ -25,6 +25,7 @@ pub(crate) fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
         "inflight" => super::inflight::inflight,
         "pending" => super::pending::pending,
         "flood" => super::flood::flood,
+        "enforce" => super::enforce::enforce,
         _ => return None,
     })
 }
