@@ -154,7 +154,8 @@ impl Apt {
         Ok(())
     }
 
-    /// Refreshes the lists when they were never fetched or are older than a day.
+    /// Refreshes the lists when they were never fetched or are older than a day;
+    /// lists that are only old serve, with a warning, when the mirror cannot be reached.
     fn ensure_fresh(&self) -> Result<()> {
         let age = fs::metadata(self.stamp())
             .and_then(|m| m.modified())
@@ -162,7 +163,15 @@ impl Apt {
             .and_then(|t| SystemTime::now().duration_since(t).ok());
         match age {
             Some(age) if age < LISTS_MAX_AGE => Ok(()),
-            _ => self.update(),
+            None => self.update(),
+            Some(age) => self.update().or_else(|err| {
+                eprintln!(
+                    "vm: WARNING: using the {} lists of {} h ago: {err:#}",
+                    self.release.name,
+                    age.as_secs() / 3600
+                );
+                Ok(())
+            }),
         }
     }
 

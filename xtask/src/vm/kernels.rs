@@ -68,11 +68,11 @@ const fn kernel(
 /// Adding a kernel is one line here: name, release, package globs, boot, what CI runs.
 #[rustfmt::skip]
 pub(crate) const KERNELS: &[Kernel] = &[
-    kernel("debian-5.10", &BULLSEYE, &["linux-image-5.10.0-*-amd64"], Boot::AsShipped, InTest::All),
+    kernel("debian-5.10", &BULLSEYE, &["linux-image-5.10.0-*-amd64"], Boot::AsShipped, InTest::Core),
     kernel("debian-5.10-lsm-bpf", &BULLSEYE, &["linux-image-5.10.0-*-amd64"], Boot::LsmPlusBpf, InTest::Core),
     kernel("debian-6.1", &BOOKWORM, &["linux-image-6.1.0-*-amd64"], Boot::AsShipped, InTest::All),
     kernel("debian-6.12-cloud", &BOOKWORM, &["linux-image-6.12.*+deb12-cloud-amd64"], Boot::AsShipped, InTest::Core),
-    kernel("debian-6.12", &TRIXIE, &["linux-image-6.12.*+deb13-amd64"], Boot::AsShipped, InTest::All),
+    kernel("debian-6.12", &TRIXIE, &["linux-image-6.12.*+deb13-amd64"], Boot::AsShipped, InTest::Core),
     kernel("debian-6.12-rt", &TRIXIE, &["linux-image-6.12.*+deb13-rt-amd64"], Boot::AsShipped, InTest::Core),
     // sid splits the kernel: vmlinuz, modules, and the files both need.
     kernel("debian-7.2-cloud", &SID, &[
