@@ -26,6 +26,13 @@ const LIBRARY_DIRS: &[&str] = &[
     "lib64",
     "usr/lib64",
 ];
+/// Libraries kmod 34 and later dlopen to decompress modules (no DT_NEEDED),
+/// with the packages that hold them; older kmod links them and finds them anyway.
+const DLOPENED: &[(&str, &str)] = &[
+    ("liblzma.so.5", "liblzma5"),
+    ("libzstd.so.1", "libzstd1"),
+    ("libz.so.1", "zlib1g"),
+];
 /// Symlinks followed inside the unpacked tree before giving up.
 const MAX_LINKS: usize = 16;
 
@@ -51,7 +58,11 @@ pub(crate) struct KmodFiles {
 pub(crate) fn fetch(release: &'static Release, vm_dir: &Path) -> Result<Userland> {
     let apt = Apt::open(release, vm_dir)?;
     let debs = apt
-        .download_with_depends(&["kmod"])
+        .download_with_depends(
+            &std::iter::once("kmod")
+                .chain(DLOPENED.iter().map(|(_, package)| *package))
+                .collect::<Vec<_>>(),
+        )
         .with_context(|| format!("fetching kmod of {}", release.name))?;
     let root = vm_dir.join("userland").join(release.name);
     let names: Vec<String> = debs
@@ -114,6 +125,11 @@ impl Userland {
         let interpreter_name = file_name(Path::new(interpreter_path.trim()));
         let mut libraries = BTreeMap::from([(interpreter_name.clone(), interpreter)]);
         let mut pending = vec![kmod.clone()];
+        for (soname, _) in DLOPENED {
+            let library = self.library(soname)?;
+            pending.push(library.clone());
+            libraries.insert((*soname).to_owned(), library);
+        }
         while let Some(elf) = pending.pop() {
             for soname in patchelf(&["--print-needed"], &elf)?.lines() {
                 if libraries.contains_key(soname) {
