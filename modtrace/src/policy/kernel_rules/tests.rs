@@ -43,6 +43,14 @@ fn tables(text: &str) -> DenyTables {
 }
 
 /// Per clause: the clause and its names of each kind.
+/// Why the compiler refuses the deny rules of `text`.
+fn refusal(text: &str) -> String {
+    let policy = Policy::from_text(text, "p.toml", &context()).expect("parses");
+    compile(policy.deny_rules(), &tree())
+        .expect_err("the compiler refuses it")
+        .to_string()
+}
+
 fn names(tables: &DenyTables, clause: u32, kind: u32) -> BTreeSet<String> {
     tables
         .keys
@@ -217,16 +225,8 @@ fn the_default_policy_denies_the_cis_list() {
 #[test]
 fn a_name_too_long_for_the_kernel_is_refused() {
     let long = "m".repeat(56);
-    let policy = Policy::from_text(
-        &deny(&format!("load = true, module = \"{long}\"")),
-        "p.toml",
-        &context(),
-    )
-    .expect("parses");
     assert_eq!(
-        compile(policy.deny_rules(), &tree())
-            .unwrap_err()
-            .to_string(),
+        refusal(&deny(&format!("load = true, module = \"{long}\""))),
         format!("rule \"d\": \"{long}\" is longer than the 55 bytes of a kernel module name")
     );
 }
@@ -236,37 +236,23 @@ fn too_many_rules_clauses_or_names_are_refused() {
     let many: String = (0..65)
         .map(|n| deny(r#"syscall = "init_module""#).replace("\"d\"", &format!("\"d{n}\"")))
         .collect();
-    let policy = Policy::from_text(&many, "p.toml", &context()).expect("parses");
     assert_eq!(
-        compile(policy.deny_rules(), &tree())
-            .unwrap_err()
-            .to_string(),
+        refusal(&many),
         "65 deny rules; the kernel counts denials for at most 64"
     );
     let alternatives: Vec<String> = (0..65)
         .map(|n| format!("{{ request = \"r{n}\" }}"))
         .collect();
-    let policy = Policy::from_text(
-        &deny(&format!("any = [{}]", alternatives.join(", "))),
-        "p.toml",
-        &context(),
-    )
-    .expect("parses");
     assert_eq!(
-        compile(policy.deny_rules(), &tree()).unwrap_err().to_string(),
+        refusal(&deny(&format!("any = [{}]", alternatives.join(", ")))),
         "the deny rules make 65 clauses (one per alternative of each `any`); the kernel checks at most 64"
     );
     let names: Vec<String> = (0..8200).map(|n| format!("\"m{n}\"")).collect();
-    let policy = Policy::from_text(
-        &deny(&format!("load = true, module = [{}]", names.join(", "))),
-        "p.toml",
-        &context(),
-    )
-    .expect("parses");
     assert_eq!(
-        compile(policy.deny_rules(), &tree())
-            .unwrap_err()
-            .to_string(),
+        refusal(&deny(&format!(
+            "load = true, module = [{}]",
+            names.join(", ")
+        ))),
         "the deny rules name 16400 module names and requests; the kernel holds at most 16384"
     );
 }
