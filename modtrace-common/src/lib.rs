@@ -19,7 +19,7 @@ use core::mem::{offset_of, size_of};
 
 /// Bumped whenever any record below changes shape. Userspace refuses records of
 /// another version instead of misreading them.
-pub const ABI_VERSION: u16 = 6;
+pub const ABI_VERSION: u16 = 7;
 
 /// Record kinds. Values are never reused.
 pub const KIND_INIT_MODULE: u16 = 1;
@@ -236,7 +236,9 @@ pub struct LoadedModule {
     /// 1 once `module_load` fired for this call; 0 (a failed load, or no
     /// module tracepoints on this kernel) leaves the other fields unset.
     pub seen: u32,
-    pub _reserved: u32,
+    /// 1 once `module_free` fired inside this call: the module's init
+    /// failed and the kernel freed it again.
+    pub freed: u32,
     /// `struct module::taints`: bit N is the kernel's taint flag N.
     pub taints: u64,
     pub name: [u8; KERNEL_MODULE_NAME_LEN],

@@ -248,11 +248,18 @@ fn caller_is_privileged() -> bool {
     level.is_none_or(|level| level == 0)
 }
 
-/// Stores the scratch record of the current thread as pending.
+/// Stores the scratch record of the current thread as pending, in the map
+/// for its caller's privilege.
 #[inline(always)]
-fn stash<T>(pending: &HashMap<u32, T>, record: &T) {
+fn stash<T>(pending: &Pending<T>, privileged: bool, record: &T) {
     let tid = current_tid();
-    if pending.insert(tid, record, 0).is_err() {
+    deliver_stale(pending.privileged, &LOADS, tid);
+    deliver_stale(pending.unprivileged, &EVENTS, tid);
+    if pending
+        .for_caller(privileged)
+        .insert(tid, record, 0)
+        .is_err()
+    {
         count_loss(LOSS_PENDING_FULL);
         let _ = OVERFLOWED.insert(tid, 1, 0);
     } else {
@@ -260,6 +267,23 @@ fn stash<T>(pending: &HashMap<u32, T>, record: &T) {
         // must not swallow a later loss of this thread.
         let _ = OVERFLOWED.remove(tid);
     }
+}
+
+/// A thread has no call pending when it enters one, unless the kernel
+/// skipped modtrace's exit program for its last call (modtrace/src/kernel/
+/// skipped.rs): that call is delivered now, without its result, rather than
+/// overwritten. Userspace may have reported a privileged one already, from
+/// the map, and drops the repeat by (tid, entry time).
+#[inline(always)]
+fn deliver_stale<T>(pending: &HashMap<u32, T>, ring: &RingBuf, tid: u32) {
+    // SAFETY: the entry belongs to this thread, which is in the syscall.
+    let Some(stale) = (unsafe { pending.get(tid) }) else {
+        return;
+    };
+    if ring.output::<T>(stale, 0).is_err() {
+        count_loss(LOSS_RINGBUF_FULL);
+    }
+    let _ = pending.remove(tid);
 }
 
 #[inline(always)]
@@ -274,8 +298,10 @@ fn enter_init([image_addr, image_len, params]: [u64; 3]) {
     event.image_addr = image_addr;
     event.image_len = image_len;
     event.params_addr = params;
-    // The scratch slot is reused: clear what only module_load fills in.
+    // The scratch slot is reused: clear what only module_load and
+    // module_free fill in.
     event.module.seen = 0;
+    event.module.freed = 0;
     event.module.taints = 0;
     capture::user_str(params, &mut event.params);
     capture::fill_invocation(&mut event.invocation);
@@ -291,7 +317,8 @@ fn enter_init([image_addr, image_len, params]: [u64; 3]) {
         );
     }
     stash(
-        pending!(PENDING_INIT, PENDING_INIT_UNPRIVILEGED).for_caller(privileged),
+        &pending!(PENDING_INIT, PENDING_INIT_UNPRIVILEGED),
+        privileged,
         event,
     );
 }
@@ -309,6 +336,7 @@ fn enter_finit([fd, params, flags]: [u64; 3]) {
     event.flags = flags as u32;
     event.params_addr = params;
     event.module.seen = 0;
+    event.module.freed = 0;
     event.module.taints = 0;
     capture::user_str(params, &mut event.params);
     let file = capture::resolve_fd(event.fd, &mut event.path);
@@ -327,7 +355,8 @@ fn enter_finit([fd, params, flags]: [u64; 3]) {
         );
     }
     stash(
-        pending!(PENDING_FINIT, PENDING_FINIT_UNPRIVILEGED).for_caller(privileged),
+        &pending!(PENDING_FINIT, PENDING_FINIT_UNPRIVILEGED),
+        privileged,
         event,
     );
 }
@@ -350,7 +379,8 @@ fn enter_delete([name, flags, _]: [u64; 3]) {
     capture::user_str(name, &mut event.name);
     let privileged = caller_is_privileged();
     stash(
-        pending!(PENDING_DELETE, PENDING_DELETE_UNPRIVILEGED).for_caller(privileged),
+        &pending!(PENDING_DELETE, PENDING_DELETE_UNPRIVILEGED),
+        privileged,
         event,
     );
 }
@@ -422,12 +452,20 @@ fn fill_loaded_module(module: *const u8, target: &mut LoadedModule) {
     }
 }
 
-/// `module_free` inside delete_module: the module really left the kernel.
+/// `module_free` inside delete_module: the module really left the kernel;
+/// inside a load: its init failed. Either tells how the call ended when the
+/// kernel skips the exit program.
 #[inline(always)]
 pub(crate) fn on_module_free() {
-    if let Some(event) = PENDING_DELETE.get_ptr_mut(current_tid()) {
-        // SAFETY: the entry belongs to this thread, which is in the syscall.
+    let tid = current_tid();
+    // SAFETY (all three): the entry belongs to this thread, which is in the
+    // syscall.
+    if let Some(event) = PENDING_DELETE.get_ptr_mut(tid) {
         unsafe { (*event).freed = 1 };
+    } else if let Some(event) = PENDING_FINIT.get_ptr_mut(tid) {
+        unsafe { (*event).module.freed = 1 };
+    } else if let Some(event) = PENDING_INIT.get_ptr_mut(tid) {
+        unsafe { (*event).module.freed = 1 };
     }
 }
 

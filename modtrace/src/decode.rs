@@ -495,7 +495,7 @@ mod tests {
         field[..name.len()].copy_from_slice(name);
         LoadedModule {
             seen: 1,
-            _reserved: 0,
+            freed: 0,
             taints,
             name: field,
         }
@@ -508,7 +508,7 @@ mod tests {
         name[..6].copy_from_slice(b"oldmod");
         LoadedModule {
             seen: 0,
-            _reserved: 0,
+            freed: 0,
             taints: 0,
             name,
         }
@@ -556,7 +556,7 @@ mod tests {
         assert_eq!(got.image_addr, 0x7f00_0000_1000);
         assert_eq!(got.image_len, 123_456);
         assert_eq!(got.params_addr, 0x5555_0000_2000);
-        assert_eq!((got.module.seen, got.module._reserved), (1, 0));
+        assert_eq!((got.module.seen, got.module.freed), (1, 0));
         assert_eq!(got.module.taints, TAINTS_OE);
         assert_eq!(&got.module.name[..6], b"dummy\0");
         assert_eq!(got.module.name[5..], [0; KERNEL_MODULE_NAME_LEN - 5]);
@@ -608,7 +608,7 @@ mod tests {
             assert_task_without_btf(&got.task);
             assert_eq!((got.image_addr, got.image_len), (0, 64));
             assert_eq!(got.params_addr, if state == STR_NULL { 0 } else { 0x1000 });
-            assert_eq!((got.module.seen, got.module._reserved), (0, 0));
+            assert_eq!((got.module.seen, got.module.freed), (0, 0));
             assert_eq!(got.module.taints, 0);
             assert_eq!(&got.module.name[..6], b"oldmod");
             assert_eq!(got.module.name[6..], [0; KERNEL_MODULE_NAME_LEN - 6]);
@@ -664,7 +664,7 @@ mod tests {
         assert_eq!(got.ino, 0xabc_def0);
         assert_eq!((got.file_flags, got._reserved), (FILE_RESOLVED, 0));
         assert_eq!(got.params_addr, 0x5555_0000_3000);
-        assert_eq!((got.module.seen, got.module._reserved), (1, 0));
+        assert_eq!((got.module.seen, got.module.freed), (1, 0));
         assert_eq!(got.module.taints, 0);
         assert_eq!(&got.module.name[..5], b"dummy");
         assert_eq!(got.module.name[5..], [0; KERNEL_MODULE_NAME_LEN - 5]);
@@ -766,7 +766,7 @@ mod tests {
             assert_eq!((got.fd, got.flags, got.ino), (fd, 2, ino));
             assert_eq!((got.file_flags, got._reserved), (file_flags, 0));
             assert_eq!(got.params_addr, 0x2000);
-            assert_eq!((got.module.seen, got.module._reserved), (0, 0));
+            assert_eq!((got.module.seen, got.module.freed), (0, 0));
             assert_eq!(got.module.taints, 0);
             assert_eq!(&got.module.name[..6], b"oldmod");
             assert_eq!(got.module.name[6..], [0; KERNEL_MODULE_NAME_LEN - 6]);

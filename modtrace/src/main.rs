@@ -70,7 +70,7 @@ struct WatchArgs {
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Force an attach strategy instead of the best available: one for all
-    /// syscalls (fentry, kprobe, syscall-tracepoints, raw-syscalls), or one
+    /// syscalls (kprobe, fentry, syscall-tracepoints, raw-syscalls), or one
     /// per syscall named, e.g. `init_module=kprobe,delete_module=fentry`
     /// (the others keep the best available).
     #[arg(

@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use modtrace_common::{KernelEvent, PARENT_PROCESS};
+use modtrace_common::{KernelEvent, Syscall, TaskInfo, PARENT_PROCESS};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::warn;
 
@@ -111,6 +111,8 @@ fn acquire_lock(path: &Path) -> Result<nix::fcntl::Flock<File>, WatchError> {
 struct Collector {
     pipeline: Pipeline,
     reported_losses: LossCounts,
+    /// Calls reported from their map because the kernel skipped their exit.
+    reported_past_exit: u64,
     /// Under `--enforce`: the deny tables in the kernel, which a reload may
     /// not change (they are filled once, before the programs attach).
     enforced: Option<DenyTables>,
@@ -120,7 +122,7 @@ impl Collector {
     /// Reads every ring, the notices first (their loads are in progress),
     /// then the loads, then at most `EVENTS_PER_PASS` of the failing calls,
     /// until all are empty: a flood in `EVENTS` never delays a load.
-    fn drain(&mut self, rings: &mut Rings, maps: &Maps) -> Result<(), WatchError> {
+    fn drain(&mut self, rings: &mut Rings, maps: &mut Maps) -> Result<(), WatchError> {
         const EVENTS_PER_PASS: usize = 4096;
         loop {
             self.drain_ring(&mut rings.notices, maps, usize::MAX)?;
@@ -137,9 +139,12 @@ impl Collector {
     /// among them, is then written first, and the load can cite it. When
     /// userspace reads late (a busy host), the loads ring would otherwise be
     /// read ahead of the request.
-    fn drain_loads(&mut self, rings: &mut Rings, maps: &Maps) -> Result<(), WatchError> {
+    fn drain_loads(&mut self, rings: &mut Rings, maps: &mut Maps) -> Result<(), WatchError> {
         while let Some(decoded) = next_decoded(&mut rings.loads) {
             let Some(decoded) = decoded else { continue };
+            if matches!(&decoded, Decoded::Record(event) if maps.is_repeat(event)) {
+                continue;
+            }
             if let Some(entered_ns) = load_of_kernel_helper(&decoded) {
                 self.catch_up(&mut rings.events, maps, entered_ns)?;
             }
@@ -217,6 +222,24 @@ impl Collector {
         Ok(())
     }
 
+    /// Reports the privileged calls still pending whose exit the kernel
+    /// skipped, without their result; they stay in their map (see
+    /// `Maps::report_in_map`). No more are reported than the kernel counts
+    /// skipped exits, however /proc reads.
+    fn report_exits_skipped(
+        &mut self,
+        maps: &mut Maps,
+        exits_skipped: u64,
+        skipped: impl Fn(&KernelEvent) -> bool,
+    ) -> Result<(), WatchError> {
+        let budget = exits_skipped.saturating_sub(self.reported_past_exit);
+        for event in maps.report_in_map(budget, skipped) {
+            self.reported_past_exit += 1;
+            self.pipeline.on_event(&event)?;
+        }
+        Ok(())
+    }
+
     /// SIGHUP: a policy that fails to load is reported and the one in force
     /// stays, so a typo never leaves the host unwatched.
     fn reload_policy(&mut self, path: Option<&Path>) -> Result<(), WatchError> {
@@ -288,22 +311,49 @@ fn deny_tables(policy: &Policy) -> Result<DenyTables, WatchError> {
     Ok(kernel_rules::compile(policy.deny_rules(), &tree)?)
 }
 
-/// A pending call whose thread no longer exists (or whose tid now belongs to
-/// a thread started after the call) will never reach the exit probe.
-fn task_died(event: &KernelEvent, now_boot_ns: u64) -> bool {
+/// Whether the thread of a pending call is still the one that made it;
+/// None while the call is younger than a second, too young to judge.
+fn caller_alive(event: &KernelEvent, now_boot_ns: u64) -> Option<bool> {
     const GRACE_NS: u64 = 1_000_000_000;
     let header = event.header();
     let task = event.task();
     if now_boot_ns.saturating_sub(header.enter_ns) < GRACE_NS {
-        return false;
+        return None;
     }
-    let stat = process::read_proc_text(Path::new(&format!(
-        "/proc/{}/task/{}/stat",
-        task.pid, task.tid
-    )));
-    match stat.and_then(|s| process::start_time_ticks(&s)) {
-        None => true,
-        Some(ticks) => process::ticks_to_ns(ticks) > header.enter_ns,
+    let stat = process::read_proc_text(&thread_file(task, "stat"));
+    Some(match stat.and_then(|s| process::start_time_ticks(&s)) {
+        None => false,
+        Some(ticks) => process::ticks_to_ns(ticks) <= header.enter_ns,
+    })
+}
+
+fn thread_file(task: &TaskInfo, name: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/task/{}/{name}", task.pid, task.tid))
+}
+
+/// A pending call whose thread no longer exists (or whose tid now belongs to
+/// a thread started after the call) will never reach the exit probe.
+fn task_died(event: &KernelEvent, now_boot_ns: u64) -> bool {
+    caller_alive(event, now_boot_ns) == Some(false)
+}
+
+/// A pending call whose thread lives on outside that syscall: the kernel
+/// skipped modtrace's exit program (kernel/skipped.rs), so no exit comes.
+fn exit_skipped(event: &KernelEvent, now_boot_ns: u64) -> bool {
+    let Some(syscall) = Syscall::from_kind(event.header().kind) else {
+        return false;
+    };
+    caller_alive(event, now_boot_ns) == Some(true)
+        && process::read_proc_text(&thread_file(event.task(), "syscall"))
+            .is_some_and(|text| !in_syscall(&text, syscall.x86_64_nr()))
+}
+
+/// Whether /proc/<pid>/task/<tid>/syscall says the thread is in syscall
+/// `nr`; a running thread's cannot be told, and counts as in it.
+fn in_syscall(proc_syscall: &str, nr: u32) -> bool {
+    match proc_syscall.split_whitespace().next() {
+        Some("running") | None => true,
+        Some(first) => first.parse::<i64>().ok() == Some(i64::from(nr)),
     }
 }
 
@@ -474,6 +524,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
     let mut collector = Collector {
         pipeline,
         reported_losses: LossCounts::default(),
+        reported_past_exit: 0,
         enforced: None,
     };
     if let Some((_, tables)) = enforce {
@@ -505,11 +556,11 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         tokio::select! {
             ready = wakers.readable() => {
                 let mut guard = ready.map_err(io("waiting on the ring buffers"))?;
-                collector.drain(&mut rings, &maps)?;
+                collector.drain(&mut rings, &mut maps)?;
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                collector.drain(&mut rings, &maps)?;
+                collector.drain(&mut rings, &mut maps)?;
                 collector.report_losses(&maps)?;
                 collector.pipeline.report_denials()?;
                 let now = Clock.rfc3339(None);
@@ -521,6 +572,8 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
                 if ticks.is_multiple_of(10) {
                     let now = Clock::boot_ns();
                     collector.reap(&mut maps, |e| task_died(e, now))?;
+                    let exits_skipped = kernel::skipped::exits_skipped(&probes.ebpf);
+                    collector.report_exits_skipped(&mut maps, exits_skipped, |e| exit_skipped(e, now))?;
                 }
             }
             released = collector.pipeline.analyses.next(), if collector.pipeline.analyses.busy() => {
@@ -565,8 +618,9 @@ fn shutdown(
     mut maps: Maps,
     mut collector: Collector,
 ) -> Result<(), WatchError> {
+    let skipped_runs = kernel::skipped::skipped_runs(&probes.ebpf);
     drop(probes);
-    collector.drain(&mut rings, &maps)?;
+    collector.drain(&mut rings, &mut maps)?;
     collector.reap(&mut maps, |_| true)?;
     let pipeline = &mut collector.pipeline;
     let released = pipeline.analyses.finish_all();
@@ -584,6 +638,7 @@ fn shutdown(
             total: counts.total(),
             counts,
         },
+        skipped_runs,
         enforcement,
     };
     pipeline.emit("stop", None, &Body::Stop(stop))?;
@@ -593,6 +648,21 @@ fn shutdown(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_syscall_tells_a_thread_in_the_call_from_one_past_it() {
+        let blocked = "176 0x7f3a2c001000 0x800 0x0 0x0 0x0 0x0 0x7ffd8e1c2b18 0x7f3a2c1e2f2d\n";
+        assert!(in_syscall(blocked, 176));
+        // Blocked in another syscall, or in none (-1): past the call.
+        assert!(!in_syscall(
+            "202 0x55d 0x80 0x0 0x0 0x0 0x0 0x7ffd 0x7f3a\n",
+            176
+        ));
+        assert!(!in_syscall("-1 0x7ffd8e1c2b18 0x55d1c0a1\n", 176));
+        // A running thread cannot be told: it counts as in the call.
+        assert!(in_syscall("running\n", 176));
+        assert!(in_syscall("", 176));
+    }
 
     fn policy(deny: &str) -> Policy {
         let text = format!(

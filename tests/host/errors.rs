@@ -79,7 +79,7 @@ fn bad_arguments_are_rejected_before_anything_loads() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("unknown strategy `uprobe`"), "{stderr}");
     assert!(
-        stderr.contains("kprobe, syscall-tracepoints, raw-syscalls"),
+        stderr.contains("kprobe, fentry, syscall-tracepoints, raw-syscalls"),
         "{stderr}"
     );
     let mut cmd = modtrace();

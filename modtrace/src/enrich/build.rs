@@ -78,6 +78,8 @@ fn loaded(module: &LoadedModule) -> Option<ModuleInfo> {
     (module.seen != 0).then(|| ModuleInfo {
         name: Some(c_name(&module.name)),
         taint: Some(fields::taint(module.taints)),
+        // Only a failed init frees the module inside its load.
+        freed: (module.freed != 0).then_some(true),
         ..ModuleInfo::default()
     })
 }

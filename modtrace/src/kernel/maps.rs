@@ -1,7 +1,10 @@
 //! The maps userspace reads, taken out of the object so that they outlive the
 //! programs: after detaching, the rings are still drained and the calls in
 //! flight still reported.
-use std::os::fd::{AsRawFd, RawFd};
+use std::{
+    collections::HashSet,
+    os::fd::{AsRawFd, RawFd},
+};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use modtrace_common::{
@@ -92,6 +95,13 @@ pub struct Maps {
     pending_init: [HashMap<MapData, u32, InitModuleEvent>; 2],
     pending_finit: [HashMap<MapData, u32, FinitModuleEvent>; 2],
     pending_delete: [HashMap<MapData, u32, DeleteModuleEvent>; 2],
+    /// (tid, entry time) of privileged calls reported while still in their
+    /// map, their exit having been skipped by the kernel: the kernel
+    /// delivers each again at its thread's next call, or the reaper takes
+    /// it when the thread dies, and that repeat is dropped.
+    reported_in_map: HashSet<(u32, u64)>,
+    /// Calls seen past their exit once, reported if seen so again.
+    seen_past_exit: HashSet<(u32, u64)>,
 }
 
 impl Maps {
@@ -110,6 +120,8 @@ impl Maps {
                 take_map(ebpf, "PENDING_DELETE")?,
                 take_map(ebpf, "PENDING_DELETE_UNPRIVILEGED")?,
             ],
+            reported_in_map: HashSet::new(),
+            seen_past_exit: HashSet::new(),
         })
     }
 
@@ -148,6 +160,56 @@ impl Maps {
     /// Removing before reporting means a record is reported once even if
     /// the exit probe races us (it then finds no entry and counts a loss).
     pub fn take_pending(&mut self, finished: impl Fn(&KernelEvent) -> bool) -> Vec<KernelEvent> {
+        let mut taken = self.remove_pending(finished);
+        taken.retain(|event| !self.is_repeat(event));
+        taken
+    }
+
+    /// The privileged calls that `skipped` selects at two calls in a row,
+    /// at most `budget` of them, left in their maps and remembered, so that
+    /// each is reported once. Only privileged calls: the kernel then
+    /// delivers a repeat on the loads ring, which no flood can fill, so the
+    /// repeat is never counted as lost. An unprivileged call stays for the
+    /// kernel or the reaper to deliver.
+    pub fn report_in_map(
+        &mut self,
+        budget: u64,
+        skipped: impl Fn(&KernelEvent) -> bool,
+    ) -> Vec<KernelEvent> {
+        if budget == 0 {
+            self.seen_past_exit.clear();
+            return Vec::new();
+        }
+        let mut found: Vec<KernelEvent> = Vec::new();
+        found.extend(values_of(&self.pending_init[0], |e| {
+            KernelEvent::InitModule(Box::new(e))
+        }));
+        found.extend(values_of(&self.pending_finit[0], |e| {
+            KernelEvent::FinitModule(Box::new(e))
+        }));
+        found.extend(values_of(&self.pending_delete[0], |e| {
+            KernelEvent::DeleteModule(Box::new(e))
+        }));
+        found.retain(|event| !self.reported_in_map.contains(&call_key(event)) && skipped(event));
+        let seen_before = std::mem::take(&mut self.seen_past_exit);
+        self.seen_past_exit = found.iter().map(call_key).collect();
+        found.retain(|event| seen_before.contains(&call_key(event)));
+        found.sort_by_key(|event| event.header().enter_ns);
+        found.truncate(usize::try_from(budget).unwrap_or(usize::MAX));
+        for event in &found {
+            self.seen_past_exit.remove(&call_key(event));
+            self.reported_in_map.insert(call_key(event));
+        }
+        found
+    }
+
+    /// Whether `event`, read from a ring, is a call already reported from
+    /// its map (see `report_in_map`); forgets it then.
+    pub fn is_repeat(&mut self, event: &KernelEvent) -> bool {
+        event.header().exit_ns == 0 && self.reported_in_map.remove(&call_key(event))
+    }
+
+    fn remove_pending(&mut self, finished: impl Fn(&KernelEvent) -> bool) -> Vec<KernelEvent> {
         let mut taken = Vec::new();
         for map in &mut self.pending_init {
             taken.extend(take_from(
@@ -174,20 +236,29 @@ impl Maps {
     }
 }
 
+fn call_key(event: &KernelEvent) -> (u32, u64) {
+    (event.task().tid, event.header().enter_ns)
+}
+
+fn values_of<'m, V: aya::Pod>(
+    map: &'m HashMap<MapData, u32, V>,
+    wrap: impl Fn(V) -> KernelEvent + 'm,
+) -> impl Iterator<Item = KernelEvent> + 'm {
+    map.iter()
+        .filter_map(Result::ok)
+        .map(move |(_, value)| wrap(value))
+}
+
+/// The calls of `map` that `finished` selects, removed. The map's key is
+/// the thread the call's task record names.
 fn take_from<V: aya::Pod>(
     map: &mut HashMap<MapData, u32, V>,
     wrap: impl Fn(V) -> KernelEvent,
     finished: &impl Fn(&KernelEvent) -> bool,
 ) -> Vec<KernelEvent> {
-    let selected: Vec<(u32, KernelEvent)> = map
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(tid, value)| (tid, wrap(value)))
-        .filter(|(_, event)| finished(event))
-        .collect();
+    let selected: Vec<KernelEvent> = values_of(map, wrap).filter(finished).collect();
     selected
         .into_iter()
-        .filter(|(tid, _)| map.remove(tid).is_ok())
-        .map(|(_, event)| event)
+        .filter(|event| map.remove(&event.task().tid).is_ok())
         .collect()
 }

@@ -1,11 +1,17 @@
 //! Loading the eBPF object and attaching it, choosing per syscall the cheapest
 //! attach strategy the running kernel offers:
 //!
-//! 1. `fentry`: fentry/fexit on `__x64_sys_*`; costs nothing to other syscalls.
-//! 2. `kprobe`: a kprobe on the entry of the same functions, with the fexit
-//!    of `fentry` on their return; costs nothing to other syscalls either.
-//!    For kernels whose BTF declares the functions' `pt_regs` argument only
-//!    forward (5.10), where the verifier refuses fentry's reading of it.
+//! 1. `kprobe`: a kprobe on the entry of `__x64_sys_*`, with the fexit of
+//!    `fentry` on their return; costs nothing to other syscalls. First
+//!    because a kprobe runs with preemption disabled: no caller, however
+//!    many calls it makes, can make the kernel skip it for another
+//!    (kernel/skipped.rs), while a trampoline program is skipped on a CPU
+//!    where a preempted task is inside it, which any local user can arrange
+//!    on a preemptible kernel by flooding the same syscall.
+//! 2. `fentry`: fentry/fexit on the same functions; costs nothing to other
+//!    syscalls either. For kernels without kprobes. (5.10's BTF declares the
+//!    functions' `pt_regs` argument only forward, and the verifier refuses
+//!    fentry's reading of it there.)
 //! 3. `syscall-tracepoints`: `syscalls:sys_enter_*`/`sys_exit_*`.
 //! 4. `raw-syscalls`: raw `sys_enter`/`sys_exit` filtered in the kernel by number.
 //!
@@ -35,14 +41,15 @@ use crate::record::RefusedStrategy;
 pub mod btf;
 pub mod enforce;
 pub mod maps;
+pub mod skipped;
 
 /// The eBPF object built from `modtrace-ebpf` by build.rs for this very build.
 const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modtrace"));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Strategy {
-    Fentry,
     Kprobe,
+    Fentry,
     SyscallTracepoints,
     RawSyscalls,
 }
@@ -50,8 +57,8 @@ pub enum Strategy {
 impl Strategy {
     /// Best first: the order in which they are tried.
     pub const ALL: [Strategy; 4] = [
-        Self::Fentry,
         Self::Kprobe,
+        Self::Fentry,
         Self::SyscallTracepoints,
         Self::RawSyscalls,
     ];
@@ -924,7 +931,7 @@ mod tests {
         let error = |text: &str| text.parse::<StrategyChoice>().unwrap_err().to_string();
         assert_eq!(
             error("uprobe"),
-            "unknown strategy `uprobe` (expected one of fentry, kprobe, syscall-tracepoints, raw-syscalls)"
+            "unknown strategy `uprobe` (expected one of kprobe, fentry, syscall-tracepoints, raw-syscalls)"
         );
         assert_eq!(
             error("init_module=kprobe,finit=fentry"),

@@ -98,7 +98,8 @@ pub struct PreloadedModule {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Call {
     pub duration_ns: Option<u64>,
-    /// False when the task died inside the syscall: no result exists.
+    /// False when the exit was not seen: the task died inside the syscall,
+    /// or the kernel skipped the exit program (`Stop::skipped_runs`).
     pub exited: bool,
     pub process: Process,
     pub parent: Parent,
@@ -140,7 +141,8 @@ pub struct ModuleInfo {
     /// The kernel's taint (/proc/sys/kernel/tainted) when the record was made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_taint: Option<fields::Taint>,
-    /// delete_module: whether the module really left the kernel.
+    /// delete_module: whether the module really left the kernel; a load:
+    /// true when its init failed and the kernel freed it inside the call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freed: Option<bool>,
     /// init/finit_module: the image the call passed, identified.
@@ -352,6 +354,10 @@ pub struct Stop {
     /// of one by one: with `events` and `lost`, every call made.
     pub aggregated: EventCounts,
     pub lost: LostTotals,
+    /// Runs of each program the kernel skipped because another run of it
+    /// was in progress on the same CPU (kernel/skipped.rs); null where the
+    /// kernel does not count them (before 5.12).
+    pub skipped_runs: Option<BTreeMap<String, u64>>,
     /// Under `watch --enforce`: the denials of the whole run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enforcement: Option<Denials>,

@@ -13,10 +13,10 @@ use super::{
 };
 
 /// Best first, as modtrace tries them.
-const ORDER: [&str; 4] = ["fentry", "kprobe", "syscall-tracepoints", "raw-syscalls"];
+const ORDER: [&str; 4] = ["kprobe", "fentry", "syscall-tracepoints", "raw-syscalls"];
 /// The strategies that put no other syscall on a slow path: the automatic
 /// choice must be one of them on every kernel of the matrix.
-const UNTAXED: [&str; 2] = ["fentry", "kprobe"];
+const UNTAXED: [&str; 2] = ["kprobe", "fentry"];
 
 /// Each watch of the scenario and the strategy it forces per syscall (in
 /// the order of `SYSCALL_KINDS`), `None` where the choice is automatic.

@@ -173,9 +173,10 @@ fn envelope<'a>(
 }
 
 /// Every traced call has exactly one record (same syscall, tid, return value, or
-/// `"exited": false` for a call still in the kernel when the watch stopped), or
-/// is among the `lost` that modtrace counted, and every syscall record has a
-/// traced call.
+/// `"exited": false` for a call still in the kernel when the watch stopped, or
+/// one whose exit program the kernel skipped), or is among the `lost` that
+/// modtrace counted, and every syscall record has a traced call. Records whose
+/// exit was skipped are no more than the skipped exit runs `stop` counts.
 fn match_calls(m: &mut Checks, label: &str, watched: &Watched, lost: u64, r: &ScenarioResults) {
     let returned_after = |call: &TracedCall| r.returned_after(call, label);
     let mut unmatched: Vec<&Value> = watched
@@ -187,6 +188,7 @@ fn match_calls(m: &mut Checks, label: &str, watched: &Watched, lost: u64, r: &Sc
         .collect();
     let mut aggregated = Aggregated::of(&watched.records);
     let mut missing = Vec::new();
+    let mut exit_skipped = Vec::new();
     for call in &watched.calls {
         let found = unmatched.iter().position(|r| {
             r["kind"] == call.syscall.as_str()
@@ -206,13 +208,41 @@ fn match_calls(m: &mut Checks, label: &str, watched: &Watched, lost: u64, r: &Sc
                 record_matches_call(m, label, unmatched.remove(index), call, read_late);
             }
             None if returned_after(call) => match in_flight() {
-                Some(index) => in_flight_record(m, label, unmatched.remove(index), call),
+                Some(index) => record_without_exit(
+                    m,
+                    label,
+                    unmatched.remove(index),
+                    call,
+                    "in flight at the stop",
+                ),
                 None => missing.push(call),
             },
             None if aggregated.take(call) => {}
-            None => missing.push(call),
+            None => match in_flight() {
+                Some(index) => {
+                    exit_skipped.push(call);
+                    let record = unmatched.remove(index);
+                    let why = "its exit program skipped by the kernel";
+                    record_without_exit(m, label, record, call, why);
+                    m.eq(
+                        &format!("watch {label}: {} by tid {}, exit skipped: its module events tell it returned 0", call.syscall, call.tid),
+                        ended_well(record),
+                        call.ret == Some(0),
+                    );
+                }
+                None => missing.push(call),
+            },
         }
     }
+    let skipped_exits = skipped_exit_runs(&watched.records);
+    m.check(
+        exit_skipped.len() as u64 <= skipped_exits,
+        format!(
+            "watch {label}: {} calls that returned while watched have a record without their exit, no more than the {skipped_exits} exit runs the kernel skipped (stop.skipped_runs): {:?}",
+            exit_skipped.len(),
+            exit_skipped.iter().take(20).collect::<Vec<_>>()
+        ),
+    );
     aggregated.check_consumed(m, label, &watched.calls);
     m.check(
         missing.len() as u64 <= lost,
@@ -227,6 +257,36 @@ fn match_calls(m: &mut Checks, label: &str, watched: &Watched, lost: u64, r: &Sc
         unmatched.is_empty(),
         format!("watch {label}: records the kernel never traced: {unmatched:?}"),
     );
+}
+
+/// What a record's module events say of how its call ended (docs/output.md,
+/// `module`): a load that named its module and did not free it, or an
+/// unload that freed it, returned 0.
+pub(crate) fn ended_well(record: &Value) -> bool {
+    let freed = record.pointer("/module/freed") == Some(&Value::Bool(true));
+    if record["kind"] == "delete_module" {
+        freed
+    } else {
+        record.pointer("/module/name").is_some_and(Value::is_string) && !freed
+    }
+}
+
+/// The runs of modtrace's exit programs the kernel skipped, by `stop`.
+pub(crate) fn skipped_exit_runs(records: &[&Value]) -> u64 {
+    records
+        .last()
+        .and_then(|stop| stop["skipped_runs"].as_object())
+        .map_or(0, |skipped| {
+            skipped
+                .iter()
+                .filter(|(program, _)| {
+                    program.starts_with("fexit_")
+                        || program.starts_with("tp_exit_")
+                        || program.as_str() == "raw_sys_exit"
+                })
+                .filter_map(|(_, runs)| runs.as_u64())
+                .sum()
+        })
 }
 
 /// The calls `summary` records counted, by (syscall, pid, ret), as traced
@@ -287,9 +347,10 @@ impl Aggregated {
 }
 
 /// A call modtrace saw enter but not return, because it stopped first.
-fn in_flight_record(m: &mut Checks, label: &str, record: &Value, call: &TracedCall) {
+/// A record without the call's exit: `why` it has none.
+fn record_without_exit(m: &mut Checks, label: &str, record: &Value, call: &TracedCall, why: &str) {
     let what = format!(
-        "watch {label}: {} by tid {} ({}), in flight at the stop",
+        "watch {label}: {} by tid {} ({}), {why}",
         call.syscall, call.tid, call.comm
     );
     m.eq(
