@@ -430,7 +430,17 @@ fn raise_priority() {
 /// Only the calling thread, the loop's, is changed, once the image analysis
 /// threads are started (they would inherit it); it keeps its nice.
 fn shorten_slice() {
-    const SLICE_NS: u64 = 100_000;
+    if let Err(err) = set_scheduling(libc::SCHED_OTHER, 0) {
+        tracing::debug!("could not shorten the collector's slice to {SLICE_NS} ns: {err}");
+    }
+}
+
+/// The slice `shorten_slice` gives the loop thread.
+const SLICE_NS: u64 = 100_000;
+
+/// Sets the calling thread's policy and priority with sched_setattr, with
+/// the loop's short slice and the nice the thread has.
+fn set_scheduling(policy: libc::c_int, priority: u32) -> std::io::Result<()> {
     // include/uapi/linux/sched/types.h, SCHED_ATTR_SIZE_VER0.
     #[repr(C)]
     struct SchedAttr {
@@ -452,10 +462,10 @@ fn shorten_slice() {
     };
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
-        sched_policy: libc::SCHED_OTHER as u32,
+        sched_policy: policy as u32,
         sched_flags: 0,
         sched_nice: nice,
-        sched_priority: 0,
+        sched_priority: priority,
         sched_runtime: SLICE_NS,
         sched_deadline: 0,
         sched_period: 0,
@@ -463,10 +473,33 @@ fn shorten_slice() {
     // SAFETY: sched_setattr on the calling thread with a valid attr of the
     // size it states; the kernel only reads it.
     if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0) } != 0 {
-        tracing::debug!(
-            "could not shorten the collector's slice to {SLICE_NS} ns: {}",
-            std::io::Error::last_os_error()
-        );
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The loop thread as a real-time thread (SCHED_FIFO 1) while it reads the
+/// kernel's maps in bulk. A bpf() syscall on a map holds the CPU's
+/// `bpf_prog_active` while it runs, and the kernel skips every kprobe
+/// program on that CPU meanwhile (kernel/skipped.rs): on a preemptible
+/// kernel a module syscall that preempts the collector there would lose
+/// its entry. No ordinary task preempts a real-time one. The work is
+/// bounded (the maps' capacities), and the thread returns to its normal
+/// policy at once.
+struct Unpreempted;
+
+impl Unpreempted {
+    fn enter() -> Self {
+        if let Err(err) = set_scheduling(libc::SCHED_FIFO, 1) {
+            tracing::debug!("could not make the collector real-time while it reads maps: {err}");
+        }
+        Self
+    }
+}
+
+impl Drop for Unpreempted {
+    fn drop(&mut self) {
+        shorten_slice();
     }
 }
 
@@ -561,6 +594,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
             }
             _ = tick.tick() => {
                 collector.drain(&mut rings, &mut maps)?;
+                let _unpreempted = Unpreempted::enter();
                 collector.report_losses(&maps)?;
                 collector.pipeline.report_denials()?;
                 let now = Clock.rfc3339(None);

@@ -29,6 +29,10 @@ use self::kernels::{InTest, Kernel, KERNELS};
 /// and run in full on the kernel marked `All`; `cargo xtask vm-test` runs
 /// everything everywhere.
 pub(crate) const CORE_SCENARIOS: &[&str] = &["autoload", "identity", "strategies"];
+/// What a preemptible kernel adds to the core scenarios in the test set:
+/// many calls of one syscall at once, where preempted callers make the
+/// kernel skip programs (modtrace/src/kernel/skipped.rs).
+pub(crate) const PREEMPTION_SCENARIOS: &[&str] = &["concurrency", "pending"];
 
 /// Hard limit per guest: boot, scenario, results, poweroff.
 /// Generous: a guest under TCG on a loaded 2-core host runs several times slower.
@@ -114,7 +118,8 @@ struct RunOutcome {
 
 /// Every (kernel, scenario) pair to boot, in kernel order; scenarios that need
 /// modules skip kernels without them, and say so. With `test_set`, kernels
-/// marked [`InTest::Core`] run [`CORE_SCENARIOS`] only.
+/// marked [`InTest::Core`] run [`CORE_SCENARIOS`] only, and those marked
+/// [`InTest::Preemptible`] add [`PREEMPTION_SCENARIOS`].
 fn planned_runs<'a>(
     kernels: &'a [PreparedKernel],
     scenarios: &'a [Scenario],
@@ -122,16 +127,21 @@ fn planned_runs<'a>(
 ) -> Vec<Run<'a>> {
     let mut runs = Vec::new();
     for kernel in kernels {
-        let core_only = test_set && kernel.kernel.in_test == InTest::Core;
-        if core_only {
+        let selected: Vec<&str> = match kernel.kernel.in_test {
+            InTest::All => Vec::new(),
+            InTest::Core => CORE_SCENARIOS.to_vec(),
+            InTest::Preemptible => [CORE_SCENARIOS, PREEMPTION_SCENARIOS].concat(),
+        };
+        let subset = test_set && !selected.is_empty();
+        if subset {
             eprintln!(
                 "vm: {}: the test set runs {} only (cargo xtask vm-test runs every scenario)",
                 kernel.kernel.name,
-                CORE_SCENARIOS.join(", ")
+                selected.join(", ")
             );
         }
         for scenario in scenarios {
-            if core_only && !CORE_SCENARIOS.contains(&scenario.name.as_str()) {
+            if subset && !selected.contains(&scenario.name.as_str()) {
                 continue;
             }
             if scenario.needs_modules && !kernel.kernel.has_modules {

@@ -36,6 +36,10 @@ pub(crate) enum InTest {
     /// The scenarios whose outcome depends on the kernel or its kmod
     /// (`vm::CORE_SCENARIOS`).
     Core,
+    /// A preemptible kernel, where the kernel skips trampoline programs
+    /// for preempted callers: the core scenarios and the ones of many
+    /// concurrent calls (`vm::PREEMPTION_SCENARIOS`).
+    Preemptible,
 }
 
 /// What the kernel command line adds to the harness's own arguments.
@@ -73,7 +77,7 @@ pub(crate) const KERNELS: &[Kernel] = &[
     kernel("debian-6.1", &BOOKWORM, &["linux-image-6.1.0-*-amd64"], Boot::AsShipped, InTest::All),
     kernel("debian-6.12-cloud", &BOOKWORM, &["linux-image-6.12.*+deb12-cloud-amd64"], Boot::AsShipped, InTest::Core),
     kernel("debian-6.12", &TRIXIE, &["linux-image-6.12.*+deb13-amd64"], Boot::AsShipped, InTest::Core),
-    kernel("debian-6.12-rt", &TRIXIE, &["linux-image-6.12.*+deb13-rt-amd64"], Boot::AsShipped, InTest::Core),
+    kernel("debian-6.12-rt", &TRIXIE, &["linux-image-6.12.*+deb13-rt-amd64"], Boot::AsShipped, InTest::Preemptible),
     // sid splits the kernel: vmlinuz, modules, and the files both need.
     kernel("debian-7.2-cloud", &SID, &[
         "linux-binary-7.2.*+deb14-cloud-amd64",
