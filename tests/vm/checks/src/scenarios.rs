@@ -114,7 +114,7 @@ fn kmod_major(version_line: &str) -> Option<u32> {
 }
 
 /// Whether the guest's kernel (meta `kernel`, `uname -r`) is at least `version`.
-fn kernel_at_least(r: &ScenarioResults, version: (u32, u32)) -> bool {
+pub(super) fn kernel_at_least(r: &ScenarioResults, version: (u32, u32)) -> bool {
     let release = r.meta.get("kernel").map(String::as_str).unwrap_or_default();
     let mut parts = release
         .split(['.', '-', '+'])
