@@ -529,8 +529,14 @@ impl ProbeConfig {
     };
 }
 
-/// Key of `AGGREGATES`: failing calls (and autoload requests, with `ret` 0)
-/// of one process, kind and result in one window. `digest` 0 is the
+/// `AggregateKey::ret` of calls whose exit the kernel skipped (delivered
+/// when their thread made its next call): their result is unknown, and no
+/// syscall returns this.
+pub const RET_UNSEEN: i64 = i64::MIN;
+
+/// Key of `AGGREGATES`: failing calls (and autoload requests, with `ret` 0;
+/// calls whose exit was skipped, with `RET_UNSEEN`) of one process, kind and
+/// result in one window. `digest` 0 is the
 /// process's own entry, which counts its full reports against the budget and
 /// the calls elided beyond it; any other digest counts the repeats of one
 /// reported call.
@@ -543,7 +549,8 @@ pub struct AggregateKey {
     pub kind: u16,
     pub _reserved: u16,
     pub ret: i64,
-    /// `exit_ns / aggregate_window_ns` of the calls counted.
+    /// `exit_ns / aggregate_window_ns` of the calls counted (`enter_ns`'s
+    /// for calls whose exit was skipped).
     pub window: u64,
     pub digest: u64,
 }

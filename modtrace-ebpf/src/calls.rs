@@ -18,13 +18,16 @@ use aya_ebpf::{
 };
 use modtrace_common::{
     DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LoadEntryEvent,
-    LoadedModule, ModuleRequestEvent, Syscall, ABI_VERSION, KERNEL_MODULE_NAME_LEN,
+    LoadedModule, ModuleRequestEvent, Syscall, TaskInfo, ABI_VERSION, KERNEL_MODULE_NAME_LEN,
     KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE, KIND_LOAD_ENTRY, KIND_MODULE_REQUEST,
     LOSS_ENTRY_MISSING, LOSS_PENDING_FULL, LOSS_REASONS, LOSS_RINGBUF_FULL, PENDING_CAPACITY,
-    UNPRIVILEGED_PENDING_CAPACITY,
+    RET_UNSEEN, UNPRIVILEGED_PENDING_CAPACITY,
 };
 
-use crate::{aggregate, capture};
+use crate::{
+    aggregate::{self, digest_str, digest_word, DIGEST_SEED},
+    capture,
+};
 
 /// Which syscalls the raw `sys_enter`/`sys_exit` programs report, indexed by
 /// the syscall's place in `Syscall::ALL`: nonzero for those the loader gave
@@ -183,42 +186,12 @@ pub(crate) fn on_enter(call: Syscall, args: [u64; 3]) {
 
 #[inline(always)]
 pub(crate) fn on_exit(call: Syscall, ret: i64) {
-    use aggregate::{digest_str, digest_word, DIGEST_SEED};
     match call {
-        Syscall::InitModule => complete(
-            &pending!(PENDING_INIT, PENDING_INIT_UNPRIVILEGED),
-            ret,
-            |e| {
-                capture::retry_user_str(e.params_addr, &mut e.params);
-                capture::retry_argv(&mut e.invocation);
-                let hash = digest_word(DIGEST_SEED, e.image_len);
-                e.header.digest = digest_str(hash, &e.params.bytes, e.params.len);
-                (&mut e.header, &e.task)
-            },
-        ),
-        Syscall::FinitModule => complete(
-            &pending!(PENDING_FINIT, PENDING_FINIT_UNPRIVILEGED),
-            ret,
-            |e| {
-                capture::retry_user_str(e.params_addr, &mut e.params);
-                capture::retry_argv(&mut e.invocation);
-                let hash = digest_word(DIGEST_SEED, e.ino);
-                let hash = digest_word(hash, u64::from(e.flags));
-                let hash = digest_str(hash, &e.path.bytes, e.path.len);
-                e.header.digest = digest_str(hash, &e.params.bytes, e.params.len);
-                (&mut e.header, &e.task)
-            },
-        ),
-        Syscall::DeleteModule => complete(
-            &pending!(PENDING_DELETE, PENDING_DELETE_UNPRIVILEGED),
-            ret,
-            |e| {
-                capture::retry_user_str(e.name_addr, &mut e.name);
-                let hash = digest_word(DIGEST_SEED, u64::from(e.flags));
-                e.header.digest = digest_str(hash, &e.name.bytes, e.name.len);
-                (&mut e.header, &e.task)
-            },
-        ),
+        Syscall::InitModule => complete(&pending!(PENDING_INIT, PENDING_INIT_UNPRIVILEGED), ret),
+        Syscall::FinitModule => complete(&pending!(PENDING_FINIT, PENDING_FINIT_UNPRIVILEGED), ret),
+        Syscall::DeleteModule => {
+            complete(&pending!(PENDING_DELETE, PENDING_DELETE_UNPRIVILEGED), ret);
+        }
     }
 }
 
@@ -251,10 +224,9 @@ fn caller_is_privileged() -> bool {
 /// Stores the scratch record of the current thread as pending, in the map
 /// for its caller's privilege.
 #[inline(always)]
-fn stash<T>(pending: &Pending<T>, privileged: bool, record: &T) {
+fn stash<T: PendingCall>(pending: &Pending<T>, privileged: bool, record: &T) {
     let tid = current_tid();
-    deliver_stale(pending.privileged, &LOADS, tid);
-    deliver_stale(pending.unprivileged, &EVENTS, tid);
+    deliver_stale(pending, tid);
     if pending
         .for_caller(privileged)
         .insert(tid, record, 0)
@@ -272,18 +244,125 @@ fn stash<T>(pending: &Pending<T>, privileged: bool, record: &T) {
 /// A thread has no call pending when it enters one, unless the kernel
 /// skipped modtrace's exit program for its last call (modtrace/src/kernel/
 /// skipped.rs): that call is delivered now, without its result, rather than
-/// overwritten. Userspace may have reported a privileged one already, from
-/// the map, and drops the repeat by (tid, entry time).
+/// overwritten. Only a call whose module events show that it changed the
+/// kernel's modules goes to `LOADS`: a privileged caller's failing calls can
+/// repeat without bound, and with their exits skipped they would otherwise
+/// fill the ring that no flood may fill. Userspace may have reported a
+/// privileged call already, from the map, and drops the repeat by (tid,
+/// entry time).
 #[inline(always)]
-fn deliver_stale<T>(pending: &HashMap<u32, T>, ring: &RingBuf, tid: u32) {
-    // SAFETY: the entry belongs to this thread, which is in the syscall.
-    let Some(stale) = (unsafe { pending.get(tid) }) else {
+fn deliver_stale<T: PendingCall>(pending: &Pending<T>, tid: u32) {
+    // Both maps: a thread that dropped CAP_SYS_MODULE between its calls
+    // has its last one in the other.
+    deliver_stale_from(pending.privileged, tid);
+    deliver_stale_from(pending.unprivileged, tid);
+}
+
+#[inline(always)]
+fn deliver_stale_from<T: PendingCall>(map: &HashMap<u32, T>, tid: u32) {
+    let Some(stale) = map.get_ptr_mut(tid) else {
         return;
     };
-    if ring.output::<T>(stale, 0).is_err() {
+    // SAFETY: the entry belongs to this thread, which is in the syscall.
+    let stale = unsafe { &mut *stale };
+    let delivered = if stale.changed_modules() {
+        LOADS.output::<T>(&*stale, 0).is_ok()
+    } else if unseen_in_full(stale) {
+        EVENTS.output::<T>(&*stale, 0).is_ok()
+    } else {
+        true
+    };
+    if !delivered {
         count_loss(LOSS_RINGBUF_FULL);
     }
-    let _ = pending.remove(tid);
+    let _ = map.remove(tid);
+}
+
+/// Whether a call whose exit was skipped, and which changed no module, is
+/// reported in full: its repeats are counted like failing calls', apart
+/// from them (its result is unknown), in the window of its entry, as a
+/// flood whose exits the kernel skips is still a flood. Its strings are
+/// not read again: the caller's memory has moved on to its next call.
+#[inline(always)]
+fn unseen_in_full<T: PendingCall>(stale: &mut T) -> bool {
+    let (head, task) = stale.keyed();
+    aggregate::report_in_full(head.kind, RET_UNSEEN, head.digest, task, head.enter_ns)
+}
+
+/// A pending call's record, completed at its exit or when its exit was
+/// skipped.
+trait PendingCall {
+    /// Reads again, in the caller's memory, what entry could not (a page
+    /// not yet faulted in).
+    fn retry_capture(&mut self);
+    /// Sets the digest of the call's arguments, under which its repeats
+    /// are counted, and gives the header and the caller.
+    fn keyed(&mut self) -> (&mut EventHeader, &TaskInfo);
+    /// Whether the kernel's module events inside the call saw a module
+    /// created or freed: only a successful delete_module frees, and only a
+    /// load that got as far as its init creates (a failing init frees too).
+    fn changed_modules(&self) -> bool;
+}
+
+impl PendingCall for InitModuleEvent {
+    #[inline(always)]
+    fn retry_capture(&mut self) {
+        capture::retry_user_str(self.params_addr, &mut self.params);
+        capture::retry_argv(&mut self.invocation);
+    }
+
+    #[inline(always)]
+    fn keyed(&mut self) -> (&mut EventHeader, &TaskInfo) {
+        let hash = digest_word(DIGEST_SEED, self.image_len);
+        self.header.digest = digest_str(hash, &self.params.bytes, self.params.len);
+        (&mut self.header, &self.task)
+    }
+
+    #[inline(always)]
+    fn changed_modules(&self) -> bool {
+        self.module.seen != 0 || self.module.freed != 0
+    }
+}
+
+impl PendingCall for FinitModuleEvent {
+    #[inline(always)]
+    fn retry_capture(&mut self) {
+        capture::retry_user_str(self.params_addr, &mut self.params);
+        capture::retry_argv(&mut self.invocation);
+    }
+
+    #[inline(always)]
+    fn keyed(&mut self) -> (&mut EventHeader, &TaskInfo) {
+        let hash = digest_word(DIGEST_SEED, self.ino);
+        let hash = digest_word(hash, u64::from(self.flags));
+        let hash = digest_str(hash, &self.path.bytes, self.path.len);
+        self.header.digest = digest_str(hash, &self.params.bytes, self.params.len);
+        (&mut self.header, &self.task)
+    }
+
+    #[inline(always)]
+    fn changed_modules(&self) -> bool {
+        self.module.seen != 0 || self.module.freed != 0
+    }
+}
+
+impl PendingCall for DeleteModuleEvent {
+    #[inline(always)]
+    fn retry_capture(&mut self) {
+        capture::retry_user_str(self.name_addr, &mut self.name);
+    }
+
+    #[inline(always)]
+    fn keyed(&mut self) -> (&mut EventHeader, &TaskInfo) {
+        let hash = digest_word(DIGEST_SEED, u64::from(self.flags));
+        self.header.digest = digest_str(hash, &self.name.bytes, self.name.len);
+        (&mut self.header, &self.task)
+    }
+
+    #[inline(always)]
+    fn changed_modules(&self) -> bool {
+        self.freed != 0
+    }
 }
 
 #[inline(always)]
@@ -386,14 +465,9 @@ fn enter_delete([name, flags, _]: [u64; 3]) {
 }
 
 /// Adds the return value to the current thread's pending record and delivers
-/// it. `finish` completes what entry could not capture (the digest among it)
-/// and gives the header and the caller.
+/// it, with what entry could not capture and the digest of its arguments.
 #[inline(always)]
-fn complete<T>(
-    pending: &Pending<T>,
-    ret: i64,
-    finish: impl Fn(&mut T) -> (&mut EventHeader, &modtrace_common::TaskInfo),
-) {
+fn complete<T: PendingCall>(pending: &Pending<T>, ret: i64) {
     let tid = current_tid();
     let Some((map, record)) = pending.find(tid) else {
         if OVERFLOWED.remove(tid).is_err() {
@@ -401,7 +475,8 @@ fn complete<T>(
         }
         return;
     };
-    let (head, task) = finish(record);
+    record.retry_capture();
+    let (head, task) = record.keyed();
     // SAFETY: helper call without arguments.
     head.exit_ns = unsafe { bpf_ktime_get_boot_ns() };
     head.ret = ret;
@@ -509,7 +584,7 @@ fn notify_load_entry(
     image_addr: u64,
     image_len: u64,
     call: &EventHeader,
-    task: &modtrace_common::TaskInfo,
+    task: &TaskInfo,
 ) {
     let Some(mut entry) = NOTICES.reserve::<LoadEntryEvent>(0) else {
         return;

@@ -164,18 +164,6 @@ impl Pipeline {
         self.emitter.flush()
     }
 
-    /// One item of a ring buffer.
-    pub fn on_ring_item(
-        &mut self,
-        bytes: &[u8],
-        still_in_call: impl Fn(u32, u64) -> bool,
-    ) -> Result<(), SinkError> {
-        match Self::decode(bytes) {
-            Some(decoded) => self.on_decoded(decoded, still_in_call),
-            None => Ok(()),
-        }
-    }
-
     /// One item of a ring buffer, typed; None for one that cannot be read.
     pub fn decode(bytes: &[u8]) -> Option<Decoded> {
         decode::decode(bytes)

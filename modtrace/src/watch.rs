@@ -142,15 +142,24 @@ impl Collector {
     fn drain_loads(&mut self, rings: &mut Rings, maps: &mut Maps) -> Result<(), WatchError> {
         while let Some(decoded) = next_decoded(&mut rings.loads) {
             let Some(decoded) = decoded else { continue };
-            if matches!(&decoded, Decoded::Record(event) if maps.is_repeat(event)) {
-                continue;
-            }
             if let Some(entered_ns) = load_of_kernel_helper(&decoded) {
                 self.catch_up(&mut rings.events, maps, entered_ns)?;
             }
-            self.pipeline
-                .on_decoded(decoded, |tid, enter_ns| maps.in_call(tid, enter_ns))?;
+            self.deliver(decoded, maps)?;
         }
+        Ok(())
+    }
+
+    /// Passes an item down the pipeline, unless it is a call whose exit the
+    /// kernel skipped that was already reported from its map: the kernel
+    /// delivers such a call when its thread enters the next one, to either
+    /// ring (`deliver_stale` in modtrace-ebpf/src/calls.rs).
+    fn deliver(&mut self, decoded: Decoded, maps: &mut Maps) -> Result<(), WatchError> {
+        if matches!(&decoded, Decoded::Record(event) if maps.is_repeat(event)) {
+            return Ok(());
+        }
+        self.pipeline
+            .on_decoded(decoded, |tid, enter_ns| maps.in_call(tid, enter_ns))?;
         Ok(())
     }
 
@@ -161,14 +170,13 @@ impl Collector {
     fn catch_up(
         &mut self,
         events: &mut RingBuf<MapData>,
-        maps: &Maps,
+        maps: &mut Maps,
         entered_ns: u64,
     ) -> Result<(), WatchError> {
         while let Some(decoded) = next_decoded(events) {
             let Some(decoded) = decoded else { continue };
             let later = matches!(&decoded, Decoded::Record(e) if e.header().exit_ns > entered_ns);
-            self.pipeline
-                .on_decoded(decoded, |tid, enter_ns| maps.in_call(tid, enter_ns))?;
+            self.deliver(decoded, maps)?;
             if later {
                 break;
             }
@@ -180,15 +188,18 @@ impl Collector {
     fn drain_ring(
         &mut self,
         ring: &mut RingBuf<MapData>,
-        maps: &Maps,
+        maps: &mut Maps,
         limit: usize,
     ) -> Result<usize, WatchError> {
         let mut read = 0;
         while read < limit {
-            let Some(item) = ring.next() else { break };
+            let Some(decoded) = next_decoded(ring) else {
+                break;
+            };
             read += 1;
-            self.pipeline
-                .on_ring_item(&item, |tid, enter_ns| maps.in_call(tid, enter_ns))?;
+            if let Some(decoded) = decoded {
+                self.deliver(decoded, maps)?;
+            }
         }
         Ok(read)
     }

@@ -4,7 +4,9 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, MapError};
-use modtrace_common::{kind_name, AggregateCount, AggregateKey, EventHeader, KIND_MODULE_REQUEST};
+use modtrace_common::{
+    kind_name, AggregateCount, AggregateKey, EventHeader, KIND_MODULE_REQUEST, RET_UNSEEN,
+};
 
 use super::capture::c_name;
 use crate::{
@@ -43,16 +45,8 @@ impl Summaries {
         if self.window_ns == 0 || header.digest == 0 {
             return;
         }
-        let key = AggregateKey {
-            tgid,
-            kind: header.kind,
-            _reserved: 0,
-            ret: header.ret,
-            // As the kernel side keys it: by the call's exit.
-            window: header.exit_ns / self.window_ns,
-            digest: header.digest,
-        };
-        self.reported.insert(key, seq);
+        self.reported
+            .insert(repeats_key(header, tgid, self.window_ns), seq);
     }
 
     /// Takes the counts of every window closed before `now_boot_ns` (of
@@ -106,7 +100,8 @@ impl Summaries {
                 uid: count.uid,
                 comm: c_name(&count.comm),
             },
-            result: (key.kind != KIND_MODULE_REQUEST).then(|| fields::call_result(key.ret)),
+            result: (key.kind != KIND_MODULE_REQUEST && key.ret != RET_UNSEEN)
+                .then(|| fields::call_result(key.ret)),
             elided: if key.digest == 0 {
                 "distinct"
             } else {
@@ -119,5 +114,54 @@ impl Summaries {
             last: clock.rfc3339(Some(count.last_ns)),
             window_seconds: self.window_ns as f64 / 1e9,
         }
+    }
+}
+
+/// The key the kernel side counts the repeats of a call reported in full
+/// under: by the call's exit, or, for a call whose exit it skipped, under
+/// `RET_UNSEEN` by its entry (modtrace-ebpf/src/calls.rs).
+fn repeats_key(header: &EventHeader, tgid: u32, window_ns: u64) -> AggregateKey {
+    let (ret, at_ns) = match header.exit_ns {
+        0 => (RET_UNSEEN, header.enter_ns),
+        exit_ns => (header.ret, exit_ns),
+    };
+    AggregateKey {
+        tgid,
+        kind: header.kind,
+        _reserved: 0,
+        ret,
+        window: at_ns / window_ns,
+        digest: header.digest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use modtrace_common::{ABI_VERSION, KIND_DELETE_MODULE};
+
+    use super::*;
+
+    fn header(enter_ns: u64, exit_ns: u64, ret: i64) -> EventHeader {
+        EventHeader {
+            kind: KIND_DELETE_MODULE,
+            abi_version: ABI_VERSION,
+            size: 0,
+            enter_ns,
+            exit_ns,
+            ret,
+            digest: 7,
+        }
+    }
+
+    #[test]
+    fn a_finished_call_is_keyed_by_its_result_in_the_window_of_its_exit() {
+        let key = repeats_key(&header(9_000, 21_000, -2), 42, 10_000);
+        assert_eq!((key.tgid, key.ret, key.window, key.digest), (42, -2, 2, 7));
+    }
+
+    #[test]
+    fn a_call_whose_exit_was_skipped_is_keyed_apart_in_the_window_of_its_entry() {
+        let key = repeats_key(&header(9_000, 0, 0), 42, 10_000);
+        assert_eq!((key.ret, key.window), (RET_UNSEEN, 0));
     }
 }
