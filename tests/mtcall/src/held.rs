@@ -2,7 +2,10 @@
 //! parameters faults on it and blocks until a thread here resolves the fault,
 //! which it does once a given file exists. A test thereby holds a module
 //! syscall inside the kernel for as long as it needs (across a tracer's start
-//! or stop, say).
+//! or stop, say). Since Linux 6.19 an enabled syscall trace event copies the
+//! call's string arguments at syscall entry and would take the fault first,
+//! holding the call before the syscall runs; the VM guest's init turns that
+//! copy off (`syscall_user_buf_size`).
 use std::{
     io,
     path::{Path, PathBuf},
