@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod enforce;
+pub mod pinned;
 #[cfg(feature = "user")]
 mod event;
 #[cfg(feature = "user")]

@@ -17,24 +17,28 @@ use modtrace_common::{
         Denial, DenyClause, DenyKey, EnforceConfig, DENIED_AT_LOAD_DATA, DENIED_AT_MODULE_REQUEST,
         DENIED_AT_POST_LOAD_DATA, DENIED_AT_READ_FILE, DENY_CLAUSE_CAP, DENY_FILE_NO,
         DENY_FILE_YES, DENY_HOOK_FINIT_MODULE, DENY_HOOK_INIT_MODULE, DENY_HOOK_REQUEST,
-        DENY_KEY_MODULE, DENY_KEY_REQUEST, DENY_NAME_CAP, DENY_RULE_CAP,
+        DENY_KEY_MODULE, DENY_KEY_REQUEST, DENY_NAME_CAP,
     },
+    pinned::{DENY_CLAUSE_SLOTS, DENY_RULE_SLOTS},
     KERNEL_MODULE_NAME_LEN,
 };
 
-use crate::capture::{read_at, read_ptr};
+use crate::{
+    enforce_state::active_clause_base,
+    kread::{read_at, read_ptr},
+};
 
 /// Rewritten by the loader (`.rodata`): the hook ids of this kernel, from BTF.
 #[unsafe(no_mangle)]
 pub(crate) static MODTRACE_ENFORCE: EnforceConfig = EnforceConfig::NONE;
 
 #[map]
-static DENY_CLAUSES: Array<DenyClause> = Array::with_max_entries(DENY_CLAUSE_CAP, 0);
+static DENY_CLAUSES: Array<DenyClause> = Array::with_max_entries(DENY_CLAUSE_SLOTS, 0);
 /// BPF_F_NO_PREALLOC: the table is sized for large policies, most are small.
 #[map]
 static DENY_NAMES: HashMap<DenyKey, u8> = HashMap::with_max_entries(DENY_NAME_CAP, 1);
 #[map]
-static DENIALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DENY_RULE_CAP, 0);
+static DENIALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DENY_RULE_SLOTS, 0);
 #[map]
 static LAST_DENIAL: LruHashMap<u32, Denial> = LruHashMap::with_max_entries(4096, 0);
 
@@ -174,10 +178,14 @@ fn verdict(subject: &Subject, at: u32) -> i32 {
     -EPERM
 }
 
-/// The rule of the first clause that holds for `subject`.
+/// The rule of the first clause of the generation in force that holds for
+/// `subject`; clause and rule slots are the generation's own, as userspace
+/// wrote them.
 #[inline(always)]
 fn denying_rule(subject: &Subject) -> Option<u32> {
-    for index in 0..DENY_CLAUSE_CAP {
+    let base = active_clause_base();
+    for offset in 0..DENY_CLAUSE_CAP {
+        let index = base + offset;
         let clause = DENY_CLAUSES.get(index)?;
         if clause.hooks & subject.hook == 0
             || !file_matches(clause.memfd, subject.memfd)

@@ -11,13 +11,14 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use modtrace_common::{KernelEvent, Syscall, TaskInfo, PARENT_PROCESS};
+use modtrace_common::{pinned::CollectorInfo, KernelEvent, Syscall, TaskInfo, PARENT_PROCESS};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::warn;
 
 use crate::{
     clock::Clock,
     decode::Decoded,
+    enforcement,
     enrich::{
         analysis::Analyses,
         execs::ExecTable,
@@ -26,9 +27,10 @@ use crate::{
         summaries::Summaries,
         Enricher,
     },
-    kernel::enforce::Enforcer,
     kernel::{
         self,
+        enforce::Enforcer,
+        pinned::{Handover, PolicyTables},
         maps::{take_map, Maps, MapsError, Rings, Wakers},
         ProbeOptions, StrategyChoice,
     },
@@ -59,6 +61,8 @@ pub struct WatchOptions {
     pub alert_window_s: u64,
     /// Enforce the policy's deny rules in the kernel (BPF LSM).
     pub enforce: bool,
+    /// End enforcement when `watch` exits; otherwise it stays pinned.
+    pub release_on_exit: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +361,19 @@ fn in_syscall(proc_syscall: &str, nr: u32) -> bool {
     }
 }
 
+/// This process, as the pinned enforcement records its collector.
+fn this_collector() -> CollectorInfo {
+    let pid = std::process::id();
+    let start_ticks = process::read_proc_text(Path::new(&format!("/proc/{pid}/stat")))
+        .and_then(|s| process::start_time_ticks(&s))
+        .unwrap_or(0);
+    CollectorInfo {
+        pid,
+        _reserved: 0,
+        start_ticks,
+    }
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -527,7 +544,6 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         btf_path: options.btf.clone(),
         ring_buffer_bytes: options.ring_buffer_bytes,
         aggregation: options.aggregation,
-        enforce: enforce.as_ref().map(|(config, _)| *config),
     })?;
     // Attaching parsed the kernel's BTF (tens of MiB, freed by now);
     // the allocator would keep it for the life of the process otherwise.
@@ -554,14 +570,28 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         Emitter::new(options.format, options.colour, file),
         hostname(),
     );
+    let mut handover = None;
     let mut collector = Collector {
         pipeline,
         reported_losses: LossCounts::default(),
         reported_past_exit: 0,
         enforced: None,
     };
-    if let Some((_, tables)) = enforce {
-        let enforcer = Enforcer::start(&mut probes.ebpf, &tables.clauses, &tables.keys)?;
+    if let Some((config, tables)) = enforce {
+        let info = collector.pipeline.policy.info();
+        let mut enforcer = Enforcer::start(
+            &PolicyTables {
+                rules: &tables.rules,
+                clauses: &tables.clauses,
+                keys: &tables.keys,
+                policy_sha256: &info.sha256,
+                source: &info.source,
+            },
+            &config,
+            &options.btf,
+        )?;
+        enforcer.set_collector(this_collector())?;
+        handover = enforcer.handover().cloned();
         collector.pipeline.enforcement = Some(Enforcing::new(enforcer, tables.rules.clone()));
         collector.enforced = Some(tables);
     }
@@ -578,6 +608,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         options.alert_window_s,
         options.enforce,
     )?;
+    report_takeover(&mut collector.pipeline, handover.as_ref())?;
 
     // Epoll only wakes the loop; every wake-up drains all rings in their
     // order, so the rings themselves stay with the collector.
@@ -620,7 +651,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         collector.pipeline.flush()?;
     }
     drop(wakers);
-    shutdown(probes, rings, maps, collector)
+    shutdown(probes, rings, maps, collector, options.release_on_exit)
 }
 
 /// The `start` record, and the alerts of modules loaded before it that the
@@ -644,6 +675,22 @@ fn write_start(
     Ok(pipeline.flush()?)
 }
 
+/// What happened to enforcement while no collector ran: each `enforce
+/// release` since the last capture, and the pinned enforcement this one took
+/// over.
+fn report_takeover(pipeline: &mut Pipeline, handover: Option<&Handover>) -> Result<(), WatchError> {
+    for release in enforcement::take_releases() {
+        match release {
+            Ok(release) => pipeline.emit("release", None, &Body::Release(release))?,
+            Err(unreadable) => warn!("a logged release cannot be read: {unreadable}"),
+        }
+    }
+    if let Some(handover) = handover {
+        pipeline.report_handover(handover)?;
+    }
+    Ok(pipeline.flush()?)
+}
+
 /// Detaches the programs, then delivers everything already captured: the
 /// rings' remainder, the calls still in flight, the final loss counts.
 fn shutdown(
@@ -651,6 +698,7 @@ fn shutdown(
     mut rings: Rings,
     mut maps: Maps,
     mut collector: Collector,
+    release_on_exit: bool,
 ) -> Result<(), WatchError> {
     let skipped_runs = kernel::skipped::skipped_runs(&probes.ebpf);
     drop(probes);
@@ -665,6 +713,13 @@ fn shutdown(
     pipeline.close_all_alerts()?;
     let counts = collector.reported_losses.clone();
     let enforcement = pipeline.denial_totals()?;
+    let enforcement_released = match pipeline.enforcement.take() {
+        Some(enforcing) => {
+            enforcing.finish(release_on_exit)?;
+            Some(release_on_exit)
+        }
+        None => None,
+    };
     let stop = Stop {
         events: pipeline.counts.clone(),
         aggregated: pipeline.summaries.totals.clone(),
@@ -674,6 +729,7 @@ fn shutdown(
         },
         skipped_runs,
         enforcement,
+        enforcement_released,
     };
     pipeline.emit("stop", None, &Body::Stop(stop))?;
     Ok(pipeline.flush()?)

@@ -49,6 +49,7 @@ pub enum Body {
     Alert(Alert),
     PolicyReload(PolicyReload),
     Enforcement(Denials),
+    Release(Release),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,6 +131,42 @@ pub struct Denials {
     pub total: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new: Option<BTreeMap<String, u64>>,
+    /// In the `enforcement` record a collector writes at start when it took
+    /// over pinned enforcement: what was in force until then. `denials` and
+    /// `total` are then that policy's, since it was switched in, and `new`
+    /// those no collector had reported (made while none ran, or in the last
+    /// fifth of a second of one that was killed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousEnforcement>,
+}
+
+/// A `release` record: one `modtrace enforce release` since the last
+/// capture (modtrace/src/enforcement.rs), as it logged itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub released_at: String,
+    pub by_pid: u32,
+    pub by_uid: u32,
+    pub by_exe: Option<String>,
+    pub policy_sha256: String,
+    pub policy_source: String,
+    /// Denials of each deny rule since that policy was switched in.
+    pub denials: BTreeMap<String, u64>,
+}
+
+/// The pinned enforcement a collector found at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PreviousEnforcement {
+    /// When the programs were first pinned (RFC 3339).
+    pub pinned_since: String,
+    /// When the previous policy was switched in.
+    pub active_since: String,
+    pub policy_sha256: String,
+    pub policy_source: String,
+    /// Its programs came from another build of modtrace and were replaced
+    /// (both denied meanwhile); otherwise this collector's policy was
+    /// switched into them.
+    pub replaced: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -358,6 +395,10 @@ pub struct Stop {
     /// was in progress on the same CPU (kernel/skipped.rs); null where the
     /// kernel does not count them (before 5.12).
     pub skipped_runs: Option<BTreeMap<String, u64>>,
+    /// Under `watch --enforce`: whether enforcement ended with this run
+    /// (`--release-on-exit`); otherwise it stays in force, pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcement_released: Option<bool>,
     /// Under `watch --enforce`: the denials of the whole run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enforcement: Option<Denials>,
