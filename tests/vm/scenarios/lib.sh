@@ -83,6 +83,7 @@ watch_start() {
         echo "missing: $MODTRACE is not in the image (target/release/modtrace was not built)" > "$w/status"
         return 0
     fi
+    echo "watch-spawn $watch_label" > $T/trace_marker
     read -r spawned _ < /proc/uptime
     "$MODTRACE" watch --format json "$@" > "$w/out.ndjson" 2> "$w/stderr" &
     watch_pid=$!
@@ -127,6 +128,18 @@ watch_stop() {
     echo "watch-end $watch_label" > $T/trace_marker
     [ -n "$watch_pid" ] || return 0
     kill -TERM $watch_pid
+    wait $watch_pid
+    echo $? > "$w/exit_code"
+    watch_pid=
+    replay_capture
+}
+
+# watch_kill: SIGKILL, as a crash or an attacker would; otherwise as watch_stop.
+watch_kill() {
+    w=$R/watch/$watch_label
+    echo "watch-end $watch_label" > $T/trace_marker
+    [ -n "$watch_pid" ] || return 0
+    kill -KILL $watch_pid
     wait $watch_pid
     echo $? > "$w/exit_code"
     watch_pid=

@@ -197,6 +197,22 @@ impl ScenarioResults {
         self.trace.iter().position(|item| *item == marker)
     }
 
+    /// Trace items between `watch-spawn LABEL` (written just before the
+    /// watch is started) and `watch-begin LABEL` (once its `start` is out).
+    pub fn startup_window(&self, label: &str) -> Vec<&TraceItem> {
+        let (Some(spawn), Some(begin)) = (
+            self.marker("watch-spawn", label),
+            self.marker("watch-begin", label),
+        ) else {
+            return Vec::new();
+        };
+        self.trace
+            .get(spawn + 1..begin)
+            .unwrap_or_default()
+            .iter()
+            .collect()
+    }
+
     /// Trace items between `watch-begin LABEL` and `watch-end LABEL` (or the
     /// trace's end, when the watch was never stopped).
     pub fn watch_window(&self, label: &str) -> Vec<&TraceItem> {
