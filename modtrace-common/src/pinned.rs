@@ -18,6 +18,19 @@ pub const DENY_CLAUSE_SLOTS: u32 = DENY_CLAUSE_CAP * DENY_GENERATIONS;
 /// `g * DENY_RULE_CAP ..`).
 pub const DENY_RULE_SLOTS: u32 = DENY_RULE_CAP * DENY_GENERATIONS;
 
+/// The `DENIALS`, `RULE_IDS` and `REPORTED` slot of the lock after boot
+/// (`LOCK`), past both generations': it outlives a policy's switch.
+pub const LOCK_RULE_SLOT: u32 = DENY_RULE_SLOTS;
+/// The rule id denials of the lock are reported under.
+pub const LOCK_RULE_ID: &str = "lock-after-boot";
+/// Slots of `DENIALS`, `RULE_IDS` and `REPORTED`: the generations' and the
+/// lock's.
+pub const RULE_SLOTS: u32 = DENY_RULE_SLOTS + 1;
+/// Entries of `ALLOWS`: module names allowed for a while (`enforce allow`).
+pub const ALLOW_CAP: u32 = 256;
+/// Entries of `LOCK_KEEP`: module names that may still load once locked.
+pub const LOCK_KEEP_CAP: u32 = 8192;
+
 /// Bytes of a rule id kept in the kernel.
 pub const RULE_ID_CAP: usize = 128;
 /// Bytes of a policy source kept in the kernel.

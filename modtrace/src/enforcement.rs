@@ -1,7 +1,8 @@
-//! `modtrace enforce status` and `modtrace enforce release`: the pinned
-//! enforcement (kernel/pinned.rs) as an operator sees and ends it, without a
-//! collector. A release is written to [`RELEASE_LOG`], which the next
-//! `watch` reports in its capture (a `release` record) and then empties.
+//! `modtrace enforce status|release|allow|lock`: the pinned enforcement
+//! (kernel/pinned.rs) as an operator sees and changes it, without a
+//! collector. Each change is written to [`COMMAND_LOG`], which the running
+//! `watch` (or else the next) reports in its capture (`enforce_command`
+//! records) and then empties.
 use std::{
     fs,
     io::Write as _,
@@ -14,17 +15,19 @@ use serde::Serialize;
 use crate::{
     clock::Clock,
     enrich::process,
-    record::Release,
     kernel::{
         enforce::EnforceError,
         pinned::{self, PinnedMaps, PinnedState, PIN_DIR},
     },
+    record::{EnforceCommand, EnforceCommandKind},
     sink::Format,
 };
 
-/// Where releases wait for the next capture (tmpfs: a reboot, which ends
+/// Where enforce commands wait for a capture (tmpfs: a reboot, which ends
 /// enforcement too, clears it).
-pub const RELEASE_LOG: &str = "/run/modtrace/releases.ndjson";
+pub const COMMAND_LOG: &str = "/run/modtrace/enforce-commands.ndjson";
+/// [`COMMAND_LOG`] renamed while a collector takes it.
+const TAKEN_LOG: &str = "/run/modtrace/enforce-commands.taken";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceCommandError {
@@ -36,6 +39,10 @@ pub enum EnforceCommandError {
         path: &'static str,
         source: std::io::Error,
     },
+    #[error("nothing is enforced (nothing is pinned under {PIN_DIR}): start `modtrace watch --enforce` first")]
+    NotEnforcing,
+    #[error("`enforce {0}` needs root")]
+    NotRoot(&'static str),
 }
 
 /// `enforce status --format json`.
@@ -57,6 +64,19 @@ pub struct Status {
     /// The `watch` that reports the denials, if one runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub collector: Option<StatusCollector>,
+    /// Whether loading is locked (`enforce lock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked: Option<bool>,
+    /// `enforce allow`s that have not expired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temporary_allows: Option<Vec<StatusAllow>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusAllow {
+    pub module: String,
+    pub until: String,
+    pub seconds_left: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,16 +99,20 @@ pub struct StatusCollector {
     pub pid: Option<u32>,
 }
 
-/// The pinned state, or `None` when nothing is pinned.
-fn pinned_state() -> Result<Option<PinnedState>, EnforceError> {
+/// The pinned maps, or `None` when nothing is pinned.
+fn pinned_maps() -> Result<Option<PinnedMaps>, EnforceError> {
     if !Path::new(PIN_DIR).exists() {
         return Ok(None);
     }
-    PinnedMaps::open(Path::new(PIN_DIR))?.state().map(Some)
+    PinnedMaps::open(Path::new(PIN_DIR)).map(Some)
+}
+
+fn pinned_state() -> Result<Option<PinnedState>, EnforceError> {
+    pinned_maps()?.map(|maps| maps.state()).transpose()
 }
 
 pub fn status() -> Result<Status, EnforceCommandError> {
-    let Some(state) = pinned_state()? else {
+    let Some(mut maps) = pinned_maps()? else {
         return Ok(Status {
             enforcing: false,
             pin_dir: None,
@@ -97,8 +121,21 @@ pub fn status() -> Result<Status, EnforceCommandError> {
             deny_rules: None,
             total_denials: None,
             collector: None,
+            locked: None,
+            temporary_allows: None,
         });
     };
+    let state = maps.state()?;
+    let now = monotonic_ns();
+    let temporary_allows = maps
+        .allows(now)?
+        .into_iter()
+        .map(|(module, until)| StatusAllow {
+            module,
+            until: wall_clock_of_monotonic(until),
+            seconds_left: (until - now).div_ceil(1_000_000_000),
+        })
+        .collect();
     let attached = collector_alive(state.collector.pid, state.collector.start_ticks);
     Ok(Status {
         enforcing: true,
@@ -125,7 +162,26 @@ pub fn status() -> Result<Status, EnforceCommandError> {
             attached,
             pid: attached.then_some(state.collector.pid),
         }),
+        locked: Some(state.locked),
+        temporary_allows: Some(temporary_allows),
     })
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`, which the kernel
+/// side compares allows' expiries with.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
+/// The wall-clock time (RFC 3339, seconds) of CLOCK_MONOTONIC `at`.
+fn wall_clock_of_monotonic(at: u64) -> String {
+    let ahead_s = at.saturating_sub(monotonic_ns()) / 1_000_000_000;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Clock::unix_rfc3339(now_s + ahead_s)
 }
 
 /// Whether the collector recorded in the pins still runs: its pid, started
@@ -170,71 +226,154 @@ fn status_text(status: &Status) -> String {
     for rule in rules {
         text += &format!("  {:<40} {}\n", rule.id, rule.denials);
     }
+    if status.locked == Some(true) {
+        text += "locked: only the modules loaded at the lock may load\n";
+    }
+    for allow in status.temporary_allows.iter().flatten() {
+        text += &format!(
+            "temporarily allowed: {} until {} ({} s left)\n",
+            allow.module, allow.until, allow.seconds_left
+        );
+    }
     text
 }
 
-/// `enforce release`: ends enforcement and logs it for the next capture;
+/// `enforce release`: ends enforcement and logs it for the capture;
 /// returns what to print.
 pub fn release() -> Result<String, EnforceCommandError> {
+    require_root("release")?;
     let Some(state) = pinned_state()? else {
         pinned::release()?;
         return Ok("not enforcing: nothing was pinned\n".into());
     };
-    let entry = Release {
-        released_at: Clock.rfc3339(None),
+    let denials: std::collections::BTreeMap<String, u64> = state
+        .active
+        .rules
+        .iter()
+        .map(|r| (r.id.clone(), r.denials))
+        .collect();
+    let total: u64 = denials.values().sum();
+    // Logged first: a release that could not be logged does not happen.
+    log_command(EnforceCommandKind::Release {
+        policy_sha256: state.active.policy_sha256.clone(),
+        policy_source: state.active.source.clone(),
+        denials,
+    })?;
+    pinned::release()?;
+    tracing::info!(
+        "enforcement released (policy {}, {total} denials since it was switched in)",
+        state.active.policy_sha256
+    );
+    Ok(format!(
+        "released: enforcement ended; {PIN_DIR} removed; logged in {COMMAND_LOG} for the capture\n"
+    ))
+}
+
+/// `enforce allow NAME --for DURATION`: `name` may load for `duration`,
+/// whatever denies it; the kernel lets the allow expire by itself.
+pub fn allow(name: &str, duration: std::time::Duration) -> Result<String, EnforceCommandError> {
+    require_root("allow")?;
+    let mut maps = pinned_maps()?.ok_or(EnforceCommandError::NotEnforcing)?;
+    let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    let until = monotonic_ns().saturating_add(nanos);
+    let until_text = wall_clock_of_monotonic(until);
+    log_command(EnforceCommandKind::Allow {
+        module: name.to_owned(),
+        until: until_text.clone(),
+        seconds: duration.as_secs(),
+    })?;
+    maps.allow(name, until)?;
+    tracing::warn!("{name} may load until {until_text}, whatever the policy or the lock says");
+    Ok(format!("allowed: {name} may load until {until_text}\n"))
+}
+
+/// `enforce lock`: from now on only the modules loaded now (from
+/// /proc/modules) and `also` may load.
+pub fn lock(also: &[String]) -> Result<String, EnforceCommandError> {
+    require_root("lock")?;
+    let mut maps = pinned_maps()?.ok_or(EnforceCommandError::NotEnforcing)?;
+    let modules = fs::read_to_string("/proc/modules").map_err(|source| EnforceCommandError::Io {
+        what: "reading",
+        path: "/proc/modules",
+        source,
+    })?;
+    let mut keep: Vec<String> = modules
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    keep.extend(also.iter().cloned());
+    log_command(EnforceCommandKind::Lock {
+        kept: keep.len(),
+        also: also.to_vec(),
+    })?;
+    maps.lock(&keep)?;
+    tracing::warn!("module loading locked: {} modules may still load", keep.len());
+    Ok(format!(
+        "locked: only the {} modules loaded now{} may load; `modtrace enforce allow NAME --for 10m` unblocks one\n",
+        keep.len(),
+        if also.is_empty() { "" } else { " and those named" }
+    ))
+}
+
+fn require_root(command: &'static str) -> Result<(), EnforceCommandError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(EnforceCommandError::NotRoot(command))
+    }
+}
+
+/// Appends `command` to [`COMMAND_LOG`] under an exclusive lock, which the
+/// collector taking the log waits for.
+fn log_command(command: EnforceCommandKind) -> Result<(), EnforceCommandError> {
+    let io = |what, path| move |source| EnforceCommandError::Io { what, path, source };
+    let entry = EnforceCommand {
+        at: Clock.rfc3339(None),
         by_pid: std::process::id(),
         by_uid: nix::unistd::getuid().as_raw(),
         by_exe: fs::read_link("/proc/self/exe")
             .ok()
             .map(|p| p.display().to_string()),
-        policy_sha256: state.active.policy_sha256.clone(),
-        policy_source: state.active.source.clone(),
-        denials: state
-            .active
-            .rules
-            .iter()
-            .map(|r| (r.id.clone(), r.denials))
-            .collect(),
+        command,
     };
-    // Logged first: a release that could not be logged does not happen.
-    log_release(&entry)?;
-    pinned::release()?;
-    tracing::info!(
-        "enforcement released (policy {}, {} denials since it was switched in)",
-        entry.policy_sha256,
-        entry.denials.values().sum::<u64>()
-    );
-    Ok(format!(
-        "released: enforcement ended; {PIN_DIR} removed; logged in {RELEASE_LOG} for the next capture\n"
-    ))
-}
-
-fn log_release(entry: &Release) -> Result<(), EnforceCommandError> {
-    let io = |what, path| move |source| EnforceCommandError::Io { what, path, source };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create("/run/modtrace")
         .map_err(io("creating", "/run/modtrace"))?;
-    let mut file = fs::OpenOptions::new()
+    let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(RELEASE_LOG)
-        .map_err(io("opening", RELEASE_LOG))?;
-    let line = serde_json::to_string(entry).unwrap_or_default();
-    writeln!(file, "{line}").map_err(io("writing", RELEASE_LOG))
+        .open(COMMAND_LOG)
+        .map_err(io("opening", COMMAND_LOG))?;
+    let mut locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io("locking", COMMAND_LOG)(errno.into()))?;
+    let line = serde_json::to_string(&entry).unwrap_or_default();
+    writeln!(locked, "{line}").map_err(io("writing", COMMAND_LOG))
 }
 
-/// The releases logged since the last capture took them, removed from the
-/// log; each line that does not parse is returned as an error text.
-pub fn take_releases() -> Vec<Result<Release, String>> {
-    let Ok(text) = fs::read_to_string(RELEASE_LOG) else {
+/// The commands logged since a capture last took them, removed from the
+/// log; a line that does not parse is returned as an error text.
+pub fn take_commands() -> Vec<Result<EnforceCommand, String>> {
+    // Renamed first, so that a command logged meanwhile starts a new log;
+    // one writing to it still holds its lock.
+    if fs::rename(COMMAND_LOG, TAKEN_LOG).is_err() {
         return Vec::new();
-    };
-    let _ = fs::remove_file(RELEASE_LOG);
+    }
+    let text = fs::File::open(TAKEN_LOG)
+        .ok()
+        .and_then(|file| nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared).ok())
+        .and_then(|mut file| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut *file, &mut text).ok()?;
+            Some(text)
+        })
+        .unwrap_or_default();
+    let _ = fs::remove_file(TAKEN_LOG);
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| format!("{RELEASE_LOG}: {e}: {l}")))
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("{COMMAND_LOG}: {e}: {l}")))
         .collect()
 }

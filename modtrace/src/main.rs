@@ -42,8 +42,23 @@ enum EnforceCommand {
         format: Option<Format>,
     },
     /// End enforcement: remove the pins, which detaches the LSM programs.
-    /// Logged for the next capture (a `release` record).
+    /// Logged in the capture (an `enforce_command` record).
     Release,
+    /// Emergency unblock: let module NAME load for a while, whatever the
+    /// deny rules or the lock say. Expires in the kernel; logged.
+    Allow {
+        name: String,
+        /// How long: seconds, or with a unit: 90s, 10m, 1h.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// Lock module loading: from now on only the modules loaded now (and
+    /// those named with --also) may load. Logged.
+    Lock {
+        /// A module that may load too (repeat for more).
+        #[arg(long, value_name = "NAME")]
+        also: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +177,30 @@ impl WatchArgs {
     }
 }
 
+/// `90`, `90s`, `10m` or `1h`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    let count: u64 = number
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration: {e}"))?;
+    if count == 0 {
+        return Err(format!("{text:?}: a duration must be more than 0"));
+    }
+    count
+        .checked_mul(scale)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
 fn parse_ring_size(text: &str) -> Result<u32, String> {
     let size: u32 = text
         .parse()
@@ -263,6 +302,12 @@ fn run_enforce(command: EnforceCommand) -> anyhow::Result<()> {
             enforcement::render_status(&status, format)
         }
         EnforceCommand::Release => enforcement::release().context("releasing enforcement")?,
+        EnforceCommand::Allow { name, duration } => {
+            enforcement::allow(&name, duration).with_context(|| format!("allowing {name}"))?
+        }
+        EnforceCommand::Lock { also } => {
+            enforcement::lock(&also).context("locking module loading")?
+        }
     };
     print!("{text}");
     Ok(())

@@ -2,7 +2,7 @@
 //! [`crate::watch`] decides when each step runs; this says what it does.
 use std::collections::{HashMap, VecDeque};
 
-use modtrace_common::{kind_name, KernelEvent, Syscall};
+use modtrace_common::{kind_name, pinned::LOCK_RULE_ID, KernelEvent, Syscall};
 use tracing::warn;
 
 use crate::{
@@ -67,7 +67,10 @@ pub struct Enforcing {
 }
 
 impl Enforcing {
-    pub fn new(enforcer: Enforcer, rules: Vec<String>) -> Self {
+    /// `rules`: the policy's deny rules by slot; the lock's denials
+    /// ([`LOCK_RULE_ID`]) are counted after them.
+    pub fn new(enforcer: Enforcer, mut rules: Vec<String>) -> Self {
+        rules.push(LOCK_RULE_ID.to_owned());
         let reported = vec![0; rules.len()];
         Self {
             enforcer,
@@ -111,12 +114,15 @@ impl Enforcing {
     /// The totals, and what changed since the last report (`None` when
     /// nothing did), which then counts as reported.
     fn denials(&mut self, since_last: bool) -> Result<Option<Denials>, EnforceError> {
-        let counts = self.enforcer.counts(self.rules.len())?;
+        let counts = self.enforcer.counts(self.rules.len() - 1)?;
+        let lock_denied = counts.last().is_some_and(|&n| n > 0);
+        // The lock's entry only once it denied: most hosts never lock.
         let by_rule = |values: &[u64]| -> std::collections::BTreeMap<String, u64> {
             self.rules
                 .iter()
                 .cloned()
                 .zip(values.iter().copied())
+                .filter(|(rule, _)| lock_denied || rule != LOCK_RULE_ID)
                 .collect()
         };
         let new: Vec<u64> = counts

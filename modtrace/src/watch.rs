@@ -633,6 +633,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
                 ticks += 1;
                 if ticks.is_multiple_of(5) {
                     collector.pipeline.report_summaries(Some(Clock::boot_ns()))?;
+                    report_enforce_commands(&mut collector.pipeline)?;
                 }
                 if ticks.is_multiple_of(10) {
                     let now = Clock::boot_ns();
@@ -675,20 +676,29 @@ fn write_start(
     Ok(pipeline.flush()?)
 }
 
-/// What happened to enforcement while no collector ran: each `enforce
-/// release` since the last capture, and the pinned enforcement this one took
+/// What happened to enforcement while no collector ran: each `enforce`
+/// command since the last capture, and the pinned enforcement this one took
 /// over.
 fn report_takeover(pipeline: &mut Pipeline, handover: Option<&Handover>) -> Result<(), WatchError> {
-    for release in enforcement::take_releases() {
-        match release {
-            Ok(release) => pipeline.emit("release", None, &Body::Release(release))?,
-            Err(unreadable) => warn!("a logged release cannot be read: {unreadable}"),
-        }
-    }
+    report_enforce_commands(pipeline)?;
     if let Some(handover) = handover {
         pipeline.report_handover(handover)?;
     }
     Ok(pipeline.flush()?)
+}
+
+/// An `enforce_command` record for each `enforce release|allow|lock`
+/// logged since the last look.
+fn report_enforce_commands(pipeline: &mut Pipeline) -> Result<(), WatchError> {
+    for command in enforcement::take_commands() {
+        match command {
+            Ok(command) => {
+                pipeline.emit("enforce_command", None, &Body::EnforceCommand(command))?;
+            }
+            Err(unreadable) => warn!("a logged enforce command cannot be read: {unreadable}"),
+        }
+    }
+    Ok(())
 }
 
 /// Detaches the programs, then delivers everything already captured: the

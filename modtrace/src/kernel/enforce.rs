@@ -9,7 +9,7 @@ use modtrace_common::{
         EnforceConfig, DENIED_AT_LOAD_DATA, DENIED_AT_MODULE_REQUEST, DENIED_AT_POST_LOAD_DATA,
         DENIED_AT_READ_FILE, DENY_RULE_CAP,
     },
-    pinned::CollectorInfo,
+    pinned::{CollectorInfo, LOCK_RULE_SLOT},
     ProbeConfig,
 };
 
@@ -44,6 +44,8 @@ pub enum EnforceError {
     MissingMap(&'static str),
     #[error("the pinned enforcement, {path}: {detail}")]
     Pins { path: std::path::PathBuf, detail: String },
+    #[error("{name:?} is not a module name (1 to {max} bytes, no `/`)")]
+    BadModuleName { name: String, max: usize },
     #[error("deny rule id {id:?} is longer than the {max} bytes enforcement keeps in the kernel")]
     RuleIdTooLong { id: String, max: usize },
 }
@@ -92,6 +94,9 @@ pub fn config(btf_path: &Path) -> Result<EnforceConfig, EnforceError> {
 /// generation `generation`.
 pub struct Enforcer {
     enforcement: Enforcement,
+    /// The lock's denials when this collector started: its slot outlives
+    /// generations, so this run's are those past it.
+    lock_base: u64,
 }
 
 impl Enforcer {
@@ -105,8 +110,11 @@ impl Enforcer {
     ) -> Result<Self, EnforceError> {
         let mut probe = ProbeConfig::DEFAULT;
         probe.offsets = KernelBtf::open(btf_path)?.offsets()?.offsets;
+        let enforcement = pinned::enforce(tables, config, &probe)?;
+        let lock_base = enforcement.maps.denials(LOCK_RULE_SLOT)?;
         Ok(Self {
-            enforcement: pinned::enforce(tables, config, &probe)?,
+            enforcement,
+            lock_base,
         })
     }
 
@@ -116,22 +124,35 @@ impl Enforcer {
     }
 
     /// Denials so far of each of this policy's `rules` rule slots, summed
-    /// over CPUs.
+    /// over CPUs, then this run's of the lock (`lock-after-boot`).
     pub fn counts(&self, rules: usize) -> Result<Vec<u64>, EnforceError> {
-        let base = self.enforcement.generation * DENY_RULE_CAP;
-        (0..u32::try_from(rules).unwrap_or(u32::MAX).min(DENY_RULE_CAP))
-            .map(|slot| self.enforcement.maps.denials(base + slot))
-            .collect()
+        let maps = &self.enforcement.maps;
+        let mut counts = self
+            .slots(rules)
+            .map(|slot| maps.denials(slot))
+            .collect::<Result<Vec<_>, _>>()?;
+        counts.push(maps.denials(LOCK_RULE_SLOT)?.saturating_sub(self.lock_base));
+        Ok(counts)
     }
 
     /// Notes in the kernel that `counts` (as [`Self::counts`] gave them)
     /// have been reported, so that a later collector reports only the rest.
     pub fn mark_reported(&mut self, counts: &[u64]) -> Result<(), EnforceError> {
-        let base = self.enforcement.generation * DENY_RULE_CAP;
-        for (slot, &count) in (base..).zip(counts) {
+        let Some((lock, rules)) = counts.split_last() else {
+            return Ok(());
+        };
+        for (slot, &count) in self.slots(rules.len()).zip(rules) {
             self.enforcement.maps.set_reported(slot, count)?;
         }
-        Ok(())
+        self.enforcement
+            .maps
+            .set_reported(LOCK_RULE_SLOT, self.lock_base + lock)
+    }
+
+    /// The `DENIALS` slots of this policy's first `rules` rules.
+    fn slots(&self, rules: usize) -> std::ops::Range<u32> {
+        let base = self.enforcement.generation * DENY_RULE_CAP;
+        base..base + u32::try_from(rules).unwrap_or(u32::MAX).min(DENY_RULE_CAP)
     }
 
     /// The latest denial of thread `tid`'s load, removed: (rule id, hook).

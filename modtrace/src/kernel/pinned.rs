@@ -19,7 +19,10 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{links::FdLink, Lsm},
+    programs::{
+        links::{FdLink, PinnedLink},
+        Lsm,
+    },
     Btf, EbpfLoader,
 };
 use modtrace_common::{
@@ -28,10 +31,10 @@ use modtrace_common::{
         ENFORCE_ABI_VERSION,
     },
     pinned::{
-        CollectorInfo, Generation, PinInfo, RuleId, DENY_GENERATIONS, POLICY_SOURCE_CAP,
-        RULE_ID_CAP,
+        CollectorInfo, Generation, PinInfo, RuleId, DENY_GENERATIONS, LOCK_RULE_ID,
+        LOCK_RULE_SLOT, POLICY_SOURCE_CAP, RULE_ID_CAP,
     },
-    ProbeConfig,
+    ProbeConfig, KERNEL_MODULE_NAME_LEN,
 };
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info};
@@ -57,7 +60,7 @@ pub const PROGRAMS: [(&str, &str); 4] = [
 ];
 
 /// Every map of the object, each pinned under its own name.
-const MAPS: [&str; 10] = [
+const MAPS: [&str; 13] = [
     "DENY_CLAUSES",
     "DENY_NAMES",
     "DENIALS",
@@ -68,6 +71,9 @@ const MAPS: [&str; 10] = [
     "RULE_IDS",
     "REPORTED",
     "COLLECTOR",
+    "ALLOWS",
+    "LOCK",
+    "LOCK_KEEP",
 ];
 
 /// A policy's deny rules as the kernel holds them (compiled by
@@ -107,6 +113,8 @@ pub struct PinnedState {
     pub pinned_unix_s: u64,
     pub active: GenerationState,
     pub collector: CollectorInfo,
+    /// Whether loading is locked (`enforce lock`).
+    pub locked: bool,
 }
 
 /// The maps of the enforcement object, opened from their pins (or from the
@@ -123,7 +131,13 @@ pub struct PinnedMaps {
     rule_ids: Array<MapData, RuleId>,
     reported: Array<MapData, u64>,
     collector: Array<MapData, CollectorInfo>,
+    allows: HashMap<MapData, ModuleName, u64>,
+    lock: Array<MapData, u32>,
+    lock_keep: HashMap<MapData, ModuleName, u8>,
 }
+
+/// A module name as the kernel side keys it: folded, NUL-padded.
+type ModuleName = [u8; KERNEL_MODULE_NAME_LEN];
 
 /// Opens map `name` pinned in `dir`, as a `T`.
 fn open_map<T>(dir: &Path, name: &str) -> Result<T, EnforceError>
@@ -154,7 +168,45 @@ impl PinnedMaps {
             rule_ids: open_map(dir, "RULE_IDS")?,
             reported: open_map(dir, "REPORTED")?,
             collector: open_map(dir, "COLLECTOR")?,
+            allows: open_map(dir, "ALLOWS")?,
+            lock: open_map(dir, "LOCK")?,
+            lock_keep: open_map(dir, "LOCK_KEEP")?,
         })
+    }
+
+    /// Locks module loading: from now on only `keep` may load (and what
+    /// `enforce allow` allows for a while). The names go in first.
+    pub fn lock(&mut self, keep: &[String]) -> Result<(), EnforceError> {
+        for name in keep {
+            self.lock_keep.insert(module_name(name)?, 1, 0)?;
+        }
+        self.rule_ids.set(LOCK_RULE_SLOT, rule_id(LOCK_RULE_ID)?, 0)?;
+        Ok(self.lock.set(0, 1, 0)?)
+    }
+
+    pub fn locked(&self) -> Result<bool, EnforceError> {
+        Ok(self.lock.get(&0, 0)? != 0)
+    }
+
+    /// Lets `name` load until `until_monotonic_ns` (CLOCK_MONOTONIC),
+    /// whatever denies it.
+    pub fn allow(&mut self, name: &str, until_monotonic_ns: u64) -> Result<(), EnforceError> {
+        Ok(self.allows.insert(module_name(name)?, until_monotonic_ns, 0)?)
+    }
+
+    /// The allows that have not expired at `now_monotonic_ns`: (name,
+    /// until). Expired ones are removed on the way.
+    pub fn allows(&mut self, now_monotonic_ns: u64) -> Result<Vec<(String, u64)>, EnforceError> {
+        let entries: Vec<(ModuleName, u64)> = self.allows.iter().filter_map(Result::ok).collect();
+        let mut active = Vec::new();
+        for (name, until) in entries {
+            if until > now_monotonic_ns {
+                active.push((text(&name), until));
+            } else {
+                let _ = self.allows.remove(&name);
+            }
+        }
+        Ok(active)
     }
 
     pub fn pin_info(&self) -> Result<PinInfo, EnforceError> {
@@ -232,8 +284,22 @@ impl PinnedMaps {
         Ok(())
     }
 
-    /// Generation `generation`'s policy and counts.
+    /// Generation `generation`'s policy and counts, with the lock's
+    /// ([`LOCK_RULE_ID`]) once it has denied.
     pub fn generation(&self, generation: u32) -> Result<GenerationState, EnforceError> {
+        let mut state = self.generation_rules(generation)?;
+        let lock_denials = self.denials(LOCK_RULE_SLOT)?;
+        if lock_denials > 0 {
+            state.rules.push(RuleCount {
+                id: LOCK_RULE_ID.to_owned(),
+                denials: lock_denials,
+                reported: self.reported.get(&LOCK_RULE_SLOT, 0)?,
+            });
+        }
+        Ok(state)
+    }
+
+    fn generation_rules(&self, generation: u32) -> Result<GenerationState, EnforceError> {
         let info = self.generations.get(&generation, 0)?;
         let rule_base = generation * DENY_RULE_CAP;
         let rules = (0..info.rules.min(DENY_RULE_CAP))
@@ -290,8 +356,20 @@ impl PinnedMaps {
             pinned_unix_s: self.pin_info()?.pinned_unix_s,
             active: self.generation(self.active_generation()?)?,
             collector: self.collector()?,
+            locked: self.locked()?,
         })
     }
+}
+
+/// `name` as the kernel side compares it: `-` folded to `_`, NUL-padded.
+fn module_name(name: &str) -> Result<ModuleName, EnforceError> {
+    if name.is_empty() || name.len() >= KERNEL_MODULE_NAME_LEN || name.contains('/') {
+        return Err(EnforceError::BadModuleName {
+            name: name.to_owned(),
+            max: KERNEL_MODULE_NAME_LEN - 1,
+        });
+    }
+    Ok(padded(&name.replace('-', "_")))
 }
 
 fn rule_id(id: &str) -> Result<RuleId, EnforceError> {
@@ -562,17 +640,58 @@ fn links_pinned(dir: &Path) -> bool {
         .all(|(_, hook)| dir.join(format!("link_{hook}")).exists())
 }
 
-/// Ends enforcement: removes the pins, which detaches the programs.
-/// `Ok(false)` when nothing was pinned.
+/// Ends enforcement: removes the pins, which detaches the programs, and
+/// returns once they are. `Ok(false)` when nothing was pinned.
 pub fn release() -> Result<bool, EnforceError> {
     recover_interrupted_replacement()?;
     let pinned = Path::new(PIN_DIR);
     if !pinned.exists() {
         return Ok(false);
     }
+    let links = pinned_link_ids(pinned);
     remove_pins(pinned)?;
-    info!("enforcement released: {PIN_DIR} removed");
+    wait_detached(&links)?;
+    info!("enforcement released: {PIN_DIR} removed, the LSM programs detached");
     Ok(true)
+}
+
+/// The ids of the links pinned in `dir`.
+fn pinned_link_ids(dir: &Path) -> Vec<u32> {
+    PROGRAMS
+        .iter()
+        .filter_map(|(_, hook)| {
+            let link = PinnedLink::from_pin(dir.join(format!("link_{hook}"))).ok()?;
+            FdLink::from(link).info().ok().map(|info| info.id())
+        })
+        .collect()
+}
+
+/// Waits until none of `links` exists. The kernel frees a link whose last
+/// pin is removed from a work queue, after an RCU grace period, not in the
+/// unlink: until then its program still runs (seen on 5.10 and 6.12, where
+/// a load right after the release was still denied).
+fn wait_detached(links: &[u32]) -> Result<(), EnforceError> {
+    const PATIENCE: Duration = Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    loop {
+        let attached = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .filter(|info| links.contains(&info.id()))
+            .count();
+        if attached == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > PATIENCE {
+            return Err(EnforceError::Pins {
+                path: PathBuf::from(PIN_DIR),
+                detail: format!(
+                    "{attached} LSM program links are still attached {} s after their pins were removed",
+                    PATIENCE.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn pins_error(path: &Path, err: &dyn std::fmt::Display) -> EnforceError {

@@ -49,7 +49,7 @@ pub enum Body {
     Alert(Alert),
     PolicyReload(PolicyReload),
     Enforcement(Denials),
-    Release(Release),
+    EnforceCommand(EnforceCommand),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,18 +140,39 @@ pub struct Denials {
     pub previous: Option<PreviousEnforcement>,
 }
 
-/// A `release` record: one `modtrace enforce release` since the last
-/// capture (modtrace/src/enforcement.rs), as it logged itself.
+/// An `enforce_command` record: one `modtrace enforce release|allow|lock`
+/// (modtrace/src/enforcement.rs), as it logged itself; written by the
+/// collector running then, or else by the next one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Release {
-    pub released_at: String,
+pub struct EnforceCommand {
+    /// When the command ran (RFC 3339).
+    pub at: String,
     pub by_pid: u32,
     pub by_uid: u32,
     pub by_exe: Option<String>,
-    pub policy_sha256: String,
-    pub policy_source: String,
-    /// Denials of each deny rule since that policy was switched in.
-    pub denials: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub command: EnforceCommandKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum EnforceCommandKind {
+    /// Enforcement ended: the policy released and its denials since it was
+    /// switched in.
+    Release {
+        policy_sha256: String,
+        policy_source: String,
+        denials: BTreeMap<String, u64>,
+    },
+    /// `module` may load until `until`, whatever denies it.
+    Allow {
+        module: String,
+        until: String,
+        seconds: u64,
+    },
+    /// Loading locked: only the `kept` modules (those loaded then, and
+    /// `also`) may load from now on.
+    Lock { kept: usize, also: Vec<String> },
 }
 
 /// The pinned enforcement a collector found at start.

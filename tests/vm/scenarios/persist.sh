@@ -79,3 +79,22 @@ watch_stop
 act status_fourth "$MODTRACE" enforce status --format json
 act modprobe_after_fourth /sbin/modprobe udf
 act rmmod_after_fourth /sbin/rmmod udf
+
+# Lock after boot: only the modules loaded at the lock may load; `enforce
+# allow` lets one more load until its time runs out, in the kernel.
+watch_start lock --enforce --release-on-exit
+act modprobe_loop /sbin/modprobe loop
+act lock "$MODTRACE" enforce lock
+act rmmod_loop_locked /sbin/rmmod loop
+act modprobe_loop_locked /sbin/modprobe loop
+act lock_denied /usr/bin/mtcall finit-module --file $F/dummy.ko --params "" --flags 0
+act allow "$MODTRACE" enforce allow dummy --for 10s
+act status_allowed "$MODTRACE" enforce status --format json
+act lock_allowed /usr/bin/mtcall finit-module --file $F/dummy.ko --params "" --flags 0
+act rmmod_lock_allowed /sbin/rmmod dummy
+sleep 11
+act lock_expired /usr/bin/mtcall finit-module --file $F/dummy.ko --params "" --flags 0
+act status_expired "$MODTRACE" enforce status --format json
+# The collector looks for logged commands every second.
+sleep 1.5
+watch_stop

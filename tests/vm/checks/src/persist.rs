@@ -16,6 +16,7 @@ use crate::results::{Action, TraceItem};
 
 const EPERM: i64 = -1;
 const CIS: &str = "cis-denied-module";
+const LOCK: &str = "lock-after-boot";
 
 pub(crate) fn persist(ctx: &mut Ctx) {
     if ctx.results.watches.is_empty() {
@@ -38,6 +39,9 @@ pub(crate) fn persist(ctx: &mut Ctx) {
     }
     if let Some(w) = watched(ctx, "fourth") {
         check_release_on_exit(ctx, &w);
+    }
+    if let Some(w) = watched(ctx, "lock") {
+        check_lock(ctx, &w);
     }
 }
 
@@ -382,7 +386,7 @@ fn check_statuses(ctx: &mut Ctx, first: Option<&Watched>, second: Option<&Watche
 fn check_release_logged(ctx: &mut Ctx, w: &Watched) {
     let after_term = status(ctx, "status_after_term");
     let m = &mut ctx.modtrace;
-    let releases: Vec<&Value> = w.records.iter().copied().filter(|r| r["kind"] == "release").collect();
+    let releases = commands(w, "release");
     m.eq("third: one release record", releases.len(), 1);
     let Some(release) = releases.first() else {
         return;
@@ -397,6 +401,83 @@ fn check_release_logged(ctx: &mut Ctx, w: &Watched) {
         let denials: BTreeMap<String, u64> =
             serde_json::from_value(release["denials"].clone()).unwrap_or_default();
         m.eq("third: release.denials", denials, rule_denials(s));
+    }
+}
+
+/// The `enforce_command` records of `command`.
+fn commands<'a>(w: &Watched<'a>, command: &str) -> Vec<&'a Value> {
+    w.records
+        .iter()
+        .copied()
+        .filter(|r| r["kind"] == "enforce_command" && r["command"] == command)
+        .collect()
+}
+
+fn check_lock(ctx: &mut Ctx, w: &Watched) {
+    for (label, ret) in [("lock_denied", EPERM), ("lock_allowed", 0), ("lock_expired", EPERM)] {
+        let Some(a) = action(ctx, label) else {
+            continue;
+        };
+        if let Some(report) = mtcall_report(ctx, a) {
+            ctx.ground.eq(&format!("{label}: mtcall ret"), report["ret"].as_i64(), Some(ret));
+        }
+    }
+    for label in [
+        "modprobe_loop",
+        "lock",
+        "rmmod_loop_locked",
+        "modprobe_loop_locked",
+        "allow",
+        "status_allowed",
+        "rmmod_lock_allowed",
+        "status_expired",
+    ] {
+        expect_rc(ctx, label, 0);
+    }
+    let allowed = status(ctx, "status_allowed");
+    let expired = status(ctx, "status_expired");
+    let r = ctx.results;
+    let m = &mut ctx.modtrace;
+    for label in ["lock_denied", "lock_expired"] {
+        if let Some(a) = r.action(label) {
+            check_denied_record(m, w, a, LOCK);
+        }
+    }
+    for label in ["lock_allowed", "modprobe_loop_locked"] {
+        if let Some(a) = r.action(label) {
+            for record in w.by_pid(a.pid) {
+                m.eq(&format!("{label}: not denied"), record.get("enforcement"), None);
+            }
+        }
+    }
+    m.eq(
+        "lock: stop.enforcement.denials of the lock",
+        w.records.last().map(|s| s["enforcement"]["denials"][LOCK].clone()),
+        Some(json!(2)),
+    );
+    let locks = commands(w, "lock");
+    m.check(
+        locks.len() == 1 && locks[0]["kept"].as_u64().is_some_and(|n| n > 0),
+        format!("lock: one enforce_command lock keeping the modules loaded: {locks:?}"),
+    );
+    let allows = commands(w, "allow");
+    m.check(
+        allows.len() == 1 && allows[0]["module"] == "dummy" && allows[0]["seconds"] == 10,
+        format!("lock: one enforce_command allow of dummy for 10 s: {allows:?}"),
+    );
+    if let Some(s) = &allowed {
+        m.eq("status_allowed: locked", s["locked"].as_bool(), Some(true));
+        let allows = s["temporary_allows"].as_array().cloned().unwrap_or_default();
+        m.check(
+            allows.len() == 1
+                && allows[0]["module"] == "dummy"
+                && allows[0]["seconds_left"].as_u64().is_some_and(|n| (1..=10).contains(&n)),
+            format!("status_allowed: dummy allowed for at most 10 s more: {allows:?}"),
+        );
+    }
+    if let Some(s) = &expired {
+        m.eq("status_expired: locked", s["locked"].as_bool(), Some(true));
+        m.eq("status_expired: no allow left", &s["temporary_allows"], &json!([]));
     }
 }
 
