@@ -10,9 +10,9 @@
 extern crate alloc;
 
 pub mod enforce;
-pub mod pinned;
 #[cfg(feature = "user")]
 mod event;
+pub mod pinned;
 #[cfg(feature = "user")]
 pub use event::KernelEvent;
 

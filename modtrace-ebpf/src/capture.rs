@@ -1,6 +1,7 @@
 //! Reading the calling task and the syscall's arguments. Every kernel structure
 //! is read at an offset taken from the running kernel's BTF (`config!`); a field
 //! whose offset is `OFFSET_NONE` is reported missing, never guessed.
+pub(crate) use crate::kread::{read_at, read_ptr};
 use aya_ebpf::{
     cty::c_void,
     helpers::{
@@ -11,7 +12,6 @@ use aya_ebpf::{
         },
     },
 };
-pub(crate) use crate::kread::{read_at, read_ptr};
 use modtrace_common::{
     BoundedStr, Invocation, TaskInfo, ARGV_CAP, COMM_LEN, FILE_BAD_FD, FILE_INTERNAL_MOUNT,
     FILE_RESOLVED, FILE_UNLINKED, MISSING_AUID, MISSING_EUID, MISSING_MNT_NS, MISSING_PARENT,

@@ -292,11 +292,12 @@ pub fn allow(name: &str, duration: std::time::Duration) -> Result<String, Enforc
 pub fn lock(also: &[String]) -> Result<String, EnforceCommandError> {
     require_root("lock")?;
     let mut maps = pinned_maps()?.ok_or(EnforceCommandError::NotEnforcing)?;
-    let modules = fs::read_to_string("/proc/modules").map_err(|source| EnforceCommandError::Io {
-        what: "reading",
-        path: "/proc/modules",
-        source,
-    })?;
+    let modules =
+        fs::read_to_string("/proc/modules").map_err(|source| EnforceCommandError::Io {
+            what: "reading",
+            path: "/proc/modules",
+            source,
+        })?;
     let mut keep: Vec<String> = modules
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -308,7 +309,10 @@ pub fn lock(also: &[String]) -> Result<String, EnforceCommandError> {
         also: also.to_vec(),
     })?;
     maps.lock(&keep)?;
-    tracing::warn!("module loading locked: {} modules may still load", keep.len());
+    tracing::warn!(
+        "module loading locked: {} modules may still load",
+        keep.len()
+    );
     Ok(format!(
         "locked: only the {} modules loaded now{} may load; `modtrace enforce allow NAME --for 10m` unblocks one\n",
         keep.len(),
@@ -376,4 +380,143 @@ pub fn take_commands() -> Vec<Result<EnforceCommand, String>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).map_err(|e| format!("{COMMAND_LOG}: {e}: {l}")))
         .collect()
+}
+
+/// `90`, `90s`, `10m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    let count: u64 = number
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration: {e}"))?;
+    if count == 0 {
+        return Err(format!("{text:?}: a duration must be more than 0"));
+    }
+    count
+        .checked_mul(scale)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_seconds_minutes_or_hours() {
+        let secs = |s: u64| Ok(std::time::Duration::from_secs(s));
+        assert_eq!(parse_duration("90"), secs(90));
+        assert_eq!(parse_duration("90s"), secs(90));
+        assert_eq!(parse_duration("10m"), secs(600));
+        assert_eq!(parse_duration("1h"), secs(3600));
+        assert_eq!(
+            parse_duration("10d").unwrap_err(),
+            "\"10d\": the unit must be s, m or h"
+        );
+        assert_eq!(
+            parse_duration("0m").unwrap_err(),
+            "\"0m\": a duration must be more than 0"
+        );
+        assert!(parse_duration("m")
+            .unwrap_err()
+            .starts_with("\"m\" is not a duration"));
+        assert_eq!(
+            parse_duration("99999999999999999h").unwrap_err(),
+            "\"99999999999999999h\" is too long"
+        );
+    }
+
+    #[test]
+    fn a_logged_command_reads_back_as_the_record_it_becomes() {
+        let command = EnforceCommand {
+            at: "2026-12-02T07:00:00.000000000Z".into(),
+            by_pid: 7,
+            by_uid: 0,
+            by_exe: Some("/usr/bin/modtrace".into()),
+            command: EnforceCommandKind::Allow {
+                module: "usb_storage".into(),
+                until: "2026-12-02T07:10:00Z".into(),
+                seconds: 600,
+            },
+        };
+        let line = serde_json::to_value(&command).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({"at": "2026-12-02T07:00:00.000000000Z", "by_pid": 7, "by_uid": 0,
+                "by_exe": "/usr/bin/modtrace", "command": "allow", "module": "usb_storage",
+                "until": "2026-12-02T07:10:00Z", "seconds": 600})
+        );
+        let back: EnforceCommand = serde_json::from_value(line).unwrap();
+        assert_eq!(back, command);
+    }
+
+    #[test]
+    fn status_says_when_nothing_is_enforced() {
+        let status = Status {
+            enforcing: false,
+            pin_dir: None,
+            since: None,
+            policy: None,
+            deny_rules: None,
+            total_denials: None,
+            collector: None,
+            locked: None,
+            temporary_allows: None,
+        };
+        assert_eq!(
+            render_status(&status, Format::Json),
+            "{\"enforcing\":false}\n"
+        );
+        assert_eq!(
+            render_status(&status, Format::Text),
+            "not enforcing: nothing is pinned under /sys/fs/bpf/modtrace\n"
+        );
+    }
+
+    #[test]
+    fn status_text_names_the_policy_each_rule_the_lock_and_the_allows() {
+        let status = Status {
+            enforcing: true,
+            pin_dir: Some(PIN_DIR),
+            since: Some("2026-12-02T07:00:00Z".into()),
+            policy: Some(StatusPolicy {
+                sha256: "ab12".into(),
+                source: "default".into(),
+                active_since: "2026-12-02T07:05:00Z".into(),
+            }),
+            deny_rules: Some(vec![StatusRule {
+                id: "cis-denied-module".into(),
+                denials: 3,
+            }]),
+            total_denials: Some(3),
+            collector: Some(StatusCollector {
+                attached: false,
+                pid: None,
+            }),
+            locked: Some(true),
+            temporary_allows: Some(vec![StatusAllow {
+                module: "usb_storage".into(),
+                until: "2026-12-02T07:10:00Z".into(),
+                seconds_left: 42,
+            }]),
+        };
+        assert_eq!(
+            render_status(&status, Format::Text),
+            "enforcing since 2026-12-02T07:00:00Z (pinned under /sys/fs/bpf/modtrace)\n\
+             policy default (sha256 ab12), in force since 2026-12-02T07:05:00Z\n\
+             collector: none attached (denials are counted in the kernel and reported by the next watch --enforce)\n\
+             deny rules (1), denials: 3\n\
+             \x20 cis-denied-module                        3\n\
+             locked: only the modules loaded at the lock may load\n\
+             temporarily allowed: usb_storage until 2026-12-02T07:10:00Z (42 s left)\n"
+        );
+    }
 }

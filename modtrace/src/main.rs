@@ -49,7 +49,7 @@ enum EnforceCommand {
     Allow {
         name: String,
         /// How long: seconds, or with a unit: 90s, 10m, 1h.
-        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long = "for", value_name = "DURATION", value_parser = enforcement::parse_duration)]
         duration: std::time::Duration,
     },
     /// Lock module loading: from now on only the modules loaded now (and
@@ -175,30 +175,6 @@ impl WatchArgs {
             budget: self.aggregate_budget,
         }
     }
-}
-
-/// `90`, `90s`, `10m` or `1h`.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
-    };
-    let count: u64 = number
-        .parse()
-        .map_err(|e| format!("{text:?} is not a duration: {e}"))?;
-    if count == 0 {
-        return Err(format!("{text:?}: a duration must be more than 0"));
-    }
-    count
-        .checked_mul(scale)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {

@@ -20,7 +20,8 @@ use crate::{
     record::{
         image::ImageReport,
         judgement::{Alert, Evaluation},
-        Body, Call, Denials, Enforcement, EventCounts, PreviousEnforcement, Record, RecordId, SCHEMA_VERSION,
+        Body, Call, Denials, Enforcement, EventCounts, PreviousEnforcement, Record, RecordId,
+        SCHEMA_VERSION,
     },
     sink::{Emitter, SinkError},
 };

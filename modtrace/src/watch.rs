@@ -30,8 +30,8 @@ use crate::{
     kernel::{
         self,
         enforce::Enforcer,
-        pinned::{Handover, PolicyTables},
         maps::{take_map, Maps, MapsError, Rings, Wakers},
+        pinned::{Handover, PolicyTables},
         ProbeOptions, StrategyChoice,
     },
     pipeline::{Enforcing, Pipeline, PipelineError},

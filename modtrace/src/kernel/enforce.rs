@@ -40,10 +40,15 @@ pub enum EnforceError {
     Fill(#[from] aya::maps::MapError),
     #[error("loading the enforcement object: {0}")]
     Load(String),
-    #[error("the enforcement object lacks map {0}: it and the collector come from different builds")]
+    #[error(
+        "the enforcement object lacks map {0}: it and the collector come from different builds"
+    )]
     MissingMap(&'static str),
     #[error("the pinned enforcement, {path}: {detail}")]
-    Pins { path: std::path::PathBuf, detail: String },
+    Pins {
+        path: std::path::PathBuf,
+        detail: String,
+    },
     #[error("{name:?} is not a module name (1 to {max} bytes, no `/`)")]
     BadModuleName { name: String, max: usize },
     #[error("deny rule id {id:?} is longer than the {max} bytes enforcement keeps in the kernel")]

@@ -19,10 +19,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{
-        links::{FdLink, PinnedLink},
-        Lsm,
-    },
+    programs::{links::FdLink, Lsm},
     Btf, EbpfLoader,
 };
 use modtrace_common::{
@@ -31,8 +28,8 @@ use modtrace_common::{
         ENFORCE_ABI_VERSION,
     },
     pinned::{
-        CollectorInfo, Generation, PinInfo, RuleId, DENY_GENERATIONS, LOCK_RULE_ID,
-        LOCK_RULE_SLOT, POLICY_SOURCE_CAP, RULE_ID_CAP,
+        CollectorInfo, Generation, PinInfo, RuleId, DENY_GENERATIONS, LOCK_RULE_ID, LOCK_RULE_SLOT,
+        POLICY_SOURCE_CAP, RULE_ID_CAP,
     },
     ProbeConfig, KERNEL_MODULE_NAME_LEN,
 };
@@ -48,8 +45,7 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/modtrace";
 pub const NEXT_DIR: &str = "/sys/fs/bpf/modtrace_next";
 
 /// The enforcement object built from modtrace-ebpf by build.rs.
-const OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modtrace-enforce"));
+const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/modtrace-enforce"));
 
 /// The LSM programs and the hooks they attach to.
 pub const PROGRAMS: [(&str, &str); 4] = [
@@ -180,7 +176,8 @@ impl PinnedMaps {
         for name in keep {
             self.lock_keep.insert(module_name(name)?, 1, 0)?;
         }
-        self.rule_ids.set(LOCK_RULE_SLOT, rule_id(LOCK_RULE_ID)?, 0)?;
+        self.rule_ids
+            .set(LOCK_RULE_SLOT, rule_id(LOCK_RULE_ID)?, 0)?;
         Ok(self.lock.set(0, 1, 0)?)
     }
 
@@ -191,7 +188,9 @@ impl PinnedMaps {
     /// Lets `name` load until `until_monotonic_ns` (CLOCK_MONOTONIC),
     /// whatever denies it.
     pub fn allow(&mut self, name: &str, until_monotonic_ns: u64) -> Result<(), EnforceError> {
-        Ok(self.allows.insert(module_name(name)?, until_monotonic_ns, 0)?)
+        Ok(self
+            .allows
+            .insert(module_name(name)?, until_monotonic_ns, 0)?)
     }
 
     /// The allows that have not expired at `now_monotonic_ns`: (name,
@@ -229,7 +228,8 @@ impl PinnedMaps {
     ) -> Result<(), EnforceError> {
         let clause_base = generation * DENY_CLAUSE_CAP;
         let rule_base = generation * DENY_RULE_CAP;
-        let owned = |key: &DenyKey| (clause_base..clause_base + DENY_CLAUSE_CAP).contains(&key.clause);
+        let owned =
+            |key: &DenyKey| (clause_base..clause_base + DENY_CLAUSE_CAP).contains(&key.clause);
         let stale: Vec<DenyKey> = self
             .names
             .keys()
@@ -318,7 +318,11 @@ impl PinnedMaps {
         }
         Ok(GenerationState {
             active_since_unix_s: info.active_since_unix_s,
-            policy_sha256: info.policy_sha256.iter().map(|b| format!("{b:02x}")).collect(),
+            policy_sha256: info
+                .policy_sha256
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
             source,
             rules,
         })
@@ -347,7 +351,10 @@ impl PinnedMaps {
         let denial = self.last.get(&tid, 0).ok()?;
         let _ = self.last.remove(&tid);
         let id = self.rule_ids.get(&denial.rule, 0).ok().map(|r| text(&r.id));
-        Some((id.unwrap_or_else(|| format!("rule slot {}", denial.rule)), denial.hook))
+        Some((
+            id.unwrap_or_else(|| format!("rule slot {}", denial.rule)),
+            denial.hook,
+        ))
     }
 
     /// What `enforce status` shows.
@@ -540,16 +547,17 @@ fn replace(
     previous: Option<Handover>,
 ) -> Result<Enforcement, EnforceError> {
     let next = Path::new(NEXT_DIR);
-    let (maps, pinned_unix_s) = match pin_next(tables, config, probe, object_sha256, previous.as_ref()) {
-        Ok(pinned) => pinned,
-        Err(err) => {
-            if next.exists() {
-                // The error that stopped it is the one to report.
-                let _ = remove_pins(next);
+    let (maps, pinned_unix_s) =
+        match pin_next(tables, config, probe, object_sha256, previous.as_ref()) {
+            Ok(pinned) => pinned,
+            Err(err) => {
+                if next.exists() {
+                    // The error that stopped it is the one to report.
+                    let _ = remove_pins(next);
+                }
+                return Err(err);
             }
-            return Err(err);
-        }
-    };
+        };
     let pinned = Path::new(PIN_DIR);
     if pinned.exists() {
         remove_pins(pinned)?;
@@ -594,11 +602,8 @@ fn pin_next(
         detail: format!("aya could not read the kernel BTF: {e}"),
     })?;
     for (program, hook) in PROGRAMS {
-        let lsm: &mut Lsm =
-            super::program_mut(&mut ebpf, program).map_err(|detail| EnforceError::Attach {
-                hook,
-                detail,
-            })?;
+        let lsm: &mut Lsm = super::program_mut(&mut ebpf, program)
+            .map_err(|detail| EnforceError::Attach { hook, detail })?;
         attach_and_pin(lsm, hook, &btf, next)?;
     }
     let pinned_unix_s = previous.map_or(now, |p| p.pinned_unix_s);
@@ -615,17 +620,19 @@ fn pin_next(
     Ok((maps, pinned_unix_s))
 }
 
-fn attach_and_pin(lsm: &mut Lsm, hook: &'static str, btf: &Btf, dir: &Path) -> Result<(), EnforceError> {
+fn attach_and_pin(
+    lsm: &mut Lsm,
+    hook: &'static str,
+    btf: &Btf,
+    dir: &Path,
+) -> Result<(), EnforceError> {
     let failed = |detail: String| EnforceError::Attach { hook, detail };
     lsm.load(hook, btf)
         .map_err(|e| failed(format!("loading: {}", super::brief(e))))?;
     lsm.pin(dir.join(format!("prog_{hook}")))
         .map_err(|e| failed(format!("pinning the program: {e}")))?;
     let id = lsm.attach().map_err(|e| failed(e.to_string()))?;
-    let link: FdLink = lsm
-        .take_link(id)
-        .map_err(|e| failed(e.to_string()))?
-        .into();
+    let link: FdLink = lsm.take_link(id).map_err(|e| failed(e.to_string()))?.into();
     link.pin(dir.join(format!("link_{hook}")))
         .map_err(|e| failed(format!("pinning the link: {e}")))?;
     debug!("LSM program on {hook} attached and pinned");
@@ -648,44 +655,47 @@ pub fn release() -> Result<bool, EnforceError> {
     if !pinned.exists() {
         return Ok(false);
     }
-    let links = pinned_link_ids(pinned);
+    let programs = pinned_program_ids(pinned);
     remove_pins(pinned)?;
-    wait_detached(&links)?;
+    wait_detached(&programs)?;
     info!("enforcement released: {PIN_DIR} removed, the LSM programs detached");
     Ok(true)
 }
 
-/// The ids of the links pinned in `dir`.
-fn pinned_link_ids(dir: &Path) -> Vec<u32> {
+/// The ids of the programs pinned in `dir`.
+fn pinned_program_ids(dir: &Path) -> Vec<u32> {
     PROGRAMS
         .iter()
         .filter_map(|(_, hook)| {
-            let link = PinnedLink::from_pin(dir.join(format!("link_{hook}"))).ok()?;
-            FdLink::from(link).info().ok().map(|info| info.id())
+            aya::programs::ProgramInfo::from_pin(dir.join(format!("prog_{hook}")))
+                .ok()
+                .map(|info| info.id())
         })
         .collect()
 }
 
-/// Waits until none of `links` exists. The kernel frees a link whose last
-/// pin is removed from a work queue, after an RCU grace period, not in the
-/// unlink: until then its program still runs (seen on 5.10 and 6.12, where
-/// a load right after the release was still denied).
-fn wait_detached(links: &[u32]) -> Result<(), EnforceError> {
+/// Waits until none of `programs` is left in the kernel. A link whose last
+/// pin is removed is freed from a work queue after an RCU grace period, not
+/// in the unlink, and its program runs until then: on 5.10 and 6.12 a load
+/// right after the release was still denied, and the programs were gone a
+/// moment later. A program's id goes only once its last link has detached
+/// it. A program that cannot be opened may be one on its way out, so it
+/// counts as left.
+fn wait_detached(programs: &[u32]) -> Result<(), EnforceError> {
     const PATIENCE: Duration = Duration::from_secs(10);
     let started = std::time::Instant::now();
     loop {
-        let attached = aya::programs::loaded_links()
-            .filter_map(Result::ok)
-            .filter(|info| links.contains(&info.id()))
+        let left = aya::programs::loaded_programs()
+            .filter(|info| info.as_ref().map_or(true, |i| programs.contains(&i.id())))
             .count();
-        if attached == 0 {
+        if left == 0 {
             return Ok(());
         }
         if started.elapsed() > PATIENCE {
             return Err(EnforceError::Pins {
                 path: PathBuf::from(PIN_DIR),
                 detail: format!(
-                    "{attached} LSM program links are still attached {} s after their pins were removed",
+                    "{left} LSM programs are still loaded {} s after their pins were removed",
                     PATIENCE.as_secs()
                 ),
             });
@@ -728,6 +738,17 @@ mod tests {
         let bytes = sha256_bytes(&hex);
         let back: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(back, hex);
+    }
+
+    #[test]
+    fn module_names_are_folded_and_bad_ones_refused_by_name() {
+        assert_eq!(text(&module_name("usb-storage").unwrap()), "usb_storage");
+        for bad in ["", "a/b", &"x".repeat(KERNEL_MODULE_NAME_LEN)] {
+            assert_eq!(
+                module_name(bad).unwrap_err().to_string(),
+                format!("{bad:?} is not a module name (1 to 55 bytes, no `/`)")
+            );
+        }
     }
 
     #[test]

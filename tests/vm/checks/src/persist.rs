@@ -54,8 +54,9 @@ fn check_no_bpf_lsm(ctx: &mut Ctx) {
         !list.is_empty() && !list.split(',').any(|l| l == "bpf"),
         format!("no watch ran, so the kernel's LSM list lacks bpf: {list:?}"),
     );
-    ctx.modtrace
-        .not_checked("persistence: the BPF LSM is inactive (the enforce scenario checks the refusal)");
+    ctx.modtrace.not_checked(
+        "persistence: the BPF LSM is inactive (the enforce scenario checks the refusal)",
+    );
 }
 
 /// The load syscalls of process `pid`, as the kernel traced them.
@@ -142,10 +143,14 @@ fn loop_calls(ctx: &mut Ctx) -> Vec<LoopCall> {
     let mut calls = Vec::new();
     for line in a.stdout.lines() {
         let parsed = line.split_once(' ').and_then(|(pid, report)| {
-            Some((pid.parse::<u32>().ok()?, serde_json::from_str::<Value>(report).ok()?))
+            Some((
+                pid.parse::<u32>().ok()?,
+                serde_json::from_str::<Value>(report).ok()?,
+            ))
         });
         let Some((pid, report)) = parsed else {
-            ctx.ground.fail(format!("loop: line {line:?} is not `PID REPORT`"));
+            ctx.ground
+                .fail(format!("loop: line {line:?} is not `PID REPORT`"));
             continue;
         };
         let loads = traced_loads(ctx, Some(pid));
@@ -207,7 +212,11 @@ fn check_first(ctx: &mut Ctx, w: &Watched) {
             .count(),
         0,
     );
-    m.eq("first: denials reported before SIGKILL", reported_new(w, CIS), 1);
+    m.eq(
+        "first: denials reported before SIGKILL",
+        reported_new(w, CIS),
+        1,
+    );
 }
 
 fn check_second(ctx: &mut Ctx, w: &Watched, loop_calls: &[LoopCall]) {
@@ -223,7 +232,11 @@ fn check_second(ctx: &mut Ctx, w: &Watched, loop_calls: &[LoopCall]) {
         .into_iter()
         .filter(|r| r.get("previous").is_some())
         .collect();
-    m.eq("second: one enforcement record of the takeover", handover.len(), 1);
+    m.eq(
+        "second: one enforcement record of the takeover",
+        handover.len(),
+        1,
+    );
     let stop = w.records.last().copied();
     let stop_denials = stop.map(|s| s["enforcement"]["denials"].clone());
     let after_switch = loop_calls.iter().filter(|c| c.after_switch).count() as u64;
@@ -244,7 +257,11 @@ fn check_second(ctx: &mut Ctx, w: &Watched, loop_calls: &[LoopCall]) {
             previous["policy_sha256"].as_str().map(str::to_owned),
             first_sha,
         );
-        m.eq("second: takeover adopted, not replaced", previous["replaced"].as_bool(), Some(false));
+        m.eq(
+            "second: takeover adopted, not replaced",
+            previous["replaced"].as_bool(),
+            Some(false),
+        );
         let before = record["denials"][CIS].as_u64();
         // modprobe_first, modprobe_orphan and every loop load: once each,
         // in the old generation or the new.
@@ -325,7 +342,11 @@ fn check_statuses(ctx: &mut Ctx, first: Option<&Watched>, second: Option<&Watche
     let released = status(ctx, "status_released");
     let m = &mut ctx.modtrace;
     if let Some(s) = &orphan {
-        m.eq("status_orphan: enforcing", s["enforcing"].as_bool(), Some(true));
+        m.eq(
+            "status_orphan: enforcing",
+            s["enforcing"].as_bool(),
+            Some(true),
+        );
         m.eq(
             "status_orphan: no collector attached",
             s["collector"]["attached"].as_bool(),
@@ -343,7 +364,11 @@ fn check_statuses(ctx: &mut Ctx, first: Option<&Watched>, second: Option<&Watche
         );
     }
     if let Some(s) = &after_term {
-        m.eq("status_after_term: enforcing", s["enforcing"].as_bool(), Some(true));
+        m.eq(
+            "status_after_term: enforcing",
+            s["enforcing"].as_bool(),
+            Some(true),
+        );
         m.eq(
             "status_after_term: no collector attached",
             s["collector"]["attached"].as_bool(),
@@ -375,7 +400,10 @@ fn check_statuses(ctx: &mut Ctx, first: Option<&Watched>, second: Option<&Watche
             a.stdout.starts_with("enforcing since ")
                 && a.stdout.contains("collector: none attached")
                 && a.stdout.contains("deny-dummy"),
-            format!("status_text: says enforcing, no collector, each rule: {:?}", a.stdout),
+            format!(
+                "status_text: says enforcing, no collector, each rule: {:?}",
+                a.stdout
+            ),
         );
     }
     if let Some(s) = &released {
@@ -414,12 +442,20 @@ fn commands<'a>(w: &Watched<'a>, command: &str) -> Vec<&'a Value> {
 }
 
 fn check_lock(ctx: &mut Ctx, w: &Watched) {
-    for (label, ret) in [("lock_denied", EPERM), ("lock_allowed", 0), ("lock_expired", EPERM)] {
+    for (label, ret) in [
+        ("lock_denied", EPERM),
+        ("lock_allowed", 0),
+        ("lock_expired", EPERM),
+    ] {
         let Some(a) = action(ctx, label) else {
             continue;
         };
         if let Some(report) = mtcall_report(ctx, a) {
-            ctx.ground.eq(&format!("{label}: mtcall ret"), report["ret"].as_i64(), Some(ret));
+            ctx.ground.eq(
+                &format!("{label}: mtcall ret"),
+                report["ret"].as_i64(),
+                Some(ret),
+            );
         }
     }
     for label in [
@@ -446,13 +482,19 @@ fn check_lock(ctx: &mut Ctx, w: &Watched) {
     for label in ["lock_allowed", "modprobe_loop_locked"] {
         if let Some(a) = r.action(label) {
             for record in w.by_pid(a.pid) {
-                m.eq(&format!("{label}: not denied"), record.get("enforcement"), None);
+                m.eq(
+                    &format!("{label}: not denied"),
+                    record.get("enforcement"),
+                    None,
+                );
             }
         }
     }
     m.eq(
         "lock: stop.enforcement.denials of the lock",
-        w.records.last().map(|s| s["enforcement"]["denials"][LOCK].clone()),
+        w.records
+            .last()
+            .map(|s| s["enforcement"]["denials"][LOCK].clone()),
         Some(json!(2)),
     );
     let locks = commands(w, "lock");
@@ -467,17 +509,26 @@ fn check_lock(ctx: &mut Ctx, w: &Watched) {
     );
     if let Some(s) = &allowed {
         m.eq("status_allowed: locked", s["locked"].as_bool(), Some(true));
-        let allows = s["temporary_allows"].as_array().cloned().unwrap_or_default();
+        let allows = s["temporary_allows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         m.check(
             allows.len() == 1
                 && allows[0]["module"] == "dummy"
-                && allows[0]["seconds_left"].as_u64().is_some_and(|n| (1..=10).contains(&n)),
+                && allows[0]["seconds_left"]
+                    .as_u64()
+                    .is_some_and(|n| (1..=10).contains(&n)),
             format!("status_allowed: dummy allowed for at most 10 s more: {allows:?}"),
         );
     }
     if let Some(s) = &expired {
         m.eq("status_expired: locked", s["locked"].as_bool(), Some(true));
-        m.eq("status_expired: no allow left", &s["temporary_allows"], &json!([]));
+        m.eq(
+            "status_expired: no allow left",
+            &s["temporary_allows"],
+            &json!([]),
+        );
     }
 }
 

@@ -144,7 +144,8 @@ fn envelope<'a>(
         .map(|r| r["kind"].as_str().unwrap_or("?"))
         .collect();
     m.check(
-        kinds.first() == Some(&"start") && (kinds.last() == Some(&"stop")) == (ending == Ending::Stopped),
+        kinds.first() == Some(&"start")
+            && (kinds.last() == Some(&"stop")) == (ending == Ending::Stopped),
         format!("watch {label}: first record start and last {last}, got kinds {kinds:?}"),
     );
     for (seq, record) in records.iter().enumerate() {
