@@ -79,6 +79,22 @@ pub struct StatusAllow {
     pub seconds_left: u64,
 }
 
+impl Status {
+    fn not_enforcing() -> Self {
+        Self {
+            enforcing: false,
+            pin_dir: None,
+            since: None,
+            policy: None,
+            deny_rules: None,
+            total_denials: None,
+            collector: None,
+            locked: None,
+            temporary_allows: None,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct StatusPolicy {
     pub sha256: String,
@@ -113,17 +129,7 @@ fn pinned_state() -> Result<Option<PinnedState>, EnforceError> {
 
 pub fn status() -> Result<Status, EnforceCommandError> {
     let Some(mut maps) = pinned_maps()? else {
-        return Ok(Status {
-            enforcing: false,
-            pin_dir: None,
-            since: None,
-            policy: None,
-            deny_rules: None,
-            total_denials: None,
-            collector: None,
-            locked: None,
-            temporary_allows: None,
-        });
+        return Ok(Status::not_enforcing());
     };
     let state = maps.state()?;
     let now = monotonic_ns();
@@ -460,17 +466,7 @@ mod tests {
 
     #[test]
     fn status_says_when_nothing_is_enforced() {
-        let status = Status {
-            enforcing: false,
-            pin_dir: None,
-            since: None,
-            policy: None,
-            deny_rules: None,
-            total_denials: None,
-            collector: None,
-            locked: None,
-            temporary_allows: None,
-        };
+        let status = Status::not_enforcing();
         assert_eq!(
             render_status(&status, Format::Json),
             "{\"enforcing\":false}\n"

@@ -91,16 +91,7 @@ fn ground(ctx: &mut Ctx) {
         );
     }
     for (label, ret) in [("dummy_allowed", 0), ("dummy_denied", EPERM)] {
-        let Some(a) = action(ctx, label) else {
-            continue;
-        };
-        if let Some(report) = mtcall_report(ctx, a) {
-            ctx.ground.eq(
-                &format!("{label}: mtcall ret"),
-                report["ret"].as_i64(),
-                Some(ret),
-            );
-        }
+        expect_mtcall_ret(ctx, label, ret);
     }
     for label in [
         "rmmod_dummy",
@@ -116,6 +107,20 @@ fn ground(ctx: &mut Ctx) {
         "rmmod_after_fourth",
     ] {
         expect_rc(ctx, label, 0);
+    }
+}
+
+/// mtcall's call of action `label` returned `ret` (ground truth).
+fn expect_mtcall_ret(ctx: &mut Ctx, label: &str, ret: i64) {
+    let Some(a) = action(ctx, label) else {
+        return;
+    };
+    if let Some(report) = mtcall_report(ctx, a) {
+        ctx.ground.eq(
+            &format!("{label}: mtcall ret"),
+            report["ret"].as_i64(),
+            Some(ret),
+        );
     }
 }
 
@@ -447,16 +452,7 @@ fn check_lock(ctx: &mut Ctx, w: &Watched) {
         ("lock_allowed", 0),
         ("lock_expired", EPERM),
     ] {
-        let Some(a) = action(ctx, label) else {
-            continue;
-        };
-        if let Some(report) = mtcall_report(ctx, a) {
-            ctx.ground.eq(
-                &format!("{label}: mtcall ret"),
-                report["ret"].as_i64(),
-                Some(ret),
-            );
-        }
+        expect_mtcall_ret(ctx, label, ret);
     }
     for label in [
         "modprobe_loop",
