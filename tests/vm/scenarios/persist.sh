@@ -7,9 +7,10 @@
 # `enforce status` shows it; `enforce release` ends it and the next capture
 # logs the release; --release-on-exit ends it with the watch.
 if ! grep -qw bpf /sys/kernel/security/lsm; then
-    # The enforce scenario checks the refusal; here only that this kernel
-    # really lacks the BPF LSM.
+    # Nothing can be enforced, so nothing can outlive the collector:
+    # --enforce refuses to start, naming the missing bpf in the LSM list.
     act lsm_list cat /sys/kernel/security/lsm
+    watch_start inactive --enforce
     exit 0
 fi
 F=/lib/modtrace-fixtures

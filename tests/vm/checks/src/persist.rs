@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::{
+    enforce::check_enforce_refused,
     scenarios::{action, expect_rc, mtcall_report},
-    watch::{watched, watched_killed, Watched},
+    watch::{watched, watched_across_start, watched_killed, Watched},
     Checks, Ctx,
 };
 use crate::results::{Action, TraceItem};
@@ -19,14 +20,15 @@ const CIS: &str = "cis-denied-module";
 const LOCK: &str = "lock-after-boot";
 
 pub(crate) fn persist(ctx: &mut Ctx) {
-    if ctx.results.watches.is_empty() {
-        check_no_bpf_lsm(ctx);
+    if ctx.results.watches.contains_key("inactive") {
+        // No BPF LSM: enforcement cannot start, so it cannot outlive anything.
+        check_enforce_refused(ctx);
         return;
     }
     ground(ctx);
     let loop_calls = loop_calls(ctx);
     let first = watched_killed(ctx, "first");
-    let second = watched(ctx, "second");
+    let second = watched_across_start(ctx, "second");
     if let Some(w) = &first {
         check_first(ctx, w);
     }
@@ -43,20 +45,6 @@ pub(crate) fn persist(ctx: &mut Ctx) {
     if let Some(w) = watched(ctx, "lock") {
         check_lock(ctx, &w);
     }
-}
-
-/// The scenario ran nothing: this kernel must really lack the BPF LSM.
-fn check_no_bpf_lsm(ctx: &mut Ctx) {
-    let Some(list) = action(ctx, "lsm_list").map(|a| a.stdout.trim().to_owned()) else {
-        return;
-    };
-    ctx.ground.check(
-        !list.is_empty() && !list.split(',').any(|l| l == "bpf"),
-        format!("no watch ran, so the kernel's LSM list lacks bpf: {list:?}"),
-    );
-    ctx.modtrace.not_checked(
-        "persistence: the BPF LSM is inactive (the enforce scenario checks the refusal)",
-    );
 }
 
 /// The load syscalls of process `pid`, as the kernel traced them.

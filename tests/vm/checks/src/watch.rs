@@ -50,6 +50,16 @@ pub(crate) fn watched_with_losses<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<
     checked_watch(ctx, label, Losses::Expected, Ending::Stopped)
 }
 
+/// `watched` for a watch started while loads were in the kernel
+/// (tests/vm/scenarios/persist.sh loads in a loop across a restart): a call
+/// that entered before the entry programs were attached and returned after
+/// the exit programs were is counted `entry_missing`, and only such a call.
+pub(crate) fn watched_across_start<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watched<'a>> {
+    let watched = checked_watch(ctx, label, Losses::AtStart, Ending::Stopped)?;
+    check_losses_at_start(ctx, label, &watched);
+    Some(watched)
+}
+
 /// `watched` for a watch the scenario killed with SIGKILL (`watch_kill`),
 /// long enough after its last call that every call has its record: no
 /// `stop`, exit status 137.
@@ -60,6 +70,8 @@ pub(crate) fn watched_killed<'a>(ctx: &mut Ctx<'a>, label: &str) -> Option<Watch
 #[derive(Clone, Copy, PartialEq)]
 enum Losses {
     None,
+    /// Only of calls in flight while the programs were attached.
+    AtStart,
     Expected,
 }
 
@@ -103,7 +115,7 @@ fn checked_watch<'a>(
         .collect();
     // Calls without a record are fine only as far as modtrace counted them lost.
     let lost = match losses {
-        Losses::None => 0,
+        Losses::None | Losses::AtStart => 0,
         Losses::Expected => records
             .last()
             .and_then(|stop| stop.pointer("/lost/total"))
@@ -113,6 +125,43 @@ fn checked_watch<'a>(
     let watched = Watched { records, calls };
     match_calls(m, label, &watched, lost, r);
     Some(watched)
+}
+
+/// The `entry_missing` of watch `label` is no fewer than the calls in flight
+/// at its start that returned once it ran and have no record, and no more
+/// than all calls in flight at its start without one; nothing else is lost.
+fn check_losses_at_start(ctx: &mut Ctx, label: &str, watched: &Watched) {
+    let has_record = |call: &TracedCall| {
+        watched.records.iter().any(|r| {
+            r["kind"] == call.syscall.as_str()
+                && r.pointer("/process/tid") == Some(&json!(call.tid))
+                && r.pointer("/result/ret") == Some(&json!(call.ret))
+        })
+    };
+    let unrecorded: Vec<(&TracedCall, bool)> = ctx
+        .results
+        .calls_across_start(label)
+        .into_iter()
+        .filter(|(call, _)| !has_record(call))
+        .collect();
+    let surely_seen_exits = unrecorded.iter().filter(|(_, surely)| *surely).count() as u64;
+    let lost = watched.records.last().map(|stop| &stop["lost"]);
+    let count = |reason: &str| lost.and_then(|l| l[reason].as_u64());
+    let entry_missing = count("entry_missing");
+    ctx.modtrace.check(
+        entry_missing.is_some_and(|n| {
+            (surely_seen_exits..=unrecorded.len() as u64).contains(&n)
+        }),
+        format!(
+            "watch {label}: stop.lost.entry_missing {entry_missing:?} counts the calls in flight at its start without a record ({surely_seen_exits} surely seen returning, {} in all): {unrecorded:?}",
+            unrecorded.len()
+        ),
+    );
+    ctx.modtrace.eq(
+        &format!("watch {label}: stop.lost (ringbuf_full, pending_full)"),
+        (count("ringbuf_full"), count("pending_full")),
+        (Some(0), Some(0)),
+    );
 }
 
 fn envelope<'a>(
