@@ -329,22 +329,27 @@ fn rule_denials(status: &Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Status `s` (action `label`) says enforcement goes on with no collector.
+fn enforcing_orphaned(m: &mut Checks, label: &str, s: &Value) {
+    m.eq(
+        &format!("{label}: enforcing"),
+        s["enforcing"].as_bool(),
+        Some(true),
+    );
+    m.eq(
+        &format!("{label}: no collector attached"),
+        s["collector"]["attached"].as_bool(),
+        Some(false),
+    );
+}
+
 fn check_statuses(ctx: &mut Ctx, first: Option<&Watched>, second: Option<&Watched>) {
     let orphan = status(ctx, "status_orphan");
     let after_term = status(ctx, "status_after_term");
     let released = status(ctx, "status_released");
     let m = &mut ctx.modtrace;
     if let Some(s) = &orphan {
-        m.eq(
-            "status_orphan: enforcing",
-            s["enforcing"].as_bool(),
-            Some(true),
-        );
-        m.eq(
-            "status_orphan: no collector attached",
-            s["collector"]["attached"].as_bool(),
-            Some(false),
-        );
+        enforcing_orphaned(m, "status_orphan", s);
         m.eq(
             "status_orphan: denials",
             rule_denials(s),
@@ -357,16 +362,7 @@ fn check_statuses(ctx: &mut Ctx, first: Option<&Watched>, second: Option<&Watche
         );
     }
     if let Some(s) = &after_term {
-        m.eq(
-            "status_after_term: enforcing",
-            s["enforcing"].as_bool(),
-            Some(true),
-        );
-        m.eq(
-            "status_after_term: no collector attached",
-            s["collector"]["attached"].as_bool(),
-            Some(false),
-        );
+        enforcing_orphaned(m, "status_after_term", s);
         m.eq(
             "status_after_term: the second watch's policy",
             s["policy"]["sha256"].as_str().map(str::to_owned),
