@@ -6,8 +6,10 @@ use core::mem::{offset_of, size_of};
 
 use crate::KERNEL_MODULE_NAME_LEN;
 
-/// Bumped whenever a type below changes shape.
-pub const ENFORCE_ABI_VERSION: u16 = 1;
+/// Bumped whenever a type below, or the layout of the maps holding them,
+/// changes shape. 2: the deny tables are held twice, one generation each
+/// (pinned.rs), and the object is pinned with its state beside it.
+pub const ENFORCE_ABI_VERSION: u16 = 2;
 
 /// Deny clauses the kernel checks (a deny rule compiles to one or more: one
 /// per alternative of its `any`s).

@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod enforce;
 #[cfg(feature = "user")]
 mod event;
+pub mod pinned;
 #[cfg(feature = "user")]
 pub use event::KernelEvent;
 

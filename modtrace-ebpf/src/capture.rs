@@ -1,11 +1,12 @@
 //! Reading the calling task and the syscall's arguments. Every kernel structure
 //! is read at an offset taken from the running kernel's BTF (`config!`); a field
 //! whose offset is `OFFSET_NONE` is reported missing, never guessed.
+pub(crate) use crate::kread::{read_at, read_ptr};
 use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        bpf_get_current_task, bpf_get_current_uid_gid,
         generated::{
             self, bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
         },
@@ -18,24 +19,6 @@ use modtrace_common::{
     PARENT_UNKNOWN, PATH_CAP, PATH_MAX_COMPONENTS, STR_ABSENT, STR_NULL, STR_OK, STR_TRUNCATED,
     STR_UNREADABLE,
 };
-
-/// Reads a `T` at `base + offset` from kernel memory; `None` when the offset is
-/// unknown on this kernel, the base is NULL or the read faults.
-#[inline(always)]
-pub(crate) fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
-    if base.is_null() || offset == OFFSET_NONE {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel tolerates any address and reports faults.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }.ok()
-}
-
-#[inline(always)]
-pub(crate) fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
-    read_at::<u64>(base, offset)
-        .map(|p| p as *const u8)
-        .filter(|p| !p.is_null())
-}
 
 #[inline(always)]
 pub(crate) fn fill_task(task_info: &mut TaskInfo) {

@@ -17,24 +17,28 @@ use modtrace_common::{
         Denial, DenyClause, DenyKey, EnforceConfig, DENIED_AT_LOAD_DATA, DENIED_AT_MODULE_REQUEST,
         DENIED_AT_POST_LOAD_DATA, DENIED_AT_READ_FILE, DENY_CLAUSE_CAP, DENY_FILE_NO,
         DENY_FILE_YES, DENY_HOOK_FINIT_MODULE, DENY_HOOK_INIT_MODULE, DENY_HOOK_REQUEST,
-        DENY_KEY_MODULE, DENY_KEY_REQUEST, DENY_NAME_CAP, DENY_RULE_CAP,
+        DENY_KEY_MODULE, DENY_KEY_REQUEST, DENY_NAME_CAP,
     },
+    pinned::{DENY_CLAUSE_SLOTS, LOCK_RULE_SLOT, RULE_SLOTS},
     KERNEL_MODULE_NAME_LEN,
 };
 
-use crate::capture::{read_at, read_ptr};
+use crate::{
+    enforce_state::{active_clause_base, allowed_for_now, locked_out},
+    kread::{read_at, read_ptr},
+};
 
 /// Rewritten by the loader (`.rodata`): the hook ids of this kernel, from BTF.
 #[unsafe(no_mangle)]
 pub(crate) static MODTRACE_ENFORCE: EnforceConfig = EnforceConfig::NONE;
 
 #[map]
-static DENY_CLAUSES: Array<DenyClause> = Array::with_max_entries(DENY_CLAUSE_CAP, 0);
+static DENY_CLAUSES: Array<DenyClause> = Array::with_max_entries(DENY_CLAUSE_SLOTS, 0);
 /// BPF_F_NO_PREALLOC: the table is sized for large policies, most are small.
 #[map]
 static DENY_NAMES: HashMap<DenyKey, u8> = HashMap::with_max_entries(DENY_NAME_CAP, 1);
 #[map]
-static DENIALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DENY_RULE_CAP, 0);
+static DENIALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RULE_SLOTS, 0);
 #[map]
 static LAST_DENIAL: LruHashMap<u32, Denial> = LruHashMap::with_max_entries(4096, 0);
 
@@ -158,9 +162,12 @@ impl Subject {
 
 #[inline(always)]
 fn verdict(subject: &Subject, at: u32) -> i32 {
-    let Some(rule) = denying_rule(subject) else {
+    let Some(rule) = denying_rule(subject).or_else(|| lock_rule(subject, at)) else {
         return 0;
     };
+    if subject.name.as_ref().is_some_and(allowed_for_now) {
+        return 0;
+    }
     if let Some(count) = DENIALS.get_ptr_mut(rule) {
         // SAFETY: per-CPU slot, not shared with another CPU.
         unsafe { *count += 1 };
@@ -174,10 +181,24 @@ fn verdict(subject: &Subject, at: u32) -> i32 {
     -EPERM
 }
 
-/// The rule of the first clause that holds for `subject`.
+/// The lock's slot when loading is locked and this load is not of a module
+/// that may still load. Not at `kernel_load_data`, which has no name yet
+/// (`kernel_post_load_data` decides), nor for requests (the load modprobe
+/// then makes is decided).
+#[inline(always)]
+fn lock_rule(subject: &Subject, at: u32) -> Option<u32> {
+    let decidable = subject.kind == DENY_KEY_MODULE && at != DENIED_AT_LOAD_DATA;
+    (decidable && locked_out(subject.name.as_ref())).then_some(LOCK_RULE_SLOT)
+}
+
+/// The rule of the first clause of the generation in force that holds for
+/// `subject`; clause and rule slots are the generation's own, as userspace
+/// wrote them.
 #[inline(always)]
 fn denying_rule(subject: &Subject) -> Option<u32> {
-    for index in 0..DENY_CLAUSE_CAP {
+    let base = active_clause_base();
+    for offset in 0..DENY_CLAUSE_CAP {
+        let index = base + offset;
         let clause = DENY_CLAUSES.get(index)?;
         if clause.hooks & subject.hook == 0
             || !file_matches(clause.memfd, subject.memfd)

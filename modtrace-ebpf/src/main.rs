@@ -19,8 +19,8 @@ mod config;
 mod aggregate;
 mod calls;
 mod capture;
-mod enforce;
 mod execs;
+mod kread;
 
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, raw_tracepoint, tracepoint},

@@ -27,6 +27,18 @@ impl Clock {
         DateTime::<Utc>::from_timestamp_nanos(wall as i64)
             .to_rfc3339_opts(SecondsFormat::Nanos, true)
     }
+
+    /// `seconds` since the epoch as RFC 3339 (the bare number if out of
+    /// range).
+    pub fn unix_rfc3339(seconds: u64) -> String {
+        i64::try_from(seconds)
+            .ok()
+            .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+            .map_or_else(
+                || seconds.to_string(),
+                |t| t.to_rfc3339_opts(SecondsFormat::Secs, true),
+            )
+    }
 }
 
 #[cfg(test)]

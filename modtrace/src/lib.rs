@@ -20,6 +20,7 @@
 //! signals), [`replay`] runs a capture through the same policy.
 pub mod clock;
 pub mod decode;
+pub mod enforcement;
 pub mod enrich;
 pub mod kernel;
 pub mod pipeline;

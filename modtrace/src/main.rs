@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use modtrace::{kernel::StrategyChoice, policy, replay, sink::Format, watch};
+use modtrace::{enforcement, kernel::StrategyChoice, policy, replay, sink::Format, watch};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,38 @@ enum Command {
     Policy(PolicyCommand),
     /// Re-judge a recorded NDJSON capture with a policy.
     Replay(ReplayArgs),
+    /// The enforcement pinned in the kernel by `watch --enforce`.
+    #[command(subcommand)]
+    Enforce(EnforceCommand),
+}
+
+#[derive(Subcommand)]
+enum EnforceCommand {
+    /// Whether deny rules are enforced, since when, by which policy, the
+    /// denials per rule, and whether a collector is attached.
+    Status {
+        /// [default: json when stdout is not a terminal, else text]
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
+    /// End enforcement: remove the pins, which detaches the LSM programs.
+    /// Logged in the capture (an `enforce_command` record).
+    Release,
+    /// Emergency unblock: let module NAME load for a while, whatever the
+    /// deny rules or the lock say. Expires in the kernel; logged.
+    Allow {
+        name: String,
+        /// How long: seconds, or with a unit: 90s, 10m, 1h.
+        #[arg(long = "for", value_name = "DURATION", value_parser = enforcement::parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// Lock module loading: from now on only the modules loaded now (and
+    /// those named with --also) may load. Logged.
+    Lock {
+        /// A module that may load too (repeat for more).
+        #[arg(long, value_name = "NAME")]
+        also: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +149,12 @@ struct WatchArgs {
     /// alert, and their records say `"would_deny": true`.
     #[arg(long)]
     enforce: bool,
+    /// End enforcement when watch exits (SIGINT/SIGTERM). Without it the
+    /// LSM programs stay pinned under /sys/fs/bpf/modtrace/ and keep
+    /// denying until the next `watch --enforce` takes over or `modtrace
+    /// enforce release`.
+    #[arg(long, requires = "enforce")]
+    release_on_exit: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -202,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 policy: args.policy,
                 alert_window_s: args.alert_window,
                 enforce: args.enforce,
+                release_on_exit: args.release_on_exit,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -213,6 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Policy(command) => run_policy(command),
         Command::Replay(args) => run_replay(args),
+        Command::Enforce(command) => run_enforce(command),
     }
 }
 
@@ -221,6 +261,29 @@ fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::ShowDefault => policy::defaults::DEFAULT_POLICY.to_owned(),
         PolicyCommand::Check { file } => policy::commands::check(&file)?,
         PolicyCommand::Test { file, event } => policy::commands::test(file.as_deref(), &event)?,
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn run_enforce(command: EnforceCommand) -> anyhow::Result<()> {
+    let text = match command {
+        EnforceCommand::Status { format } => {
+            let format = format.unwrap_or(if std::io::stdout().is_terminal() {
+                Format::Text
+            } else {
+                Format::Json
+            });
+            let status = enforcement::status().context("reading the pinned enforcement")?;
+            enforcement::render_status(&status, format)
+        }
+        EnforceCommand::Release => enforcement::release().context("releasing enforcement")?,
+        EnforceCommand::Allow { name, duration } => {
+            enforcement::allow(&name, duration).with_context(|| format!("allowing {name}"))?
+        }
+        EnforceCommand::Lock { also } => {
+            enforcement::lock(&also).context("locking module loading")?
+        }
     };
     print!("{text}");
     Ok(())

@@ -2,14 +2,17 @@
 //! [`crate::watch`] decides when each step runs; this says what it does.
 use std::collections::{HashMap, VecDeque};
 
-use modtrace_common::{kind_name, KernelEvent, Syscall};
+use modtrace_common::{kind_name, pinned::LOCK_RULE_ID, KernelEvent, Syscall};
 use tracing::warn;
 
 use crate::{
     clock::Clock,
     decode::{self, Decoded},
     enrich::{analysis::Analyses, summaries::Summaries, Enricher, Made},
-    kernel::enforce::{EnforceError, Enforcer},
+    kernel::{
+        enforce::{EnforceError, Enforcer},
+        pinned::Handover,
+    },
     policy::{
         dedup::{Alerted, Dedup},
         Policy,
@@ -17,7 +20,8 @@ use crate::{
     record::{
         image::ImageReport,
         judgement::{Alert, Evaluation},
-        Body, Call, Denials, Enforcement, EventCounts, Record, RecordId, SCHEMA_VERSION,
+        Body, Call, Denials, Enforcement, EventCounts, PreviousEnforcement, Record, RecordId,
+        SCHEMA_VERSION,
     },
     sink::{Emitter, SinkError},
 };
@@ -64,7 +68,10 @@ pub struct Enforcing {
 }
 
 impl Enforcing {
-    pub fn new(enforcer: Enforcer, rules: Vec<String>) -> Self {
+    /// `rules`: the policy's deny rules by slot; the lock's denials
+    /// ([`LOCK_RULE_ID`]) are counted after them.
+    pub fn new(enforcer: Enforcer, mut rules: Vec<String>) -> Self {
+        rules.push(LOCK_RULE_ID.to_owned());
         let reported = vec![0; rules.len()];
         Self {
             enforcer,
@@ -83,31 +90,40 @@ impl Enforcing {
         if !eperm {
             return;
         }
-        if let Some((slot, hook)) = self.enforcer.take_denial(tid) {
+        if let Some((rule, hook)) = self.enforcer.take_denial(tid) {
             call.enforcement = Some(Enforcement {
                 denied: true,
-                rule: self.rule(slot),
+                rule,
                 hook: hook.to_owned(),
             });
         }
     }
 
-    fn rule(&self, slot: u32) -> String {
-        self.rules
-            .get(slot as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("rule slot {slot}"))
+    /// At exit, once the totals are taken for `stop`: they count as reported
+    /// (a next collector reports only later denials); with `release` the
+    /// pins are removed and enforcement ends, otherwise it goes on.
+    pub fn finish(mut self, release: bool) -> Result<(), EnforceError> {
+        self.mark_reported()?;
+        self.enforcer.finish(release)
+    }
+
+    /// Notes in the kernel that the counts of the last report are reported.
+    fn mark_reported(&mut self) -> Result<(), EnforceError> {
+        self.enforcer.mark_reported(&self.reported)
     }
 
     /// The totals, and what changed since the last report (`None` when
     /// nothing did), which then counts as reported.
     fn denials(&mut self, since_last: bool) -> Result<Option<Denials>, EnforceError> {
-        let counts = self.enforcer.counts(self.rules.len())?;
+        let counts = self.enforcer.counts(self.rules.len() - 1)?;
+        let lock_denied = counts.last().is_some_and(|&n| n > 0);
+        // The lock's entry only once it denied: most hosts never lock.
         let by_rule = |values: &[u64]| -> std::collections::BTreeMap<String, u64> {
             self.rules
                 .iter()
                 .cloned()
                 .zip(values.iter().copied())
+                .filter(|(rule, _)| lock_denied || rule != LOCK_RULE_ID)
                 .collect()
         };
         let new: Vec<u64> = counts
@@ -122,6 +138,7 @@ impl Enforcing {
             denials: by_rule(&counts),
             total: counts.iter().sum(),
             new: since_last.then(|| by_rule(&new)),
+            previous: None,
         };
         self.reported = counts;
         Ok(Some(denials))
@@ -337,8 +354,39 @@ impl Pipeline {
         };
         if let Some(denials) = enforcing.denials(true)? {
             self.emit("enforcement", None, &Body::Enforcement(denials))?;
+            // Only once the record is out: a collector killed before it
+            // leaves the denials for the next one to report.
+            self.flush()?;
+            if let Some(enforcing) = &mut self.enforcement {
+                enforcing.mark_reported()?;
+            }
         }
         Ok(())
+    }
+
+    /// The `enforcement` record that says what this collector took over:
+    /// the pinned policy in force until it switched its own in, with its
+    /// denials and those no collector had reported.
+    pub fn report_handover(&mut self, handover: &Handover) -> Result<(), PipelineError> {
+        let rules = &handover.previous.rules;
+        let denials = Denials {
+            denials: rules.iter().map(|r| (r.id.clone(), r.denials)).collect(),
+            total: rules.iter().map(|r| r.denials).sum(),
+            new: Some(
+                rules
+                    .iter()
+                    .map(|r| (r.id.clone(), r.denials.saturating_sub(r.reported)))
+                    .collect(),
+            ),
+            previous: Some(PreviousEnforcement {
+                pinned_since: Clock::unix_rfc3339(handover.pinned_unix_s),
+                active_since: Clock::unix_rfc3339(handover.previous.active_since_unix_s),
+                policy_sha256: handover.previous.policy_sha256.clone(),
+                policy_source: handover.previous.source.clone(),
+                replaced: handover.replaced,
+            }),
+        };
+        Ok(self.emit("enforcement", None, &Body::Enforcement(denials))?)
     }
 
     /// The denials of the whole run, for `stop`.

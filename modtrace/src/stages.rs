@@ -18,10 +18,18 @@ const STAGES: &[(&str, &[&str])] = &[
     ("clock", &[]),
 ];
 
-/// Modules that are not stages: they join the stages, run them, or give
-/// tests and benchmarks their records.
+/// Modules that are not stages: they join the stages, run them (`watch`,
+/// `replay`, and `enforcement`'s commands on the pinned state), or give tests
+/// and benchmarks their records.
 const JOINERS: &[&str] = &[
-    "lib", "main", "pipeline", "watch", "replay", "samples", "stages",
+    "lib",
+    "main",
+    "pipeline",
+    "watch",
+    "replay",
+    "enforcement",
+    "samples",
+    "stages",
 ];
 
 /// `src/enrich/build.rs` → ("enrich", 2): the top-level module a file is

@@ -11,13 +11,14 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use modtrace_common::{KernelEvent, Syscall, TaskInfo, PARENT_PROCESS};
+use modtrace_common::{pinned::CollectorInfo, KernelEvent, Syscall, TaskInfo, PARENT_PROCESS};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::warn;
 
 use crate::{
     clock::Clock,
     decode::Decoded,
+    enforcement,
     enrich::{
         analysis::Analyses,
         execs::ExecTable,
@@ -26,10 +27,11 @@ use crate::{
         summaries::Summaries,
         Enricher,
     },
-    kernel::enforce::Enforcer,
     kernel::{
         self,
+        enforce::Enforcer,
         maps::{take_map, Maps, MapsError, Rings, Wakers},
+        pinned::{Handover, PolicyTables},
         ProbeOptions, StrategyChoice,
     },
     pipeline::{Enforcing, Pipeline, PipelineError},
@@ -59,6 +61,8 @@ pub struct WatchOptions {
     pub alert_window_s: u64,
     /// Enforce the policy's deny rules in the kernel (BPF LSM).
     pub enforce: bool,
+    /// End enforcement when `watch` exits; otherwise it stays pinned.
+    pub release_on_exit: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -368,6 +372,19 @@ fn in_syscall(proc_syscall: &str, nr: u32) -> bool {
     }
 }
 
+/// This process, as the pinned enforcement records its collector.
+fn this_collector() -> CollectorInfo {
+    let pid = std::process::id();
+    let start_ticks = process::read_proc_text(Path::new(&format!("/proc/{pid}/stat")))
+        .and_then(|s| process::start_time_ticks(&s))
+        .unwrap_or(0);
+    CollectorInfo {
+        pid,
+        _reserved: 0,
+        start_ticks,
+    }
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -538,7 +555,6 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         btf_path: options.btf.clone(),
         ring_buffer_bytes: options.ring_buffer_bytes,
         aggregation: options.aggregation,
-        enforce: enforce.as_ref().map(|(config, _)| *config),
     })?;
     // Attaching parsed the kernel's BTF (tens of MiB, freed by now);
     // the allocator would keep it for the life of the process otherwise.
@@ -565,14 +581,28 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         Emitter::new(options.format, options.colour, file),
         hostname(),
     );
+    let mut handover = None;
     let mut collector = Collector {
         pipeline,
         reported_losses: LossCounts::default(),
         reported_past_exit: 0,
         enforced: None,
     };
-    if let Some((_, tables)) = enforce {
-        let enforcer = Enforcer::start(&mut probes.ebpf, &tables.clauses, &tables.keys)?;
+    if let Some((config, tables)) = enforce {
+        let info = collector.pipeline.policy.info();
+        let mut enforcer = Enforcer::start(
+            &PolicyTables {
+                rules: &tables.rules,
+                clauses: &tables.clauses,
+                keys: &tables.keys,
+                policy_sha256: &info.sha256,
+                source: &info.source,
+            },
+            &config,
+            &options.btf,
+        )?;
+        enforcer.set_collector(this_collector())?;
+        handover = enforcer.handover().cloned();
         collector.pipeline.enforcement = Some(Enforcing::new(enforcer, tables.rules.clone()));
         collector.enforced = Some(tables);
     }
@@ -589,6 +619,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         options.alert_window_s,
         options.enforce,
     )?;
+    report_takeover(&mut collector.pipeline, handover.as_ref())?;
 
     // Epoll only wakes the loop; every wake-up drains all rings in their
     // order, so the rings themselves stay with the collector.
@@ -613,6 +644,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
                 ticks += 1;
                 if ticks.is_multiple_of(5) {
                     collector.pipeline.report_summaries(Some(Clock::boot_ns()))?;
+                    report_enforce_commands(&mut collector.pipeline)?;
                 }
                 if ticks.is_multiple_of(10) {
                     let now = Clock::boot_ns();
@@ -631,7 +663,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         collector.pipeline.flush()?;
     }
     drop(wakers);
-    shutdown(probes, rings, maps, collector)
+    shutdown(probes, rings, maps, collector, options.release_on_exit)
 }
 
 /// The `start` record, and the alerts of modules loaded before it that the
@@ -655,6 +687,31 @@ fn write_start(
     Ok(pipeline.flush()?)
 }
 
+/// What happened to enforcement while no collector ran: each `enforce`
+/// command since the last capture, and the pinned enforcement this one took
+/// over.
+fn report_takeover(pipeline: &mut Pipeline, handover: Option<&Handover>) -> Result<(), WatchError> {
+    report_enforce_commands(pipeline)?;
+    if let Some(handover) = handover {
+        pipeline.report_handover(handover)?;
+    }
+    Ok(pipeline.flush()?)
+}
+
+/// An `enforce_command` record for each `enforce release|allow|lock`
+/// logged since the last look.
+fn report_enforce_commands(pipeline: &mut Pipeline) -> Result<(), WatchError> {
+    for command in enforcement::take_commands() {
+        match command {
+            Ok(command) => {
+                pipeline.emit("enforce_command", None, &Body::EnforceCommand(command))?;
+            }
+            Err(unreadable) => warn!("a logged enforce command cannot be read: {unreadable}"),
+        }
+    }
+    Ok(())
+}
+
 /// Detaches the programs, then delivers everything already captured: the
 /// rings' remainder, the calls still in flight, the final loss counts.
 fn shutdown(
@@ -662,6 +719,7 @@ fn shutdown(
     mut rings: Rings,
     mut maps: Maps,
     mut collector: Collector,
+    release_on_exit: bool,
 ) -> Result<(), WatchError> {
     let skipped_runs = kernel::skipped::skipped_runs(&probes.ebpf);
     drop(probes);
@@ -676,6 +734,13 @@ fn shutdown(
     pipeline.close_all_alerts()?;
     let counts = collector.reported_losses.clone();
     let enforcement = pipeline.denial_totals()?;
+    let enforcement_released = match pipeline.enforcement.take() {
+        Some(enforcing) => {
+            enforcing.finish(release_on_exit)?;
+            Some(release_on_exit)
+        }
+        None => None,
+    };
     let stop = Stop {
         events: pipeline.counts.clone(),
         aggregated: pipeline.summaries.totals.clone(),
@@ -685,6 +750,7 @@ fn shutdown(
         },
         skipped_runs,
         enforcement,
+        enforcement_released,
     };
     pipeline.emit("stop", None, &Body::Stop(stop))?;
     Ok(pipeline.flush()?)

@@ -1,33 +1,25 @@
 //! Enforcement's userspace half: checks that the BPF LSM is active, reads
-//! the hook ids from BTF, fills the deny tables and attaches the LSM programs
-//! of modtrace-ebpf/src/enforce.rs; then reads back the denials.
+//! the hook ids from BTF, puts the deny tables in force through the pinned
+//! LSM programs of modtrace-ebpf/src/enforce.rs ([`super::pinned`]); then
+//! reads back the denials.
 use std::{fs, path::Path};
 
-use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::Lsm,
-    Btf, Ebpf,
-};
-use modtrace_common::enforce::{
-    Denial, DenyClause, DenyKey, EnforceConfig, DENIED_AT_LOAD_DATA, DENIED_AT_MODULE_REQUEST,
-    DENIED_AT_POST_LOAD_DATA, DENIED_AT_READ_FILE,
+use modtrace_common::{
+    enforce::{
+        EnforceConfig, DENIED_AT_LOAD_DATA, DENIED_AT_MODULE_REQUEST, DENIED_AT_POST_LOAD_DATA,
+        DENIED_AT_READ_FILE, DENY_RULE_CAP,
+    },
+    pinned::{CollectorInfo, LOCK_RULE_SLOT},
+    ProbeConfig,
 };
 
 use super::{
     btf::{BtfError, KernelBtf},
-    maps::{take_map, MapsError},
+    pinned::{self, Enforcement, Handover, PolicyTables},
 };
 
 /// Where the kernel lists its active LSMs.
 pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
-
-/// The LSM programs and the hooks they attach to.
-const PROGRAMS: [(&str, &str); 4] = [
-    ("lsm_kernel_read_file", "kernel_read_file"),
-    ("lsm_kernel_load_data", "kernel_load_data"),
-    ("lsm_kernel_post_load_data", "kernel_post_load_data"),
-    ("lsm_kernel_module_request", "kernel_module_request"),
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
@@ -44,10 +36,23 @@ pub enum EnforceError {
     },
     #[error("attaching the LSM program on {hook}: {detail}")]
     Attach { hook: &'static str, detail: String },
-    #[error("filling the deny tables: {0}")]
+    #[error("the deny tables in the kernel: {0}")]
     Fill(#[from] aya::maps::MapError),
-    #[error(transparent)]
-    Maps(#[from] MapsError),
+    #[error("loading the enforcement object: {0}")]
+    Load(String),
+    #[error(
+        "the enforcement object lacks map {0}: it and the collector come from different builds"
+    )]
+    MissingMap(&'static str),
+    #[error("the pinned enforcement, {path}: {detail}")]
+    Pins {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error("{name:?} is not a module name (1 to {max} bytes, no `/`)")]
+    BadModuleName { name: String, max: usize },
+    #[error("deny rule id {id:?} is longer than the {max} bytes enforcement keeps in the kernel")]
+    RuleIdTooLong { id: String, max: usize },
 }
 
 /// Refuses enforcement when `lsm_list` (the text of [`LSM_LIST`]) lacks
@@ -90,58 +95,91 @@ pub fn config(btf_path: &Path) -> Result<EnforceConfig, EnforceError> {
     })
 }
 
-/// The attached LSM programs' tables, kept for reading denials back.
+/// This collector's enforcement: the pinned tables, in which its policy is
+/// generation `generation`.
 pub struct Enforcer {
-    denials: PerCpuArray<MapData, u64>,
-    /// `LAST_DENIAL`, an LRU hash map, which aya opens as a hash map.
-    last: HashMap<MapData, u32, Denial>,
+    enforcement: Enforcement,
+    /// The lock's denials when this collector started: its slot outlives
+    /// generations, so this run's are those past it.
+    lock_base: u64,
 }
 
 impl Enforcer {
-    /// Fills the deny tables of `ebpf` (loaded with the configuration of
-    /// [`config`]) and attaches its LSM programs. The tables are filled
-    /// first, so no program runs on a half-filled table.
+    /// Puts the deny tables in force in the kernel (adopting what is pinned,
+    /// see [`pinned`]), with the hook ids of [`config`] and the structure
+    /// offsets of the kernel's BTF at `btf_path`.
     pub fn start(
-        ebpf: &mut Ebpf,
-        clauses: &[DenyClause],
-        keys: &[DenyKey],
+        tables: &PolicyTables<'_>,
+        config: &EnforceConfig,
+        btf_path: &Path,
     ) -> Result<Self, EnforceError> {
-        let mut table: Array<MapData, DenyClause> = take_map(ebpf, "DENY_CLAUSES")?;
-        for (index, clause) in (0u32..).zip(clauses) {
-            table.set(index, clause, 0)?;
-        }
-        let mut names: HashMap<MapData, DenyKey, u8> = take_map(ebpf, "DENY_NAMES")?;
-        for key in keys {
-            names.insert(key, 1, 0)?;
-        }
-        let btf = Btf::from_sys_fs().map_err(|e| EnforceError::Attach {
-            hook: PROGRAMS[0].1,
-            detail: format!("aya could not read the kernel BTF: {e}"),
-        })?;
-        for (program, hook) in PROGRAMS {
-            attach(ebpf, program, hook, &btf)?;
-        }
-        // The clauses and names stay in the kernel with the programs; only
-        // the counters are read from here on.
-        drop((table, names));
+        let mut probe = ProbeConfig::DEFAULT;
+        probe.offsets = KernelBtf::open(btf_path)?.offsets()?.offsets;
+        let enforcement = pinned::enforce(tables, config, &probe)?;
+        let lock_base = enforcement.maps.denials(LOCK_RULE_SLOT)?;
         Ok(Self {
-            denials: take_map(ebpf, "DENIALS")?,
-            last: take_map(ebpf, "LAST_DENIAL")?,
+            enforcement,
+            lock_base,
         })
     }
 
-    /// Denials so far of each rule slot, summed over CPUs.
-    pub fn counts(&self, rules: usize) -> Result<Vec<u64>, EnforceError> {
-        (0..u32::try_from(rules).unwrap_or(u32::MAX))
-            .map(|slot| Ok(self.denials.get(&slot, 0)?.iter().sum()))
-            .collect()
+    /// What was pinned before this collector took over.
+    pub fn handover(&self) -> Option<&Handover> {
+        self.enforcement.handover.as_ref()
     }
 
-    /// The latest denial of thread `tid`'s load, removed: (rule slot, hook).
-    pub fn take_denial(&mut self, tid: u32) -> Option<(u32, &'static str)> {
-        let denial = self.last.get(&tid, 0).ok()?;
-        let _ = self.last.remove(&tid);
-        Some((denial.rule, hook_name(denial.hook)))
+    /// Denials so far of each of this policy's `rules` rule slots, summed
+    /// over CPUs, then this run's of the lock (`lock-after-boot`).
+    pub fn counts(&self, rules: usize) -> Result<Vec<u64>, EnforceError> {
+        let maps = &self.enforcement.maps;
+        let mut counts = self
+            .slots(rules)
+            .map(|slot| maps.denials(slot))
+            .collect::<Result<Vec<_>, _>>()?;
+        counts.push(maps.denials(LOCK_RULE_SLOT)?.saturating_sub(self.lock_base));
+        Ok(counts)
+    }
+
+    /// Notes in the kernel that `counts` (as [`Self::counts`] gave them)
+    /// have been reported, so that a later collector reports only the rest.
+    pub fn mark_reported(&mut self, counts: &[u64]) -> Result<(), EnforceError> {
+        let Some((lock, rules)) = counts.split_last() else {
+            return Ok(());
+        };
+        for (slot, &count) in self.slots(rules.len()).zip(rules) {
+            self.enforcement.maps.set_reported(slot, count)?;
+        }
+        self.enforcement
+            .maps
+            .set_reported(LOCK_RULE_SLOT, self.lock_base + lock)
+    }
+
+    /// The `DENIALS` slots of this policy's first `rules` rules.
+    fn slots(&self, rules: usize) -> std::ops::Range<u32> {
+        let base = self.enforcement.generation * DENY_RULE_CAP;
+        base..base + u32::try_from(rules).unwrap_or(u32::MAX).min(DENY_RULE_CAP)
+    }
+
+    /// The latest denial of thread `tid`'s load, removed: (rule id, hook).
+    pub fn take_denial(&mut self, tid: u32) -> Option<(String, &'static str)> {
+        let (rule, hook) = self.enforcement.maps.take_denial(tid)?;
+        Some((rule, hook_name(hook)))
+    }
+
+    /// Detaches: with `release` the pins are removed and enforcement ends;
+    /// otherwise it goes on without a collector.
+    pub fn finish(mut self, release: bool) -> Result<(), EnforceError> {
+        if release {
+            pinned::release()?;
+            return Ok(());
+        }
+        self.set_collector(CollectorInfo::default())
+    }
+
+    /// Records in the kernel which collector reports the denials (the
+    /// default value: none).
+    pub fn set_collector(&mut self, collector: CollectorInfo) -> Result<(), EnforceError> {
+        self.enforcement.maps.set_collector(collector)
     }
 }
 
@@ -154,20 +192,6 @@ pub fn hook_name(at: u32) -> &'static str {
         DENIED_AT_MODULE_REQUEST => "kernel_module_request",
         _ => "unknown",
     }
-}
-
-fn attach(
-    ebpf: &mut Ebpf,
-    program: &str,
-    hook: &'static str,
-    btf: &Btf,
-) -> Result<(), EnforceError> {
-    let failed = |detail: String| EnforceError::Attach { hook, detail };
-    let lsm: &mut Lsm = super::program_mut(ebpf, program).map_err(failed)?;
-    lsm.load(hook, btf)
-        .map_err(|e| failed(format!("loading: {}", super::brief(e))))?;
-    lsm.attach().map_err(|e| failed(e.to_string()))?;
-    Ok(())
 }
 
 #[cfg(test)]

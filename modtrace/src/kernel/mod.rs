@@ -41,6 +41,7 @@ use crate::record::RefusedStrategy;
 pub mod btf;
 pub mod enforce;
 pub mod maps;
+pub mod pinned;
 pub mod skipped;
 
 /// The eBPF object built from `modtrace-ebpf` by build.rs for this very build.
@@ -194,9 +195,6 @@ pub struct ProbeOptions {
     pub btf_path: PathBuf,
     pub ring_buffer_bytes: u32,
     pub aggregation: Aggregation,
-    /// The LSM programs' settings under `watch --enforce`; they are loaded
-    /// and attached only then (`enforce::Enforcer::start`).
-    pub enforce: Option<modtrace_common::enforce::EnforceConfig>,
 }
 
 /// How the kernel side counts repeated failing calls instead of reporting
@@ -597,9 +595,6 @@ fn load(
         .btf(aya_btf)
         .override_global("MODTRACE_CONFIG", &config, true)
         .map_max_entries("EVENTS", options.ring_buffer_bytes);
-    if let Some(enforce) = &options.enforce {
-        loader.override_global("MODTRACE_ENFORCE", enforce, true);
-    }
     Ok(loader.load(EBPF_OBJECT)?)
 }
 

@@ -49,6 +49,7 @@ pub enum Body {
     Alert(Alert),
     PolicyReload(PolicyReload),
     Enforcement(Denials),
+    EnforceCommand(EnforceCommand),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,6 +131,63 @@ pub struct Denials {
     pub total: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new: Option<BTreeMap<String, u64>>,
+    /// In the `enforcement` record a collector writes at start when it took
+    /// over pinned enforcement: what was in force until then. `denials` and
+    /// `total` are then that policy's, since it was switched in, and `new`
+    /// those no collector had reported (made while none ran, or in the last
+    /// fifth of a second of one that was killed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousEnforcement>,
+}
+
+/// An `enforce_command` record: one `modtrace enforce release|allow|lock`
+/// (modtrace/src/enforcement.rs), as it logged itself; written by the
+/// collector running then, or else by the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforceCommand {
+    /// When the command ran (RFC 3339).
+    pub at: String,
+    pub by_pid: u32,
+    pub by_uid: u32,
+    pub by_exe: Option<String>,
+    #[serde(flatten)]
+    pub command: EnforceCommandKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum EnforceCommandKind {
+    /// Enforcement ended: the policy released and its denials since it was
+    /// switched in.
+    Release {
+        policy_sha256: String,
+        policy_source: String,
+        denials: BTreeMap<String, u64>,
+    },
+    /// `module` may load until `until`, whatever denies it.
+    Allow {
+        module: String,
+        until: String,
+        seconds: u64,
+    },
+    /// Loading locked: only the `kept` modules (those loaded then, and
+    /// `also`) may load from now on.
+    Lock { kept: usize, also: Vec<String> },
+}
+
+/// The pinned enforcement a collector found at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PreviousEnforcement {
+    /// When the programs were first pinned (RFC 3339).
+    pub pinned_since: String,
+    /// When the previous policy was switched in.
+    pub active_since: String,
+    pub policy_sha256: String,
+    pub policy_source: String,
+    /// Its programs came from another build of modtrace and were replaced
+    /// (both denied meanwhile); otherwise this collector's policy was
+    /// switched into them.
+    pub replaced: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -358,6 +416,10 @@ pub struct Stop {
     /// was in progress on the same CPU (kernel/skipped.rs); null where the
     /// kernel does not count them (before 5.12).
     pub skipped_runs: Option<BTreeMap<String, u64>>,
+    /// Under `watch --enforce`: whether enforcement ended with this run
+    /// (`--release-on-exit`); otherwise it stays in force, pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcement_released: Option<bool>,
     /// Under `watch --enforce`: the denials of the whole run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enforcement: Option<Denials>,

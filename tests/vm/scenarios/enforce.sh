@@ -31,7 +31,7 @@ when = { any = [{ syscall = "init_module" }, { syscall = "finit_module", memfd =
 POLICY
 chmod 600 /etc/modtrace/fileless.toml
 
-watch_start cis --enforce
+watch_start cis --enforce --release-on-exit
 act modprobe_cis /sbin/modprobe udf
 act insmod_cis /sbin/insmod "$UDF"
 act autoload_cis /usr/bin/mtcall --uid 1000 --gid 1000 socket-sctp
@@ -39,7 +39,7 @@ act modprobe_allowed /sbin/modprobe loop
 act rmmod_allowed /sbin/rmmod loop
 watch_stop
 
-watch_start fileless --enforce --policy /etc/modtrace/fileless.toml
+watch_start fileless --enforce --release-on-exit --policy /etc/modtrace/fileless.toml
 act memfd_denied /usr/bin/mtcall finit-module --memfd $F/dummy.ko --params "" --flags 0
 act image_denied /usr/bin/mtcall init-module --image $F/dummy.ko --params ""
 act file_allowed /usr/bin/mtcall finit-module --file $F/dummy.ko --params "" --flags 0

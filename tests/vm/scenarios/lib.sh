@@ -83,6 +83,7 @@ watch_start() {
         echo "missing: $MODTRACE is not in the image (target/release/modtrace was not built)" > "$w/status"
         return 0
     fi
+    echo "watch-spawn $watch_label" > $T/trace_marker
     read -r spawned _ < /proc/uptime
     "$MODTRACE" watch --format json "$@" > "$w/out.ndjson" 2> "$w/stderr" &
     watch_pid=$!
@@ -122,11 +123,17 @@ watch_resume() {
 }
 
 # watch_stop: SIGTERM, wait, record the exit status, then replay the capture.
-watch_stop() {
+watch_stop() { watch_end TERM; }
+
+# watch_kill: as watch_stop with SIGKILL, as a crash or an attacker would.
+watch_kill() { watch_end KILL; }
+
+# watch_end SIGNAL: ends the watch with SIGNAL, as watch_stop says.
+watch_end() {
     w=$R/watch/$watch_label
     echo "watch-end $watch_label" > $T/trace_marker
     [ -n "$watch_pid" ] || return 0
-    kill -TERM $watch_pid
+    kill -"$1" $watch_pid
     wait $watch_pid
     echo $? > "$w/exit_code"
     watch_pid=

@@ -317,6 +317,19 @@ fn check_unlisted(ctx: &mut Ctx) {
 /// A kernel booted without the BPF LSM: --enforce refuses, naming the
 /// kernel's list and the parameter to add; plain `watch` starts.
 fn check_inactive(ctx: &mut Ctx) {
+    check_enforce_refused(ctx);
+    match ctx.results.watches.get("plain_inactive") {
+        Some(w) => ctx
+            .modtrace
+            .eq("plain_inactive: status", w.status.trim(), "started"),
+        None => ctx.ground.fail("watch plain_inactive did not run"),
+    }
+}
+
+/// The kernel's LSM list (action `lsm_list`) lacks bpf, and watch
+/// `inactive` (`--enforce`) refused to start, naming that list and the
+/// kernel parameter that adds bpf to it.
+pub(crate) fn check_enforce_refused(ctx: &mut Ctx) {
     let Some(kernel_list) = action(ctx, "lsm_list").map(|a| a.stdout.trim().to_owned()) else {
         return;
     };
@@ -324,8 +337,10 @@ fn check_inactive(ctx: &mut Ctx) {
         !kernel_list.is_empty() && !kernel_list.split(',').any(|l| l == "bpf"),
         format!("inactive: the kernel's LSM list lacks bpf: {kernel_list:?}"),
     );
-    let watches = &ctx.results.watches;
-    let refused = &watches["inactive"];
+    let Some(refused) = ctx.results.watches.get("inactive") else {
+        ctx.ground.fail("watch inactive did not run");
+        return;
+    };
     let stderr = refused.stderr.trim();
     let list = stderr
         .split_once("(/sys/kernel/security/lsm: \"")
@@ -342,10 +357,4 @@ fn check_inactive(ctx: &mut Ctx) {
             refused.status
         ),
     );
-    match watches.get("plain_inactive") {
-        Some(w) => ctx
-            .modtrace
-            .eq("plain_inactive: status", w.status.trim(), "started"),
-        None => ctx.ground.fail("watch plain_inactive did not run"),
-    }
 }

@@ -15,6 +15,7 @@ mod flood;
 mod identity;
 mod inflight;
 mod pending;
+mod persist;
 mod policy;
 mod replay;
 pub mod results;

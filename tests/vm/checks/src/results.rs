@@ -190,11 +190,49 @@ impl ScenarioResults {
         }
     }
 
+    /// Calls in the kernel while watch `label` attached its programs: each
+    /// entered before `watch-begin LABEL` and returned after `watch-spawn
+    /// LABEL`, with whether it returned after `watch-begin`, that is surely
+    /// after the programs were attached (its `start` was out by then).
+    pub fn calls_across_start(&self, label: &str) -> Vec<(&TracedCall, bool)> {
+        let (Some(spawn), Some(begin)) = (
+            self.marker("watch-spawn", label),
+            self.marker("watch-begin", label),
+        ) else {
+            return Vec::new();
+        };
+        self.trace[..begin]
+            .iter()
+            .filter_map(|item| match item {
+                TraceItem::Call(call) => Some((call, call.exit_at?)),
+                _ => None,
+            })
+            .filter(|(_, exit)| *exit > spawn)
+            .map(|(call, exit)| (call, exit > begin))
+            .collect()
+    }
+
     /// Where lib.sh marked `watch-begin LABEL`, `watch-end LABEL` (or
     /// `watch-pause`, `watch-resume`) in the trace.
     fn marker(&self, phase: &str, label: &str) -> Option<usize> {
         let marker = TraceItem::Marker(format!("{phase} {label}"));
         self.trace.iter().position(|item| *item == marker)
+    }
+
+    /// Trace items between `watch-spawn LABEL` (written just before the
+    /// watch is started) and `watch-begin LABEL` (once its `start` is out).
+    pub fn startup_window(&self, label: &str) -> Vec<&TraceItem> {
+        let (Some(spawn), Some(begin)) = (
+            self.marker("watch-spawn", label),
+            self.marker("watch-begin", label),
+        ) else {
+            return Vec::new();
+        };
+        self.trace
+            .get(spawn + 1..begin)
+            .unwrap_or_default()
+            .iter()
+            .collect()
     }
 
     /// Trace items between `watch-begin LABEL` and `watch-end LABEL` (or the
