@@ -18,10 +18,11 @@ const STAGES: &[(&str, &[&str])] = &[
     ("clock", &[]),
 ];
 
-/// Modules that are not stages: they join the stages, run them, or give
-/// tests and benchmarks their records.
+/// Modules that are not stages: they join the stages, run them, give
+/// tests and benchmarks their records, or (posture) read the host with the
+/// stages' readers beside the data path.
 const JOINERS: &[&str] = &[
-    "lib", "main", "pipeline", "watch", "replay", "samples", "stages",
+    "lib", "main", "pipeline", "watch", "replay", "samples", "stages", "posture",
 ];
 
 /// `src/enrich/build.rs` → ("enrich", 2): the top-level module a file is

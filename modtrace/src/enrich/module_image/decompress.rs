@@ -18,7 +18,7 @@ use super::{Compression, ImageError};
 const MIN_DECODER_MEMORY: u64 = 16 << 20;
 
 /// Decompress `input` as `format`, failing past `limit` output bytes.
-pub(super) fn decompress(
+pub fn decompress(
     format: Compression,
     input: &[u8],
     limit: u64,
