@@ -27,6 +27,26 @@ enum Command {
     Policy(PolicyCommand),
     /// Re-judge a recorded NDJSON capture with a policy.
     Replay(ReplayArgs),
+    /// Check this host against the hardening guide: Secure Boot, lockdown,
+    /// signatures, taint, the CIS deny list, the initramfs, audit rules.
+    /// Exits 0 when all pass, 1 on any warn or unknown, 2 on any fail.
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// Output on stdout [default: json when stdout is not a terminal, else text]
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Run only these checks (repeat, or separate with commas).
+    #[arg(long = "check", value_name = "ID", value_delimiter = ',')]
+    checks: Vec<String>,
+    /// Print a shell script of the fixes instead of the report.
+    #[arg(long)]
+    fix_script: bool,
+    /// Treat DIR as the filesystem root (an image, a test tree).
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    root: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -175,7 +195,7 @@ fn main() -> ExitCode {
         )
         .init();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("modtrace: error: {}", each_cause_once(&err));
             ExitCode::FAILURE
@@ -183,7 +203,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Watch(args) => {
             let terminal = std::io::stdout().is_terminal();
@@ -209,11 +229,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime
                 .block_on(watch::run(options))
-                .context("modtrace watch")
+                .context("modtrace watch")?;
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(command) => run_policy(command),
-        Command::Replay(args) => run_replay(args),
+        Command::Policy(command) => run_policy(command).map(|()| ExitCode::SUCCESS),
+        Command::Replay(args) => run_replay(args).map(|()| ExitCode::SUCCESS),
+        Command::Audit(args) => run_audit(args),
     }
+}
+
+fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    use modtrace::posture::{audit, HostRoot};
+    let checks = audit::select(&args.checks)?;
+    let host = audit::Host::read(HostRoot::new(&args.root));
+    let report = audit::run(&host, &checks);
+    let terminal = std::io::stdout().is_terminal();
+    let text = if args.fix_script {
+        audit::fix_script(&report)
+    } else {
+        match args
+            .format
+            .unwrap_or(if terminal { Format::Text } else { Format::Json })
+        {
+            Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+            Format::Text => audit::table(&report, terminal),
+        }
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing the audit")?;
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {
