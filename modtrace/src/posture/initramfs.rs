@@ -156,13 +156,11 @@ impl Reader<'_> {
                     compression: Some(format),
                 };
                 self.found.parts.push(part);
-                let unpacked =
-                    module_image::decompress(format, rest, self.limits.max_decompressed).map_err(
-                        |source| InitramfsError::Decompress {
-                            place: place(at, within),
-                            source,
-                        },
-                    )?;
+                let unpacked = module_image::decompress(format, rest, self.limits.max_decompressed)
+                    .map_err(|source| InitramfsError::Decompress {
+                        place: place(at, within),
+                        source,
+                    })?;
                 // A compressed part runs to the end of the image: its
                 // decoder reads every stream that follows.
                 return self.parts(&unpacked, Some(part));
@@ -254,4 +252,4 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

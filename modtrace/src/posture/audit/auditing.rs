@@ -28,10 +28,12 @@ fn audited_syscalls(text: &str) -> Vec<(usize, &'static str)> {
     let mut found = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let exit_rule = words
-            .windows(2)
-            .any(|w| w[0] == "-a" && w[1].split(',').any(|part| part == "exit"));
-        if !exit_rule || words.iter().any(|w| *w == "never") {
+        // `-a always,exit` (either order); `never` rules suppress records.
+        let audits_exits = words.windows(2).any(|w| {
+            let parts: Vec<&str> = w[1].split(',').collect();
+            w[0] == "-a" && parts.contains(&"exit") && parts.contains(&"always")
+        });
+        if !audits_exits {
             continue;
         }
         for pair in words.windows(2).filter(|w| w[0] == "-S") {
@@ -106,7 +108,10 @@ fn module_syscalls(host: &Host) -> Outcome {
         let shown = host.root.host_path(&file);
         for (line, syscall) in audited_syscalls(&text) {
             covered.insert(syscall);
-            outcome = outcome.evidence(format!("{}:{line}", shown.display()), format!("audits {syscall}"));
+            outcome = outcome.evidence(
+                format!("{}:{line}", shown.display()),
+                format!("audits {syscall}"),
+            );
         }
     }
     let watching = watch_running(host);
@@ -123,7 +128,10 @@ fn module_syscalls(host: &Host) -> Outcome {
     let events = events_today(host);
     let events_today = match &events {
         Ok(count) => {
-            outcome = outcome.evidence(AUDIT_LOG, format!("{count} SYSCALL records with key {GUIDE_KEY} today"));
+            outcome = outcome.evidence(
+                AUDIT_LOG,
+                format!("{count} SYSCALL records with key {GUIDE_KEY} today"),
+            );
             Some(*count)
         }
         Err(err) => {

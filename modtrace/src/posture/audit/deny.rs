@@ -42,7 +42,8 @@ impl ModuleConfig<'_> {
     }
 
     fn install_disables(&self) -> bool {
-        self.install_command().is_some_and(modprobe_d::loads_nothing)
+        self.install_command()
+            .is_some_and(modprobe_d::loads_nothing)
     }
 
     /// `install X /bin/false`: it stops the load, but modprobe then fails
@@ -78,7 +79,11 @@ fn configs(host: &Host) -> BTreeMap<&str, ModuleConfig<'_>> {
 }
 
 fn at(host: &Host, line: &ConfigLine) -> String {
-    format!("{}:{}", host.root.host_path(&line.file).display(), line.line)
+    format!(
+        "{}:{}",
+        host.root.host_path(&line.file).display(),
+        line.line
+    )
 }
 
 fn written(line: &ConfigLine) -> String {

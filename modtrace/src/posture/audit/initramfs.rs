@@ -15,7 +15,8 @@ use crate::{
 };
 
 /// The image's configuration, compared with the host's.
-const IMAGE_MODPROBE_DIRS: [&str; 3] = ["etc/modprobe.d/", "usr/lib/modprobe.d/", "lib/modprobe.d/"];
+const IMAGE_MODPROBE_DIRS: [&str; 3] =
+    ["etc/modprobe.d/", "usr/lib/modprobe.d/", "lib/modprobe.d/"];
 
 /// Debian's initramfs-tools name, then dracut's.
 fn image_paths(release: &str) -> [String; 2] {
@@ -92,20 +93,29 @@ fn fresh(host: &Host) -> Outcome {
         }
     };
     let Some((changed_path, changed)) = newest_config_change(host) else {
-        return Outcome::new(Status::Pass, "no modprobe.d configuration to be stale against")
-            .evidence(&image, format!("built {}", rfc3339(built)));
+        return Outcome::new(
+            Status::Pass,
+            "no modprobe.d configuration to be stale against",
+        )
+        .evidence(&image, format!("built {}", rfc3339(built)));
     };
     let stale = changed > built;
     let outcome = Outcome::new(
         if stale { Status::Fail } else { Status::Pass },
         if stale {
-            format!("the initramfs is older than {}: the early ramdisk still has the old configuration", changed_path.display())
+            format!(
+                "the initramfs is older than {}: the early ramdisk still has the old configuration",
+                changed_path.display()
+            )
         } else {
             "the initramfs is newer than every modprobe.d change".to_owned()
         },
     )
     .evidence(&image, format!("built {}", rfc3339(built)))
-    .evidence(changed_path.display(), format!("changed {}", rfc3339(changed)))
+    .evidence(
+        changed_path.display(),
+        format!("changed {}", rfc3339(changed)),
+    )
     .data(json!({
         "image": image,
         "built": rfc3339(built),
@@ -132,7 +142,10 @@ fn is_image_config(name: &str) -> bool {
 }
 
 fn read_image(host: &Host, image: &str) -> Result<Initramfs, Outcome> {
-    let bytes = host.root.read_bytes(image).map_err(|e| Outcome::unreadable(&e))?;
+    let bytes = host
+        .root
+        .read_bytes(image)
+        .map_err(|e| Outcome::unreadable(&e))?;
     initramfs::read(&bytes, &Limits::default(), &is_image_config).map_err(|err| {
         Outcome::new(Status::Unknown, format!("{image}: {err}"))
             .evidence(image, err.to_string())
@@ -221,11 +234,17 @@ fn denied_modules(host: &Host) -> Outcome {
         .parts
         .iter()
         .map(|p| {
-            let how = p.compression.map_or_else(|| "uncompressed".into(), |c| c.to_string());
+            let how = p
+                .compression
+                .map_or_else(|| "uncompressed".into(), |c| c.to_string());
             format!("{how} at {}", p.offset)
         })
         .collect();
-    outcome.evidence(&image, format!("{} files in {}", found.entries.len(), parts.join(", ")))
+    outcome
+        .evidence(
+            &image,
+            format!("{} files in {}", found.entries.len(), parts.join(", ")),
+        )
         .data(json!({
             "image": image,
             "files": found.entries.len(),

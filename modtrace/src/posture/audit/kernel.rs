@@ -22,9 +22,7 @@ const SYSCTL_DIRS: [&str; 4] = [
 /// Adding a word to the kernel command line through GRUB, Debian's way.
 fn grub_cmdline_fix(word: &str) -> [String; 2] {
     [
-        format!(
-            "sed -i 's/^GRUB_CMDLINE_LINUX=\"/&{word} /' /etc/default/grub"
-        ),
+        format!("sed -i 's/^GRUB_CMDLINE_LINUX=\"/&{word} /' /etc/default/grub"),
         "update-grub".to_owned(),
     ]
 }
@@ -217,7 +215,8 @@ fn modules_disabled(host: &Host) -> Outcome {
                 .evidence(format!("{file}:{line}"), "kernel.modules_disabled = 1")
                 .fix(super::deny::comment_out(file, *line));
         }
-        outcome.fix(late_disable_unit())
+        outcome
+            .fix(late_disable_unit())
             .fix("systemctl enable modules-disabled.service")
     } else if disabled {
         Outcome::new(Status::Pass, "module loading and unloading are disabled")

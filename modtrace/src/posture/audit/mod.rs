@@ -10,6 +10,8 @@ mod initramfs;
 mod kernel;
 mod modules;
 mod render;
+#[cfg(test)]
+mod tests;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -103,7 +105,10 @@ impl Outcome {
     /// A check that could not read what it needs.
     pub fn unreadable(err: &ReadError) -> Self {
         let summary = if err.needs_root() {
-            format!("{} is readable by root only: run as root", err.path.display())
+            format!(
+                "{} is readable by root only: run as root",
+                err.path.display()
+            )
         } else {
             err.to_string()
         };
@@ -132,6 +137,7 @@ impl Outcome {
 }
 
 /// A check: a stable id, a title, and the function that makes it.
+#[derive(Debug)]
 pub struct Check {
     pub id: &'static str,
     pub section: Section,

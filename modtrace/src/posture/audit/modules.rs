@@ -192,7 +192,10 @@ fn tainting(host: &Host, letter: char, what: &str) -> Outcome {
         } else {
             Status::Warn
         },
-        format!("{} loaded modules are {what} (taint {letter})", carriers.len()),
+        format!(
+            "{} loaded modules are {what} (taint {letter})",
+            carriers.len()
+        ),
     )
     .evidence(PROC_MODULES, carriers.join(" "))
     .data(json!({"modules": carriers}));

@@ -33,7 +33,11 @@ pub fn table(report: &Report, colour: bool) -> String {
     for finding in &report.findings {
         if section != Some(finding.section) {
             section = Some(finding.section);
-            let _ = writeln!(out, "\n{}", paint(finding.section.title(), Style::new().bold()));
+            let _ = writeln!(
+                out,
+                "\n{}",
+                paint(finding.section.title(), Style::new().bold())
+            );
         }
         let outcome = &finding.outcome;
         let status = format!("{:<7}", outcome.status.name().to_uppercase());
@@ -55,7 +59,11 @@ pub fn table(report: &Report, colour: bool) -> String {
             );
         }
         for fix in &outcome.fix {
-            let _ = writeln!(out, "          {} {fix}", paint("fix:", Style::new().cyan()));
+            let _ = writeln!(
+                out,
+                "          {} {fix}",
+                paint("fix:", Style::new().cyan())
+            );
         }
     }
     let c = report.counts;

@@ -138,7 +138,10 @@ fn corrupt_compressed_data_names_the_part() {
     let text = read(&image, &Limits::default(), &keep_conf)
         .unwrap_err()
         .to_string();
-    assert!(text.starts_with(&format!("offset {at}: zstd data")), "{text}");
+    assert!(
+        text.starts_with(&format!("offset {at}: zstd data")),
+        "{text}"
+    );
 }
 
 #[test]
