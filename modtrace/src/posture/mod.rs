@@ -6,6 +6,7 @@
 //! Every reader takes a [`HostRoot`], so that the tests run the same code
 //! against fixture trees and `--root` reads an image.
 pub mod audit;
+pub mod baseline;
 pub mod initramfs;
 mod root;
 

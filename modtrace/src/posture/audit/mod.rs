@@ -7,6 +7,7 @@ mod auditing;
 mod deny;
 mod host;
 mod initramfs;
+mod integrity;
 mod kernel;
 mod modules;
 mod render;
@@ -165,6 +166,7 @@ pub const CHECKS: &[Check] = &[
     initramfs::FRESH,
     initramfs::DENIED_MODULES,
     auditing::MODULE_SYSCALLS,
+    integrity::BASELINE,
 ];
 
 #[derive(Debug, Clone, Serialize)]
