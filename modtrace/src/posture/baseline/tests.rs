@@ -99,7 +99,7 @@ fn an_edited_foreign_old_or_other_kernels_baseline_is_refused_naming_the_file() 
     let text = fs::read_to_string(&path).unwrap();
     let shown = path.display().to_string();
 
-    fs::write(&path, text.replacen("udf bytes", "x", 1).replacen("\"size\":9", "\"size\":8", 1)).unwrap();
+    fs::write(&path, text.replacen("\"size\":9", "\"size\":8", 1)).unwrap();
     let edited = read(&path, false).unwrap_err().to_string();
     assert!(edited.starts_with(&format!("{shown} was edited: its content's sha256 is ")), "{edited}");
 
@@ -159,10 +159,8 @@ fn a_planted_module_is_unexplained_and_a_package_upgrade_is_told_apart() {
     fs::write(&md5sums, text).unwrap();
     // Planted: sctp replaced, a new module added, dummy removed.
     fs::write(module(&root, "kernel/net/sctp/sctp.ko.xz"), b"rootkit").unwrap();
-    fs::write(module(&root, "kernel/extra/evil.ko"), b"evil").unwrap_or_else(|_| {
-        fs::create_dir_all(module(&root, "kernel/extra")).unwrap();
-        fs::write(module(&root, "kernel/extra/evil.ko"), b"evil").unwrap();
-    });
+    fs::create_dir_all(module(&root, "kernel/extra")).unwrap();
+    fs::write(module(&root, "kernel/extra/evil.ko"), b"evil").unwrap();
     fs::remove_file(module(&root, "kernel/drivers/net/dummy.ko")).unwrap();
     let verification = verify(&root, &baseline, VerifyOptions::default()).unwrap();
     assert_eq!(

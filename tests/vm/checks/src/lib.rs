@@ -16,6 +16,7 @@ mod identity;
 mod inflight;
 mod pending;
 mod policy;
+mod posture;
 mod replay;
 pub mod results;
 mod scenarios;

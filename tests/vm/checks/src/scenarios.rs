@@ -26,6 +26,7 @@ pub(crate) fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
         "pending" => super::pending::pending,
         "flood" => super::flood::flood,
         "enforce" => super::enforce::enforce,
+        "posture" => super::posture::posture,
         _ => return None,
     })
 }
