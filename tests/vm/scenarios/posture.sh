@@ -6,14 +6,18 @@
 F=/lib/modtrace-fixtures
 
 # posture LABEL: the script and the audit, one after the other, unchanged host.
+# busybox sh runs its own lsmod and modinfo applets before any in PATH, and its
+# modinfo prints no signature; on a Debian host bash runs kmod's, so do we.
 posture() {
-    act "script_$1" sh /scenarios/guide-audit-script
+    act "script_$1" sh -c 'lsmod() { /sbin/lsmod "$@"; }; modinfo() { /sbin/modinfo "$@"; }; . /scenarios/guide-audit-script'
     act "audit_$1" "$MODTRACE" audit --format json
 }
 
 # A few modules loaded, as on any host; sctp is on the CIS list.
 act modprobe_sctp /sbin/modprobe sctp
 act modprobe_loop /sbin/modprobe loop
+# What the script's modinfo says of one loaded module, errors included.
+act modinfo_sctp /sbin/modinfo sctp
 posture plain
 
 mkdir -p /etc/modprobe.d

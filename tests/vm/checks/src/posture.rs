@@ -44,6 +44,16 @@ fn number(script: &BTreeMap<String, Vec<String>>, header: &str) -> Option<u64> {
 }
 
 pub(crate) fn posture(ctx: &mut Ctx) {
+    if let Some(modinfo) = action(ctx, "modinfo_sctp") {
+        let signed = modinfo.stdout.lines().any(|l| l.starts_with("sig_id:"));
+        ctx.ground.check(
+            signed,
+            format!(
+                "the guest's modinfo shows sctp's signature (sig_id), as the script needs: stderr {:?}",
+                modinfo.stderr.trim()
+            ),
+        );
+    }
     for state in STATES {
         compare(ctx, state);
     }
