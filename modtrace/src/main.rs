@@ -277,7 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(command) => run_policy(command).map(|()| ExitCode::SUCCESS),
         Command::Replay(args) => run_replay(args).map(|()| ExitCode::SUCCESS),
-        Command::Audit(args) => run_audit(args),
+        Command::Audit(args) => run_audit(&args),
         Command::Baseline(command) => run_baseline(command),
     }
 }
@@ -341,7 +341,7 @@ fn run_baseline(command: BaselineCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn run_audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+fn run_audit(args: &AuditArgs) -> anyhow::Result<ExitCode> {
     use modtrace::posture::{audit, HostRoot};
     let checks = audit::select(&args.checks)?;
     let host = audit::Host::read(HostRoot::new(&args.root));

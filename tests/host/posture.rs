@@ -19,7 +19,10 @@ fn tree() -> tempfile::TempDir {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, bytes).unwrap();
     };
-    write("proc/sys/kernel/osrelease", format!("{RELEASE}\n").as_bytes());
+    write(
+        "proc/sys/kernel/osrelease",
+        format!("{RELEASE}\n").as_bytes(),
+    );
     write("proc/sys/kernel/tainted", b"4096\n");
     write("proc/sys/kernel/modules_disabled", b"0\n");
     write(
@@ -81,7 +84,15 @@ fn audit_of_a_tree_reports_json_and_exits_with_the_worst_status() {
     );
 
     let (code, out, _) = run(
-        &["audit", "--root", root, "--format", "json", "--check", "modules.count"],
+        &[
+            "audit",
+            "--root",
+            root,
+            "--format",
+            "json",
+            "--check",
+            "modules.count",
+        ],
         None,
     );
     assert_eq!(code, Some(0));
@@ -100,14 +111,23 @@ fn audit_of_a_tree_reports_json_and_exits_with_the_worst_status() {
 fn the_fix_script_is_a_shell_script_sh_accepts() {
     let dir = tree();
     let (_, script, _) = run(
-        &["audit", "--root", dir.path().to_str().unwrap(), "--fix-script"],
+        &[
+            "audit",
+            "--root",
+            dir.path().to_str().unwrap(),
+            "--fix-script",
+        ],
         None,
     );
     assert!(script.starts_with("#!/bin/sh\n"), "{script}");
     assert!(script.contains("echo 'install usb-storage /bin/true' >> /etc/modprobe.d/cis.conf"));
     let path = dir.path().join("fixes.sh");
     fs::write(&path, &script).unwrap();
-    let status = std::process::Command::new("sh").arg("-n").arg(&path).status().unwrap();
+    let status = std::process::Command::new("sh")
+        .arg("-n")
+        .arg(&path)
+        .status()
+        .unwrap();
     assert!(status.success(), "sh -n refuses the script:\n{script}");
 }
 
@@ -117,16 +137,28 @@ fn without_root_the_audit_names_the_checks_it_could_not_make() {
     let tainted = dir.path().join("proc/sys/kernel/tainted");
     fs::set_permissions(&tainted, fs::Permissions::from_mode(0o600)).unwrap();
     let (_, out, err) = run(
-        &["audit", "--root", dir.path().to_str().unwrap(), "--format", "json"],
+        &[
+            "audit",
+            "--root",
+            dir.path().to_str().unwrap(),
+            "--format",
+            "json",
+        ],
         Some(65534),
     );
     let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
     assert_eq!(report["as_root"], false);
-    assert_eq!(report["not_checked_without_root"], serde_json::json!(["kernel.taint"]));
+    assert_eq!(
+        report["not_checked_without_root"],
+        serde_json::json!(["kernel.taint"])
+    );
     let taint = finding(&report, "kernel.taint");
     assert_eq!(taint["status"], "unknown");
     assert!(
-        taint["summary"].as_str().unwrap().contains("readable by root only"),
+        taint["summary"]
+            .as_str()
+            .unwrap()
+            .contains("readable by root only"),
         "{taint}"
     );
 }
@@ -137,19 +169,37 @@ fn baseline_create_then_verify_through_the_binary() {
     let root = dir.path().to_str().unwrap();
     let file = dir.path().join("out/baseline.json");
     let file = file.to_str().unwrap();
-    let (code, _, err) = run(&["baseline", "create", "--root", root, "--output", file], None);
+    let (code, _, err) = run(
+        &["baseline", "create", "--root", root, "--output", file],
+        None,
+    );
     assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("1 module files of 6.1.0-host-test recorded in"), "{err}");
-    let (code, out, err) = run(&["baseline", "verify", file, "--root", root, "--format", "json"], None);
+    assert!(
+        err.contains("1 module files of 6.1.0-host-test recorded in"),
+        "{err}"
+    );
+    let (code, out, err) = run(
+        &[
+            "baseline", "verify", file, "--root", root, "--format", "json",
+        ],
+        None,
+    );
     assert_eq!(code, Some(0), "{err}");
     let verification: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(verification["checked"], 1);
     assert_eq!(verification["rehashed"], 0);
 
-    let planted = dir.path().join(format!("lib/modules/{RELEASE}/extra/evil.ko"));
+    let planted = dir
+        .path()
+        .join(format!("lib/modules/{RELEASE}/extra/evil.ko"));
     fs::create_dir_all(planted.parent().unwrap()).unwrap();
     fs::write(&planted, b"evil").unwrap();
-    let (code, out, _) = run(&["baseline", "verify", file, "--root", root, "--format", "text"], None);
+    let (code, out, _) = run(
+        &[
+            "baseline", "verify", file, "--root", root, "--format", "text",
+        ],
+        None,
+    );
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("added    UNEXPLAINED  /lib/modules/6.1.0-host-test/extra/evil.ko: no package ships this path"), "{out}");
 
@@ -157,7 +207,13 @@ fn baseline_create_then_verify_through_the_binary() {
     // Not root-owned checks apply only to the live host's baseline, so the
     // export of a file under a test tree reads it as root would any file.
     let (code, _, err) = run(
-        &["baseline", "export-ids", file, "--output", ids.to_str().unwrap()],
+        &[
+            "baseline",
+            "export-ids",
+            file,
+            "--output",
+            ids.to_str().unwrap(),
+        ],
         None,
     );
     assert_eq!(code, Some(0), "{err}");
@@ -168,7 +224,10 @@ fn baseline_create_then_verify_through_the_binary() {
     // Whitespace is no edit (the hash is of the content); a value is.
     let text = fs::read_to_string(file).unwrap();
     fs::write(file, text.replace("\"inode\":", "\"inode\": ")).unwrap();
-    assert_eq!(run(&["baseline", "verify", file, "--root", root], None).0, Some(2));
+    assert_eq!(
+        run(&["baseline", "verify", file, "--root", root], None).0,
+        Some(2)
+    );
     fs::write(file, text.replace("\"inode\":", "\"inode\":1")).unwrap();
     let (code, _, err) = run(&["baseline", "verify", file, "--root", root], None);
     assert_eq!(code, Some(1));

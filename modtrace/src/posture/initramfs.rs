@@ -211,7 +211,7 @@ impl Reader<'_> {
             }
             let data = if size <= self.limits.max_kept_file && (self.keep)(&name) {
                 let mut bytes = Vec::new();
-                (&mut entry).read_to_end(&mut bytes).map_err(error)?;
+                entry.read_to_end(&mut bytes).map_err(error)?;
                 Some(bytes)
             } else {
                 None

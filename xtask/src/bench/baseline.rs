@@ -70,8 +70,14 @@ pub(crate) fn run() -> Result<()> {
         unpacked.release,
         load.split_whitespace().next().unwrap_or("?")
     );
-    println!("  modtrace baseline create                      {:>8.3} s", ours.as_secs_f64());
-    println!("  find -exec sha256sum {{}} + | sort (the guide)  {:>8.3} s", theirs.as_secs_f64());
+    println!(
+        "  modtrace baseline create                      {:>8.3} s",
+        ours.as_secs_f64()
+    );
+    println!(
+        "  find -exec sha256sum {{}} + | sort (the guide)  {:>8.3} s",
+        theirs.as_secs_f64()
+    );
     println!(
         "  modtrace is {speedup:.2}x as fast (goal {GOAL}x): {}",
         if speedup >= GOAL { "met" } else { "NOT met" }
@@ -93,12 +99,18 @@ fn count_modules(dir: &Path) -> Result<usize> {
         .arg(dir)
         .args(["-name", "*.ko*"])
         .output()?;
-    Ok(out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count())
+    Ok(out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count())
 }
 
 fn timed(command: &mut Command) -> Result<Duration> {
     let started = Instant::now();
-    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed: {status}");
     }

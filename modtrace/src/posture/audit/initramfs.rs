@@ -141,15 +141,17 @@ fn is_image_config(name: &str) -> bool {
     IMAGE_MODPROBE_DIRS.iter().any(|d| name.starts_with(d)) && name.ends_with(".conf")
 }
 
-fn read_image(host: &Host, image: &str) -> Result<Initramfs, Outcome> {
+fn read_image(host: &Host, image: &str) -> Result<Initramfs, Box<Outcome>> {
     let bytes = host
         .root
         .read_bytes(image)
         .map_err(|e| Outcome::unreadable(&e))?;
     initramfs::read(&bytes, &Limits::default(), &is_image_config).map_err(|err| {
-        Outcome::new(Status::Unknown, format!("{image}: {err}"))
-            .evidence(image, err.to_string())
-            .fix(update_fix(host))
+        Box::new(
+            Outcome::new(Status::Unknown, format!("{image}: {err}"))
+                .evidence(image, err.to_string())
+                .fix(update_fix(host)),
+        )
     })
 }
 
@@ -169,7 +171,7 @@ fn denied_modules(host: &Host) -> Outcome {
     };
     let found = match read_image(host, &image) {
         Ok(found) => found,
-        Err(outcome) => return outcome,
+        Err(outcome) => return *outcome,
     };
     // What the image's own modprobe.d denies (its copy of the host's).
     let inside: Vec<String> = found

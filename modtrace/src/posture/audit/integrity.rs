@@ -21,15 +21,22 @@ fn check(host: &Host) -> Outcome {
     let recorded = match baseline::load(&host.root, &path, check_owner) {
         Ok(recorded) => recorded,
         Err(err) if err.io_kind() == Some(ErrorKind::NotFound) => {
-            return Outcome::new(Status::Warn, "no baseline: a replaced .ko would go unnoticed")
-                .evidence(baseline::DEFAULT_PATH, "absent")
-                .fix("modtrace baseline create")
-                .data(json!({"baseline": null}));
+            return Outcome::new(
+                Status::Warn,
+                "no baseline: a replaced .ko would go unnoticed",
+            )
+            .evidence(baseline::DEFAULT_PATH, "absent")
+            .fix("modtrace baseline create")
+            .data(json!({"baseline": null}));
         }
         Err(err) => {
             let needs_root = err.io_kind() == Some(ErrorKind::PermissionDenied);
             let mut outcome = Outcome::new(
-                if needs_root { Status::Unknown } else { Status::Fail },
+                if needs_root {
+                    Status::Unknown
+                } else {
+                    Status::Fail
+                },
                 err.to_string(),
             )
             .evidence(baseline::DEFAULT_PATH, err.to_string())

@@ -118,6 +118,10 @@ impl Outcome {
         outcome.evidence(err.path.display(), err.source.to_string())
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "a builder taking paths, numbers and strings alike reads best at its many call sites"
+    )]
     pub fn evidence(mut self, source: impl ToString, value: impl ToString) -> Self {
         self.evidence.push(Evidence {
             source: source.to_string(),

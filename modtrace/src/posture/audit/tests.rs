@@ -6,30 +6,30 @@ use serde_json::Value;
 use super::*;
 use crate::posture::HostRoot;
 
-pub(crate) const RELEASE: &str = "6.1.0-test-amd64";
+const RELEASE: &str = "6.1.0-test-amd64";
 
 /// A host tree: a release, /proc/modules, and whatever a test adds.
-pub(crate) struct Tree {
-    pub dir: tempfile::TempDir,
+struct Tree {
+    dir: tempfile::TempDir,
 }
 
 impl Tree {
-    pub fn new(proc_modules: &str) -> Self {
+    fn new(proc_modules: &str) -> Self {
         let tree = Self {
             dir: tempfile::tempdir().unwrap(),
         };
-        tree.write("/proc/sys/kernel/osrelease", &format!("{RELEASE}\n"));
+        tree.write("/proc/sys/kernel/osrelease", format!("{RELEASE}\n"));
         tree.write("/proc/modules", proc_modules);
         tree.write("/proc/sys/kernel/tainted", "0\n");
         tree.write("/proc/sys/kernel/modules_disabled", "0\n");
         tree
     }
 
-    pub fn path(&self, path: &str) -> std::path::PathBuf {
+    fn path(&self, path: &str) -> std::path::PathBuf {
         HostRoot::new(self.dir.path()).path(path)
     }
 
-    pub fn write(&self, path: &str, content: impl AsRef<[u8]>) {
+    fn write(&self, path: &str, content: impl AsRef<[u8]>) {
         let path = self.path(path);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, content).unwrap();
@@ -202,7 +202,7 @@ fn fixture_module() -> Vec<u8> {
 }
 
 /// The module without its signature: the ELF part the image reader finds.
-pub(crate) fn unsigned(image: &[u8]) -> Vec<u8> {
+fn unsigned(image: &[u8]) -> Vec<u8> {
     let parsed =
         crate::enrich::module_image::ModuleImage::parse(image, &Default::default()).unwrap();
     image[..parsed.elf_len].to_vec()

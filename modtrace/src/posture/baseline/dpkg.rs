@@ -24,7 +24,9 @@ pub(super) struct Dpkg {
 /// Debian ships modules under /lib before trixie, /usr/lib after; with a
 /// merged /usr both are one file, so both compare as /lib.
 fn merged(path: &str) -> &str {
-    path.strip_prefix("/usr").filter(|p| p.starts_with("/lib/")).unwrap_or(path)
+    path.strip_prefix("/usr")
+        .filter(|p| p.starts_with("/lib/"))
+        .unwrap_or(path)
 }
 
 impl Dpkg {

@@ -195,7 +195,11 @@ pub fn write(baseline: &Baseline, path: &Path) -> Result<(), BaselineError> {
 
 /// Reads a baseline for verifying this host: checked as [`read`] does, and
 /// holding the running kernel's tree.
-pub fn load(root: &super::HostRoot, path: &Path, check_owner: bool) -> Result<Baseline, BaselineError> {
+pub fn load(
+    root: &super::HostRoot,
+    path: &Path,
+    check_owner: bool,
+) -> Result<Baseline, BaselineError> {
     let baseline = read(path, check_owner)?;
     verify::check_kernel(root, &baseline, path)?;
     Ok(baseline)

@@ -16,7 +16,10 @@ fn host() -> (tempfile::TempDir, HostRoot) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, bytes).unwrap();
     };
-    write("/proc/sys/kernel/osrelease", format!("{RELEASE}\n").as_bytes());
+    write(
+        "/proc/sys/kernel/osrelease",
+        format!("{RELEASE}\n").as_bytes(),
+    );
     let dummy = fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/modules/dummy-6.1.ko"),
     )
@@ -35,9 +38,18 @@ fn host() -> (tempfile::TempDir, HostRoot) {
         let md5 = dpkg::md5_of(&root.path(&path)).unwrap();
         md5sums.push_str(&format!("{md5}  {}\n", &path[1..]));
     }
-    write(&format!("/lib/modules/{RELEASE}/modules.dep"), b"not a module\n");
-    write(&format!("/var/lib/dpkg/info/{PACKAGE}.list"), list.as_bytes());
-    write(&format!("/var/lib/dpkg/info/{PACKAGE}.md5sums"), md5sums.as_bytes());
+    write(
+        &format!("/lib/modules/{RELEASE}/modules.dep"),
+        b"not a module\n",
+    );
+    write(
+        &format!("/var/lib/dpkg/info/{PACKAGE}.list"),
+        list.as_bytes(),
+    );
+    write(
+        &format!("/var/lib/dpkg/info/{PACKAGE}.md5sums"),
+        md5sums.as_bytes(),
+    );
     (dir, root)
 }
 
@@ -101,13 +113,22 @@ fn an_edited_foreign_old_or_other_kernels_baseline_is_refused_naming_the_file() 
 
     fs::write(&path, text.replacen("\"size\":9", "\"size\":8", 1)).unwrap();
     let edited = read(&path, false).unwrap_err().to_string();
-    assert!(edited.starts_with(&format!("{shown} was edited: its content's sha256 is ")), "{edited}");
+    assert!(
+        edited.starts_with(&format!("{shown} was edited: its content's sha256 is ")),
+        "{edited}"
+    );
 
     fs::write(&path, "{\"files\": []}").unwrap();
     let foreign = read(&path, false).unwrap_err().to_string();
-    assert!(foreign.starts_with(&format!("{shown} is not a modtrace baseline")), "{foreign}");
+    assert!(
+        foreign.starts_with(&format!("{shown} is not a modtrace baseline")),
+        "{foreign}"
+    );
     fs::write(&path, "garbage").unwrap();
-    assert!(read(&path, false).unwrap_err().to_string().contains("not JSON"));
+    assert!(read(&path, false)
+        .unwrap_err()
+        .to_string()
+        .contains("not JSON"));
 
     fs::write(&path, text.replacen("\"version\":1", "\"version\":0", 1)).unwrap();
     let old = read(&path, false).unwrap_err().to_string();
@@ -127,7 +148,10 @@ fn an_unchanged_tree_verifies_without_rehashing_unless_full() {
     let (_dir, root) = host();
     let baseline = create(&root, CreateOptions::default()).unwrap();
     let quick = verify(&root, &baseline, VerifyOptions::default()).unwrap();
-    assert_eq!((quick.checked, quick.rehashed, quick.exit_code()), (3, 0, 0));
+    assert_eq!(
+        (quick.checked, quick.rehashed, quick.exit_code()),
+        (3, 0, 0)
+    );
     let full = VerifyOptions {
         full: true,
         progress: false,
@@ -175,7 +199,9 @@ fn a_planted_module_is_unexplained_and_a_package_upgrade_is_told_apart() {
     assert_eq!(verification.exit_code(), 2);
     let sctp = &verification.changes[3];
     assert!(sctp.why.contains("no package explains it"), "{}", sctp.why);
-    assert!(verification.changes[0].why.contains("still ships it: removed by hand"));
+    assert!(verification.changes[0]
+        .why
+        .contains("still ships it: removed by hand"));
     assert!(verification.text().contains("UNEXPLAINED"));
 }
 

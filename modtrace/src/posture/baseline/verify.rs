@@ -84,11 +84,10 @@ fn compare(
 ) -> Result<Seen, BaselineError> {
     if let Some(old) = old {
         if !full {
-            let meta =
-                std::fs::symlink_metadata(path).map_err(|source| BaselineError::Read {
-                    path: root.host_path(path),
-                    source,
-                })?;
+            let meta = std::fs::symlink_metadata(path).map_err(|source| BaselineError::Read {
+                path: root.host_path(path),
+                source,
+            })?;
             if Stat::of(&meta) == old.stat() {
                 return Ok(Seen::Unchanged { rehashed: false });
             }
@@ -121,7 +120,10 @@ fn explain(root: &HostRoot, dpkg: &Dpkg, path: &str) -> (Option<String>, bool, S
             false,
             format!("{package} lists it but has no md5sum for it"),
         ),
-        (_, None) => (false, "cannot read it to compare with its package".to_owned()),
+        (_, None) => (
+            false,
+            "cannot read it to compare with its package".to_owned(),
+        ),
     };
     (Some(package.to_owned()), by_package, why)
 }
@@ -132,8 +134,11 @@ pub fn verify(
     options: VerifyOptions,
 ) -> Result<Verification, BaselineError> {
     let dpkg = Dpkg::read(root);
-    let old: BTreeMap<&str, &FileRecord> =
-        baseline.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let old: BTreeMap<&str, &FileRecord> = baseline
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f))
+        .collect();
     let mut present = Vec::new();
     for kernel in &baseline.kernels {
         match module_files(root, std::slice::from_ref(kernel)) {
@@ -148,7 +153,13 @@ pub fn verify(
         .par_iter()
         .map(|path| {
             let shown = root.host_path(path).display().to_string();
-            let seen = compare(root, path, old.get(shown.as_str()).copied(), options.full, &dpkg);
+            let seen = compare(
+                root,
+                path,
+                old.get(shown.as_str()).copied(),
+                options.full,
+                &dpkg,
+            );
             bar.inc(1);
             seen.map(|s| (shown, s))
         })
@@ -241,7 +252,10 @@ impl Verification {
             } else {
                 "UNEXPLAINED"
             };
-            out.push_str(&format!("{kind:<8} {verdict:<12} {}: {}\n", change.path, change.why));
+            out.push_str(&format!(
+                "{kind:<8} {verdict:<12} {}: {}\n",
+                change.path, change.why
+            ));
         }
         out.push_str(&format!(
             "{} files checked ({} hashed again), {} changes: {} by packages, {} unexplained\n",

@@ -126,7 +126,10 @@ fn compare(ctx: &mut Ctx, state: &str) {
         .collect();
     by_file.sort();
     by_file.truncate(SCRIPT_LIST_LIMIT);
-    let mut listed = script.get("Unsigned loaded modules").cloned().unwrap_or_default();
+    let mut listed = script
+        .get("Unsigned loaded modules")
+        .cloned()
+        .unwrap_or_default();
     listed.sort();
     m.eq(
         &format!("{state}: unsigned modules (first 10), script vs modules.unsigned"),
@@ -142,9 +145,12 @@ fn states(ctx: &mut Ctx) {
         .filter_map(|s| Some((*s, report(ctx, s)?)))
         .collect();
     let status = |state: &str, id: &str| {
-        reports
-            .get(state)
-            .map(|r| finding(r, id)["status"].as_str().unwrap_or("absent").to_owned())
+        reports.get(state).map(|r| {
+            finding(r, id)["status"]
+                .as_str()
+                .unwrap_or("absent")
+                .to_owned()
+        })
     };
     let tainting_rc = action(ctx, "audit_tainting").and_then(|a| a.rc);
     let m = &mut ctx.modtrace;
@@ -169,7 +175,9 @@ fn states(ctx: &mut Ctx) {
     if let Some(r) = reports.get("tainting") {
         let taint = &finding(r, "kernel.taint")["data"];
         m.check(
-            taint["raw"].as_u64().is_some_and(|raw| raw & TAINT_UNSIGNED != 0),
+            taint["raw"]
+                .as_u64()
+                .is_some_and(|raw| raw & TAINT_UNSIGNED != 0),
             format!("tainting: the kernel's taint has E: {}", taint["raw"]),
         );
         let e_carriers = taint["flags"]
@@ -187,11 +195,7 @@ fn states(ctx: &mut Ctx) {
             loaded_unsigned,
             serde_json::json!(["dummy"]),
         );
-        m.eq(
-            "tainting: exit code 2 (a fail)",
-            tainting_rc,
-            Some(2),
-        );
+        m.eq("tainting: exit code 2 (a fail)", tainting_rc, Some(2));
     }
     m.eq(
         "modules_disabled: kernel.modules-disabled passes",
