@@ -173,29 +173,41 @@ pub(super) const INSTALL_FALSE: Check = Check {
 };
 
 fn install_false(host: &Host) -> Outcome {
-    let configs = configs(host);
+    flag_lines(
+        host,
+        |config| config.install.filter(|_| config.install_false()),
+        |_, line| {
+            format!(
+                "sed -i '{}s|false|true|' {}",
+                line.line,
+                host.root.host_path(&line.file).display()
+            )
+        },
+        "modules are redirected to /bin/false, which fails every autoload with an error in the logs: use /bin/true",
+    )
+}
+
+/// A warning for each module whose configuration line `pick` finds, with
+/// that line as evidence and `fix` for it; `summary` follows the count.
+fn flag_lines<'a>(
+    host: &'a Host,
+    pick: impl Fn(&ModuleConfig<'a>) -> Option<&'a ConfigLine>,
+    fix: impl Fn(&str, &ConfigLine) -> String,
+    summary: &str,
+) -> Outcome {
     let mut outcome = Outcome::new(Status::Pass, "");
     let mut modules = Vec::new();
-    for (module, config) in &configs {
-        let Some(line) = config.install.filter(|_| config.install_false()) else {
+    for (module, config) in &configs(host) {
+        let Some(line) = pick(config) else {
             continue;
         };
         modules.push(*module);
-        outcome = outcome.evidence(at(host, line), written(line)).fix(format!(
-            "sed -i '{}s|false|true|' {}",
-            line.line,
-            host.root.host_path(&line.file).display()
-        ));
+        outcome = outcome
+            .evidence(at(host, line), written(line))
+            .fix(fix(module, line));
     }
-    outcome.status = if modules.is_empty() {
-        Status::Pass
-    } else {
-        Status::Warn
-    };
-    outcome.summary = format!(
-        "{} modules are redirected to /bin/false, which fails every autoload with an error in the logs: use /bin/true",
-        modules.len()
-    );
+    outcome.status = Status::pass_unless(!modules.is_empty(), Status::Warn);
+    outcome.summary = format!("{} {summary}", modules.len());
     outcome.data(json!({"modules": modules}))
 }
 
@@ -207,30 +219,18 @@ pub(super) const BLACKLIST_ONLY: Check = Check {
 };
 
 fn blacklist_only(host: &Host) -> Outcome {
-    let configs = configs(host);
-    let mut outcome = Outcome::new(Status::Pass, "");
-    let mut modules = Vec::new();
-    for (module, config) in &configs {
-        let Some(line) = config.blacklist.filter(|_| !config.install_disables()) else {
-            continue;
-        };
-        modules.push(*module);
-        outcome = outcome.evidence(at(host, line), written(line)).fix(format!(
-            "echo 'install {} /bin/true' >> {}",
-            cis_spelling(module),
-            host.root.host_path(&line.file).display()
-        ));
-    }
-    outcome.status = if modules.is_empty() {
-        Status::Pass
-    } else {
-        Status::Warn
-    };
-    outcome.summary = format!(
-        "{} modules are blacklisted without an install line: `modprobe NAME` still loads them",
-        modules.len()
-    );
-    outcome.data(json!({"modules": modules}))
+    flag_lines(
+        host,
+        |config| config.blacklist.filter(|_| !config.install_disables()),
+        |module, line| {
+            format!(
+                "echo 'install {} /bin/true' >> {}",
+                cis_spelling(module),
+                host.root.host_path(&line.file).display()
+            )
+        },
+        "modules are blacklisted without an install line: `modprobe NAME` still loads them",
+    )
 }
 
 pub(super) const LOADED: Check = Check {
@@ -259,11 +259,7 @@ fn loaded(host: &Host) -> Outcome {
             .fix(format!("modprobe -r {module}"));
         modules.push(module);
     }
-    outcome.status = if modules.is_empty() {
-        Status::Pass
-    } else {
-        Status::Fail
-    };
+    outcome.status = Status::pass_unless(!modules.is_empty(), Status::Fail);
     outcome.summary = format!("{} denied modules are loaded now", modules.len());
     if !modules.is_empty() {
         outcome = outcome.fix("update-initramfs -u -k all");
@@ -350,11 +346,7 @@ fn contradictions(host: &Host) -> Outcome {
             .fix(comment_out(&file, wanted.line));
         found.push(json!({"module": wanted.module, "at": format!("{file}:{}", wanted.line), "what": wanted.what}));
     }
-    outcome.status = if found.is_empty() {
-        Status::Pass
-    } else {
-        Status::Warn
-    };
+    outcome.status = Status::pass_unless(!found.is_empty(), Status::Warn);
     outcome.summary = format!(
         "{} lines ask to load or configure a module that modprobe.d denies",
         found.len()

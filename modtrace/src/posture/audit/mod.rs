@@ -41,6 +41,15 @@ impl Status {
             Status::Fail => "fail",
         }
     }
+
+    /// Pass when nothing was found, `otherwise` when something was.
+    pub fn pass_unless(found: bool, otherwise: Status) -> Status {
+        if found {
+            otherwise
+        } else {
+            Status::Pass
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -47,20 +47,21 @@ fn unused(host: &Host) -> Outcome {
         .filter(|m| m.refcount == Some(0) && m.used_by.is_empty())
         .map(|m| m.name.as_str())
         .collect();
+    let summary = format!(
+        "{} loaded modules have refcount 0 and no holders: candidates for removal",
+        unused.len()
+    );
+    removable(&unused, summary).data(json!({"unused": unused}))
+}
+
+/// A warning naming the loaded modules found, fixed by unloading each.
+fn removable(found: &[&str], summary: String) -> Outcome {
     let outcome = Outcome::new(
-        if unused.is_empty() {
-            Status::Pass
-        } else {
-            Status::Warn
-        },
-        format!(
-            "{} loaded modules have refcount 0 and no holders: candidates for removal",
-            unused.len()
-        ),
+        Status::pass_unless(!found.is_empty(), Status::Warn),
+        summary,
     )
-    .evidence(PROC_MODULES, unused.join(" "))
-    .data(json!({"unused": unused}));
-    unused
+    .evidence(PROC_MODULES, found.join(" "));
+    found
         .iter()
         .fold(outcome, |o, m| o.fix(format!("modprobe -r {m}")))
 }
@@ -186,22 +187,11 @@ fn tainting(host: &Host, letter: char, what: &str) -> Outcome {
         .filter(|m| m.taint.contains(letter))
         .map(|m| m.name.as_str())
         .collect();
-    let outcome = Outcome::new(
-        if carriers.is_empty() {
-            Status::Pass
-        } else {
-            Status::Warn
-        },
-        format!(
-            "{} loaded modules are {what} (taint {letter})",
-            carriers.len()
-        ),
-    )
-    .evidence(PROC_MODULES, carriers.join(" "))
-    .data(json!({"modules": carriers}));
-    carriers
-        .iter()
-        .fold(outcome, |o, m| o.fix(format!("modprobe -r {m}")))
+    let summary = format!(
+        "{} loaded modules are {what} (taint {letter})",
+        carriers.len()
+    );
+    removable(&carriers, summary).data(json!({"modules": carriers}))
 }
 
 pub(super) const OUT_OF_TREE: Check = Check {
