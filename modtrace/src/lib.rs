@@ -17,7 +17,9 @@
 //! `record/` is the output schema every stage shares; it depends on none of
 //! them, and no stage depends on another (a test reads the `use` lines).
 //! [`pipeline`] joins the stages, [`watch`] schedules them (epoll, timers,
-//! signals), [`replay`] runs a capture through the same policy.
+//! signals), [`replay`] runs a capture through the same policy. [`posture`]
+//! (`audit`, `baseline`) is beside the path: it reads the host with the
+//! stages' readers.
 pub mod clock;
 pub mod decode;
 pub mod enforcement;
@@ -25,6 +27,7 @@ pub mod enrich;
 pub mod kernel;
 pub mod pipeline;
 pub mod policy;
+pub mod posture;
 pub mod record;
 pub mod replay;
 #[cfg(any(test, feature = "samples"))]

@@ -30,6 +30,13 @@ enum Command {
     /// The enforcement pinned in the kernel by `watch --enforce`.
     #[command(subcommand)]
     Enforce(EnforceCommand),
+    /// Check this host against the hardening guide: Secure Boot, lockdown,
+    /// signatures, taint, the CIS deny list, the initramfs, audit rules.
+    /// Exits 0 when all pass, 1 on any warn or unknown, 2 on any fail.
+    Audit(AuditArgs),
+    /// Record every module file on disk, and verify the disk against it.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
 }
 
 #[derive(Subcommand)]
@@ -59,6 +66,62 @@ enum EnforceCommand {
         #[arg(long, value_name = "NAME")]
         also: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum BaselineCommand {
+    /// Hash every module file of the running kernel (path, size, times,
+    /// device, inode, sha256, signer, owning package) into a baseline file.
+    Create {
+        /// Where to write it (atomically, mode 0600).
+        #[arg(long, value_name = "FILE", default_value = modtrace::posture::baseline::DEFAULT_PATH)]
+        output: PathBuf,
+        /// Every kernel's tree under /lib/modules, not only the running one's.
+        #[arg(long)]
+        all_kernels: bool,
+        /// Treat DIR as the filesystem root (an image, a test tree).
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        root: PathBuf,
+    },
+    /// List added, removed and changed module files, each told apart as a
+    /// package's change or unexplained. Exits 0 when nothing changed, 1 when
+    /// packages explain every change, 2 when any is unexplained.
+    Verify {
+        #[arg(value_name = "FILE", default_value = modtrace::posture::baseline::DEFAULT_PATH)]
+        file: PathBuf,
+        /// Rehash every file, not only those whose size, mtime or ctime changed.
+        #[arg(long)]
+        full: bool,
+        /// Output on stdout [default: json when stdout is not a terminal, else text]
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        root: PathBuf,
+    },
+    /// Write the baseline's (device, inode, ctime) set in the binary form
+    /// of docs/baseline.md, for an in-kernel allow-list.
+    ExportIds {
+        #[arg(value_name = "FILE", default_value = modtrace::posture::baseline::DEFAULT_PATH)]
+        file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// Output on stdout [default: json when stdout is not a terminal, else text]
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Run only these checks (repeat, or separate with commas).
+    #[arg(long = "check", value_name = "ID", value_delimiter = ',')]
+    checks: Vec<String>,
+    /// Print a shell script of the fixes instead of the report.
+    #[arg(long)]
+    fix_script: bool,
+    /// Treat DIR as the filesystem root (an image, a test tree).
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    root: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -213,7 +276,7 @@ fn main() -> ExitCode {
         )
         .init();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("modtrace: error: {}", each_cause_once(&err));
             ExitCode::FAILURE
@@ -221,7 +284,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Watch(args) => {
             let terminal = std::io::stdout().is_terminal();
@@ -248,12 +311,98 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime
                 .block_on(watch::run(options))
-                .context("modtrace watch")
+                .context("modtrace watch")?;
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(command) => run_policy(command),
-        Command::Replay(args) => run_replay(args),
-        Command::Enforce(command) => run_enforce(command),
+        Command::Policy(command) => run_policy(command).map(|()| ExitCode::SUCCESS),
+        Command::Replay(args) => run_replay(args).map(|()| ExitCode::SUCCESS),
+        Command::Enforce(command) => run_enforce(command).map(|()| ExitCode::SUCCESS),
+        Command::Audit(args) => run_audit(&args),
+        Command::Baseline(command) => run_baseline(command),
     }
+}
+
+/// The owner rule (root-owned, not writable by others) holds for the live
+/// host's baseline when root reads it, as for the policy.
+fn check_owner(root: &std::path::Path) -> bool {
+    nix::unistd::geteuid().is_root() && root == std::path::Path::new("/")
+}
+
+fn run_baseline(command: BaselineCommand) -> anyhow::Result<ExitCode> {
+    use modtrace::posture::{baseline, HostRoot};
+    let progress = std::io::stderr().is_terminal();
+    match command {
+        BaselineCommand::Create {
+            output,
+            all_kernels,
+            root,
+        } => {
+            let options = baseline::CreateOptions {
+                all_kernels,
+                progress,
+            };
+            let recorded = baseline::create(&HostRoot::new(&root), options)?;
+            baseline::write(&recorded, &output)?;
+            eprintln!(
+                "modtrace: {} module files of {} recorded in {}",
+                recorded.files.len(),
+                recorded.kernels.join(", "),
+                output.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BaselineCommand::Verify {
+            file,
+            full,
+            format,
+            root,
+        } => {
+            let host = HostRoot::new(&root);
+            let recorded = baseline::load(&host, &file, check_owner(&root))?;
+            let options = baseline::VerifyOptions { full, progress };
+            let verification = baseline::verify(&host, &recorded, options)?;
+            let terminal = std::io::stdout().is_terminal();
+            let text = match format.unwrap_or(if terminal { Format::Text } else { Format::Json }) {
+                Format::Json => serde_json::to_string_pretty(&verification)? + "\n",
+                Format::Text => verification.text(),
+            };
+            std::io::stdout()
+                .lock()
+                .write_all(text.as_bytes())
+                .context("writing the verification")?;
+            Ok(ExitCode::from(verification.exit_code()))
+        }
+        BaselineCommand::ExportIds { file, output } => {
+            let recorded = baseline::read(&file, check_owner(std::path::Path::new("/")))?;
+            std::fs::write(&output, baseline::export_ids(&recorded))
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_audit(args: &AuditArgs) -> anyhow::Result<ExitCode> {
+    use modtrace::posture::{audit, HostRoot};
+    let checks = audit::select(&args.checks)?;
+    let host = audit::Host::read(HostRoot::new(&args.root));
+    let report = audit::run(&host, &checks);
+    let terminal = std::io::stdout().is_terminal();
+    let text = if args.fix_script {
+        audit::fix_script(&report)
+    } else {
+        match args
+            .format
+            .unwrap_or(if terminal { Format::Text } else { Format::Json })
+        {
+            Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+            Format::Text => audit::table(&report, terminal),
+        }
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing the audit")?;
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 fn run_policy(command: PolicyCommand) -> anyhow::Result<()> {

@@ -20,7 +20,8 @@ const STAGES: &[(&str, &[&str])] = &[
 
 /// Modules that are not stages: they join the stages, run them (`watch`,
 /// `replay`, and `enforcement`'s commands on the pinned state), or give tests
-/// and benchmarks their records.
+/// and benchmarks their records, or (posture) read the host with the
+/// stages' readers beside the data path.
 const JOINERS: &[&str] = &[
     "lib",
     "main",
@@ -30,6 +31,7 @@ const JOINERS: &[&str] = &[
     "enforcement",
     "samples",
     "stages",
+    "posture",
 ];
 
 /// `src/enrich/build.rs` → ("enrich", 2): the top-level module a file is

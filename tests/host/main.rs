@@ -12,4 +12,5 @@ mod harness;
 mod enforce;
 mod errors;
 mod policy;
+mod posture;
 mod watch;

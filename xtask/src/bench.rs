@@ -3,6 +3,7 @@
 //! then the kernel benches (`bench/syscalls.rs`): what each tracer costs an
 //! unrelated syscall, and the collector's start-up, latency and RSS
 //! (`bench/collector.rs`), in the VM matrix's guests and on this host.
+mod baseline;
 mod collector;
 mod syscalls;
 
@@ -19,7 +20,8 @@ use serde_json::Value;
 pub(crate) struct BenchArgs {
     /// Only criterion benchmarks whose name contains this (criterion's filter).
     filter: Option<String>,
-    /// Run one part only: the criterion benches (`policy`) or the kernel benches (`kernels`).
+    /// Run one part only: the criterion benches (`policy`), `baseline create`
+    /// against the guide's sha256sum (`baseline`), or the kernel benches (`kernels`).
     #[arg(long, value_enum)]
     only: Option<Part>,
     /// Kernel benches on this kernel only: a name of the VM matrix (as vm-test's
@@ -33,21 +35,26 @@ pub(crate) struct BenchArgs {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Part {
     Policy,
+    Baseline,
     Kernels,
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let only = match (args.only, &args.kernel) {
-        (Some(Part::Policy), Some(_)) => {
-            anyhow::bail!("--kernel selects a kernel bench; drop --only policy")
+        (Some(Part::Policy | Part::Baseline), Some(_)) => {
+            anyhow::bail!("--kernel selects a kernel bench; drop --only")
         }
         (None, Some(_)) => Some(Part::Kernels),
         (only, _) => only,
     };
-    if only != Some(Part::Kernels) {
+    let runs = |part| only.is_none_or(|only| only == part);
+    if runs(Part::Policy) {
         run_criterion(args.filter.as_deref())?;
     }
-    if only != Some(Part::Policy) {
+    if runs(Part::Baseline) {
+        baseline::run()?;
+    }
+    if runs(Part::Kernels) {
         syscalls::run(args.kernel.as_deref(), &args.syscalls)?;
     }
     Ok(())

@@ -45,6 +45,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use crate::record::image::{Analysis, Compression, Modinfo, Signature};
+/// Bounded decompression, for other readers of compressed kernel files
+/// (the initramfs).
+pub use decompress::decompress;
 
 /// Bounds on what one analysis may read, decompress and walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

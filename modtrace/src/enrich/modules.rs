@@ -2,21 +2,59 @@
 //! from its first line.
 use crate::record::PreloadedModule;
 
+/// One line of /proc/modules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcModule {
+    pub name: String,
+    pub size: u64,
+    /// `-` when the kernel cannot unload modules (no CONFIG_MODULE_UNLOAD).
+    pub refcount: Option<u64>,
+    /// The modules that use this one (lsmod's "Used by").
+    pub used_by: Vec<String>,
+    /// Its taint letters, e.g. "OE"; empty when it taints nothing.
+    pub taint: String,
+}
+
 /// Parses /proc/modules lines: `name size refcount deps state address [(taint)]`.
 /// A line that does not fit is skipped rather than guessed at.
-pub fn parse_proc_modules(content: &str) -> Vec<PreloadedModule> {
+pub fn parse_proc_modules_full(content: &str) -> Vec<ProcModule> {
     content
         .lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let name = fields.next()?.to_owned();
             let size = fields.next()?.parse().ok()?;
+            let refcount = fields.next()?.parse().ok();
+            let used_by = fields
+                .next()?
+                .split(',')
+                .filter(|m| !m.is_empty() && *m != "-")
+                .map(str::to_owned)
+                .collect();
             let taint = fields
-                .nth(4)
+                .nth(2)
                 .and_then(|t| t.strip_prefix('(')?.strip_suffix(')'))
                 .unwrap_or_default()
                 .to_owned();
-            Some(PreloadedModule { name, size, taint })
+            Some(ProcModule {
+                name,
+                size,
+                refcount,
+                used_by,
+                taint,
+            })
+        })
+        .collect()
+}
+
+/// The modules of /proc/modules as `start` lists them.
+pub fn parse_proc_modules(content: &str) -> Vec<PreloadedModule> {
+    parse_proc_modules_full(content)
+        .into_iter()
+        .map(|m| PreloadedModule {
+            name: m.name,
+            size: m.size,
+            taint: m.taint,
         })
         .collect()
 }
@@ -37,6 +75,11 @@ mod tests {
         let content = "sctp 434176 2 - Live 0xffffffffc0a00000\n\
                        vboxdrv 700416 2 vboxnetadp,vboxnetflt, Live 0xffffffffc0800000 (OE)\n\
                        garbage\n";
+        let full = parse_proc_modules_full(content);
+        assert_eq!(full[0].refcount, Some(2));
+        assert!(full[0].used_by.is_empty());
+        assert_eq!(full[1].used_by, ["vboxnetadp", "vboxnetflt"]);
+        assert_eq!(full[1].taint, "OE");
         assert_eq!(
             parse_proc_modules(content),
             vec![

@@ -64,22 +64,76 @@ pub fn effective_files(dirs: &[String]) -> Vec<PathBuf> {
     by_name.into_values().collect()
 }
 
+/// A line of modprobe.d that names a module, as the audit reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineKind {
+    Blacklist,
+    /// `install X <command>`, the command as written.
+    Install(String),
+    /// `options X <parameters>`.
+    Options(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigLine {
+    pub kind: LineKind,
+    /// Normalised (`_` for `-`), as kmod compares names.
+    pub module: String,
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl ConfigLine {
+    /// The directive this line is, when it disables its module.
+    fn directive(self) -> Option<Directive> {
+        let kind = match self.kind {
+            LineKind::Blacklist => DirectiveKind::Blacklist,
+            LineKind::Install(command) if loads_nothing(&command) => {
+                DirectiveKind::InstallDisabled(command)
+            }
+            LineKind::Install(_) | LineKind::Options(_) => return None,
+        };
+        Some(Directive {
+            kind,
+            module: self.module,
+            file: self.file,
+            line: self.line,
+        })
+    }
+}
+
 /// The directives that disable modules, from every effective file.
 pub fn read_config(dirs: &[String]) -> Vec<Directive> {
-    let mut directives = Vec::new();
+    read_lines(dirs)
+        .into_iter()
+        .filter_map(ConfigLine::directive)
+        .collect()
+}
+
+/// Every line naming a module, from every effective file.
+pub fn read_lines(dirs: &[String]) -> Vec<ConfigLine> {
+    let mut lines = Vec::new();
     for file in effective_files(dirs) {
         // A file masked by a link to /dev/null reads as empty, as kmod wants.
         match fs::read_to_string(&file) {
-            Ok(text) => directives.extend(parse(&text, &file)),
+            Ok(text) => lines.extend(parse_lines(&text, &file)),
             Err(err) => warn!("skipping modprobe configuration {}: {err}", file.display()),
         }
     }
-    directives
+    lines
+}
+
+/// The directives of one file's text.
+pub fn parse(text: &str, file: &Path) -> Vec<Directive> {
+    parse_lines(text, file)
+        .into_iter()
+        .filter_map(ConfigLine::directive)
+        .collect()
 }
 
 /// Lines of one file, with `\` continuations joined and comments dropped.
-pub fn parse(text: &str, file: &Path) -> Vec<Directive> {
-    let mut directives = Vec::new();
+pub fn parse_lines(text: &str, file: &Path) -> Vec<ConfigLine> {
+    let mut lines = Vec::new();
     let mut pending = String::new();
     let mut first_line = 0;
     for (index, raw) in text.lines().enumerate() {
@@ -95,14 +149,14 @@ pub fn parse(text: &str, file: &Path) -> Vec<Directive> {
             None => pending.push_str(raw),
         }
         let line = std::mem::take(&mut pending);
-        if let Some(directive) = directive(&line, file, first_line) {
-            directives.push(directive);
+        if let Some(config_line) = config_line(&line, file, first_line) {
+            lines.push(config_line);
         }
     }
-    directives
+    lines
 }
 
-fn directive(line: &str, file: &Path, line_no: usize) -> Option<Directive> {
+fn config_line(line: &str, file: &Path, line_no: usize) -> Option<ConfigLine> {
     let line = line.trim_start();
     if line.starts_with('#') {
         return None;
@@ -110,18 +164,14 @@ fn directive(line: &str, file: &Path, line_no: usize) -> Option<Directive> {
     let mut words = line.split_whitespace();
     let command = words.next()?;
     let module = normalise_module_name(words.next()?).into_owned();
+    let rest = words.collect::<Vec<&str>>().join(" ");
     let kind = match command {
-        "blacklist" => DirectiveKind::Blacklist,
-        "install" => {
-            let rest: Vec<&str> = words.collect();
-            if !loads_nothing(&rest) {
-                return None;
-            }
-            DirectiveKind::InstallDisabled(rest.join(" "))
-        }
+        "blacklist" => LineKind::Blacklist,
+        "install" => LineKind::Install(rest),
+        "options" => LineKind::Options(rest),
         _ => return None,
     };
-    Some(Directive {
+    Some(ConfigLine {
         kind,
         module,
         file: file.into(),
@@ -131,8 +181,8 @@ fn directive(line: &str, file: &Path, line_no: usize) -> Option<Directive> {
 
 /// `/bin/true`, `/bin/false` or the bare names, alone: commands that never
 /// load the module.
-fn loads_nothing(command: &[&str]) -> bool {
-    match command {
+pub fn loads_nothing(command: &str) -> bool {
+    match command.split_whitespace().collect::<Vec<_>>()[..] {
         [program] => matches!(program.rsplit('/').next(), Some("true" | "false")),
         _ => false,
     }

@@ -55,8 +55,11 @@ pub fn errno_name(errno: i32) -> String {
     }
 }
 
+/// How many taint bits have a letter (the bits above are reported unnamed).
+pub const TAINT_FLAG_COUNT: usize = 19;
+
 /// The kernel's taint flags (`include/linux/panic.h`), bit → letter, name.
-const TAINT_FLAGS: [(char, &str); 19] = [
+const TAINT_FLAGS: [(char, &str); TAINT_FLAG_COUNT] = [
     ('P', "proprietary_module"),
     ('F', "forced_module"),
     ('S', "cpu_out_of_spec"),

@@ -18,11 +18,7 @@ use super::{Compression, ImageError};
 const MIN_DECODER_MEMORY: u64 = 16 << 20;
 
 /// Decompress `input` as `format`, failing past `limit` output bytes.
-pub(super) fn decompress(
-    format: Compression,
-    input: &[u8],
-    limit: u64,
-) -> Result<Vec<u8>, ImageError> {
+pub fn decompress(format: Compression, input: &[u8], limit: u64) -> Result<Vec<u8>, ImageError> {
     let consumed = Rc::new(Cell::new(0u64));
     let source = CountingReader {
         inner: input,

@@ -17,6 +17,7 @@ mod inflight;
 mod pending;
 mod persist;
 mod policy;
+mod posture;
 mod replay;
 pub mod results;
 mod scenarios;

@@ -27,6 +27,7 @@ pub(crate) fn find(scenario: &str) -> Option<fn(&mut Ctx)> {
         "flood" => super::flood::flood,
         "enforce" => super::enforce::enforce,
         "persist" => super::persist::persist,
+        "posture" => super::posture::posture,
         _ => return None,
     })
 }
