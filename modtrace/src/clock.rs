@@ -4,6 +4,13 @@ use nix::time::{clock_gettime, ClockId};
 
 pub struct Clock;
 
+/// A wall-clock time as records give it (RFC 3339, ns) and in ns since the
+/// epoch.
+pub struct Stamp {
+    pub ns: i64,
+    pub text: String,
+}
+
 fn ns(clock: ClockId) -> u64 {
     clock_gettime(clock).map_or(0, |t| {
         t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
@@ -18,14 +25,22 @@ impl Clock {
     /// The wall-clock time of `boot_ns`, or of now. The offset between the two
     /// clocks is taken afresh each time, so wall-clock steps are followed.
     pub fn rfc3339(&self, boot_ns: Option<u64>) -> String {
+        self.stamp(boot_ns).text
+    }
+
+    /// [`Clock::rfc3339`] with the same time in ns since the epoch, which
+    /// alert windows count in: they need not read the text back.
+    pub fn stamp(&self, boot_ns: Option<u64>) -> Stamp {
         let real = ns(ClockId::CLOCK_REALTIME);
-        let boot = Self::boot_ns();
         let wall = match boot_ns {
-            Some(at) => real.saturating_sub(boot.saturating_sub(at)),
+            Some(at) => real.saturating_sub(Self::boot_ns().saturating_sub(at)),
             None => real,
-        };
-        DateTime::<Utc>::from_timestamp_nanos(wall as i64)
-            .to_rfc3339_opts(SecondsFormat::Nanos, true)
+        } as i64;
+        Stamp {
+            ns: wall,
+            text: DateTime::<Utc>::from_timestamp_nanos(wall)
+                .to_rfc3339_opts(SecondsFormat::Nanos, true),
+        }
     }
 
     /// `seconds` since the epoch as RFC 3339 (the bare number if out of
@@ -54,6 +69,9 @@ mod tests {
         let diff = (a - b).num_milliseconds();
         assert!((1990..=2010).contains(&diff), "{diff}");
         assert!(clock.rfc3339(None).ends_with('Z'));
+        let stamp = clock.stamp(Some(now));
+        let read = DateTime::parse_from_rfc3339(&stamp.text).unwrap();
+        assert_eq!(read.timestamp_nanos_opt(), Some(stamp.ns));
         assert_eq!(
             clock.rfc3339(None).split('.').nth(1).unwrap().len(),
             10,

@@ -6,7 +6,7 @@ use modtrace_common::{kind_name, pinned::LOCK_RULE_ID, KernelEvent, Syscall};
 use tracing::warn;
 
 use crate::{
-    clock::Clock,
+    clock::{Clock, Stamp},
     decode::{self, Decoded},
     enrich::{analysis::Analyses, summaries::Summaries, Enricher, Made},
     kernel::{
@@ -255,23 +255,24 @@ impl Pipeline {
             }
             _ => {}
         }
-        let ts = self.clock.rfc3339(Some(made.header.enter_ns));
+        let stamp = self.clock.stamp(Some(made.header.enter_ns));
+        let ts = stamp.text.as_str();
         let evaluation = match (&made.body, Syscall::from_kind(made.header.kind)) {
             (Body::Call(call), Some(syscall)) => {
-                let render = || self.json_of(kind, &ts, &made.body);
-                Some(self.policy.judge_call(syscall, &ts, call, &render))
+                let render = || self.json_of(kind, ts, &made.body);
+                Some(self.policy.judge_call(syscall, ts, call, &render))
             }
             _ => None,
         };
-        self.write(kind, &ts, &made.body, evaluation.as_ref())?;
+        self.write(kind, ts, &made.body, evaluation.as_ref())?;
         let alerts = evaluation.map_or_else(Vec::new, |e| Alert::for_event(seq, kind, &e));
         let written = match &made.body {
             Body::Call(call) if !alerts.is_empty() => {
-                let alerted = Alerted::of_call(seq, kind, &ts, call);
+                let alerted = Alerted::of_call(seq, kind, ts, Some(stamp.ns), call);
                 self.alerts.admit_alerted(&alerted, alerts)
             }
             // Its time may still end windows.
-            _ => self.alerts.observe(&ts),
+            _ => self.alerts.observe_ns(stamp.ns),
         };
         for alert in written {
             self.emit("alert", None, &Body::Alert(alert))?;
@@ -314,22 +315,22 @@ impl Pipeline {
     /// Writes a record that no policy judges, with the time `boot_ns` (now,
     /// when None), then the closing alerts of windows that time ends.
     pub fn emit(&mut self, kind: &str, boot_ns: Option<u64>, body: &Body) -> Result<(), SinkError> {
-        let ts = self.clock.rfc3339(boot_ns);
-        self.write(kind, &ts, body, None)?;
-        self.close_alert_windows(&ts, false)
+        let stamp = self.clock.stamp(boot_ns);
+        self.write(kind, &stamp.text, body, None)?;
+        self.close_alert_windows(&stamp, false)
     }
 
     /// Writes the closing alerts of the windows that time `ts` ends (that of
     /// a record just written, or the timer's), with that `ts`: replay,
     /// reading it, closes the same windows.
-    pub fn close_alert_windows(&mut self, ts: &str, timer: bool) -> Result<(), SinkError> {
+    pub fn close_alert_windows(&mut self, ts: &Stamp, timer: bool) -> Result<(), SinkError> {
         let closing = if timer {
-            self.alerts.due(ts)
+            self.alerts.due(ts.ns)
         } else {
-            self.alerts.observe(ts)
+            self.alerts.observe_ns(ts.ns)
         };
         for alert in closing {
-            self.write("alert", ts, &Body::Alert(alert), None)?;
+            self.write("alert", &ts.text, &Body::Alert(alert), None)?;
         }
         Ok(())
     }

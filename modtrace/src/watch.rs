@@ -639,7 +639,7 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
                 let _unpreempted = Unpreempted::enter();
                 collector.report_losses(&maps)?;
                 collector.pipeline.report_denials()?;
-                let now = Clock.rfc3339(None);
+                let now = Clock.stamp(None);
                 collector.pipeline.close_alert_windows(&now, true)?;
                 ticks += 1;
                 if ticks.is_multiple_of(5) {

@@ -1,8 +1,6 @@
 //! The kernel side's counts of failing calls it did not report one by one
 //! (modtrace-ebpf/src/aggregate.rs), read back as `summary` records once
 //! their window has closed.
-use std::collections::HashMap as StdHashMap;
-
 use aya::maps::{HashMap, MapData, MapError};
 use modtrace_common::{
     kind_name, AggregateCount, AggregateKey, EventHeader, KIND_MODULE_REQUEST, RET_UNSEEN,
@@ -23,7 +21,7 @@ pub struct Summaries {
     window_ns: u64,
     /// Seq of each failing record reported in full, by the key its repeats
     /// are counted under, until its window is read.
-    reported: StdHashMap<AggregateKey, u64>,
+    reported: foldhash::HashMap<AggregateKey, u64>,
     /// What the summaries so far have counted, for `stop`.
     pub totals: EventCounts,
 }
@@ -34,7 +32,7 @@ impl Summaries {
         Self {
             map,
             window_ns,
-            reported: StdHashMap::new(),
+            reported: foldhash::HashMap::default(),
             totals: EventCounts::default(),
         }
     }

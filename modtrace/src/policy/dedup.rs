@@ -16,10 +16,9 @@
 //! window closes when a record shows that its time has passed, or when the
 //! run ends. `watch` makes time visible to replay by writing each closing
 //! alert with the `ts` that closed it.
-use std::{
-    collections::{HashMap, HashSet},
-    hash::{DefaultHasher, Hash, Hasher},
-};
+use std::hash::BuildHasher as _;
+
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use super::event::ReadRecord;
 use crate::record::{
@@ -72,9 +71,8 @@ impl Window {
         self.last_ns = ts_ns;
         let Some(module) = record.module else { return };
         // A fixed hasher: live and replay must count alike.
-        let mut hasher = DefaultHasher::new();
-        super::event::normalise_module_name(module).hash(&mut hasher);
-        let hash = hasher.finish();
+        let hash = foldhash::fast::FixedState::default()
+            .hash_one(super::event::normalise_module_name(module));
         if self.names.contains(&hash) {
             return;
         }
@@ -153,7 +151,7 @@ pub struct Dedup {
 }
 
 /// `ts` (RFC 3339) in ns since the epoch.
-fn parse_ns(ts: &str) -> Option<i64> {
+pub fn parse_ns(ts: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(ts)
         .ok()?
         .timestamp_nanos_opt()
@@ -165,6 +163,8 @@ pub struct Alerted<'a> {
     pub seq: u64,
     pub kind: &'a str,
     pub ts: &'a str,
+    /// `ts` in ns since the epoch; None when it does not read as RFC 3339.
+    pub ts_ns: Option<i64>,
     /// Only failed calls repeat into a window: a successful load or unload
     /// (and a call without a result, which may have succeeded) is always
     /// alerted in full.
@@ -177,11 +177,18 @@ pub struct Alerted<'a> {
 
 impl<'a> Alerted<'a> {
     /// Syscall record `seq` of `kind`, as `watch` holds it.
-    pub fn of_call(seq: u64, kind: &'a str, ts: &'a str, call: &'a Call) -> Self {
+    pub fn of_call(
+        seq: u64,
+        kind: &'a str,
+        ts: &'a str,
+        ts_ns: Option<i64>,
+        call: &'a Call,
+    ) -> Self {
         Self {
             seq,
             kind,
             ts,
+            ts_ns,
             failed: call.result.as_ref().is_some_and(|r| !r.ok),
             pid: Some(u64::from(call.process.pid)),
             start_ns: call.process.start_ns,
@@ -208,12 +215,15 @@ impl Dedup {
     /// A record of time `ts` was written (or, in replay, read): the closing
     /// alerts of the windows that have ended by then.
     pub fn observe(&mut self, ts: &str) -> Vec<Alert> {
+        parse_ns(ts).map_or_else(Vec::new, |ts_ns| self.observe_ns(ts_ns))
+    }
+
+    /// [`Dedup::observe`] of a time already in ns since the epoch, as
+    /// `watch` has it: no RFC 3339 text is read back.
+    pub fn observe_ns(&mut self, ts_ns: i64) -> Vec<Alert> {
         if self.window_s == 0 {
             return Vec::new();
         }
-        let Some(ts_ns) = parse_ns(ts) else {
-            return Vec::new();
-        };
         let now = self.now_ns.map_or(ts_ns, |now| now.max(ts_ns));
         self.now_ns = Some(now);
         if self.windows.is_empty() {
@@ -231,7 +241,8 @@ impl Dedup {
     /// The alerts to write after syscall record `read` (already written),
     /// which raised `alerts` (see [`Dedup::admit_alerted`]).
     pub fn admit_read(&mut self, read: &ReadRecord, alerts: Vec<Alert>) -> Vec<Alert> {
-        let alerted = Alerted::of_call(read.seq, read.syscall.name(), &read.ts, &read.call);
+        let ts_ns = parse_ns(&read.ts);
+        let alerted = Alerted::of_call(read.seq, read.syscall.name(), &read.ts, ts_ns, &read.call);
         self.admit_alerted(&alerted, alerts)
     }
 
@@ -241,9 +252,10 @@ impl Dedup {
     /// holds. An alert that falls in an open window is counted there instead.
     pub fn admit_alerted(&mut self, record: &Alerted, alerts: Vec<Alert>) -> Vec<Alert> {
         let ts = record.ts;
-        let mut out = self.observe(ts);
-        let ts_ns = parse_ns(ts);
-        let (Some(ts_ns), true, false) = (ts_ns, record.failed, self.window_s == 0) else {
+        let mut out = record
+            .ts_ns
+            .map_or_else(Vec::new, |ts_ns| self.observe_ns(ts_ns));
+        let (Some(ts_ns), true, false) = (record.ts_ns, record.failed, self.window_s == 0) else {
             out.extend(alerts);
             return out;
         };
@@ -291,19 +303,16 @@ impl Dedup {
         out
     }
 
-    /// For `watch`'s timer, at wall-clock time `ts`: the closing alerts due,
-    /// to be written with `ts`. Time moves only when one is due, because
+    /// For `watch`'s timer, at wall-clock time `ts_ns` (ns since the epoch):
+    /// the closing alerts due, to be written with that time. Time moves only when one is due, because
     /// only a written record tells replay that it moved.
-    pub fn due(&mut self, ts: &str) -> Vec<Alert> {
-        let Some(ts_ns) = parse_ns(ts) else {
-            return Vec::new();
-        };
+    pub fn due(&mut self, ts_ns: i64) -> Vec<Alert> {
         let any = self
             .windows
             .values()
             .any(|w| w.end_ns <= ts_ns && w.count > 1);
         if any {
-            self.observe(ts)
+            self.observe_ns(ts_ns)
         } else {
             Vec::new()
         }
@@ -543,14 +552,14 @@ mod tests {
         admit(&mut dedup, &one, vec![alert(&one, "r")]);
         // Only a window of one alert is due: nothing to write, and time
         // must stay, since replay will never see this moment.
-        assert!(dedup.due(&at(15_000)).is_empty());
+        assert!(dedup.due(parse_ns(&at(15_000)).unwrap()).is_empty());
         let two = delete(1, 1_000, 8, "x", false);
         let three = delete(2, 2_000, 8, "x", false);
         assert_eq!(admit(&mut dedup, &two, vec![alert(&two, "r")]).len(), 1);
         assert!(admit(&mut dedup, &three, vec![alert(&three, "r")]).is_empty());
         // pid 8's window opened at 1 s: it ends at 11 s, not 25 s.
-        assert!(dedup.due(&at(10_999)).is_empty());
-        let closed = dedup.due(&at(11_000));
+        assert!(dedup.due(parse_ns(&at(10_999)).unwrap()).is_empty());
+        let closed = dedup.due(parse_ns(&at(11_000)).unwrap());
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].dedup.as_ref().unwrap().pid, Some(8));
         assert!(dedup.close_all().is_empty(), "pid 9's closed silently");
