@@ -11,7 +11,7 @@ use chrono::{Datelike, Timelike};
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use crate::record::{image::Analysis, AncestorRecord, Args, Call, FileArg};
+use crate::record::{image::Analysis, AncestorRecord, Args, Call, FileArg, Process};
 
 pub use modtrace_common::Syscall;
 
@@ -268,6 +268,11 @@ impl<'a> Event<'a> {
         Some(&self.call.process.container.as_ref()?.id)
     }
 
+    /// The calling process as the record has it, for messages.
+    pub fn process(&self) -> &'a Process {
+        &self.call.process
+    }
+
     /// `process.uid`
     pub fn uid(&self) -> Option<u64> {
         Some(self.call.process.uid.into())
@@ -384,14 +389,14 @@ impl<'a> Event<'a> {
     /// The text of a value default messages name, taken from the record as
     /// messages show the JSON (a string as it is, a null or absent value as
     /// `?`), so that such a message renders no JSON. None for any other path.
-    pub fn typed_text(&self, path: &[&str]) -> Option<String> {
+    pub fn typed_text(&self, path: &[&str]) -> Option<Cow<'a, str>> {
         let process = &self.call.process;
         Some(match path {
-            ["process", "exe"] => process.exe.clone().unwrap_or_else(|| "?".into()),
-            ["process", "pid"] => process.pid.to_string(),
-            ["process", "uid"] => process.uid.to_string(),
-            ["process", "comm"] => process.comm.clone(),
-            ["result", "ret"] => self.call.result.as_ref()?.ret.to_string(),
+            ["process", "exe"] => Cow::Borrowed(process.exe.as_deref().unwrap_or("?")),
+            ["process", "pid"] => process.pid.to_string().into(),
+            ["process", "uid"] => process.uid.to_string().into(),
+            ["process", "comm"] => Cow::Borrowed(&process.comm),
+            ["result", "ret"] => self.call.result.as_ref()?.ret.to_string().into(),
             _ => return None,
         })
     }

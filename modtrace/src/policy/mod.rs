@@ -22,7 +22,7 @@ mod parse;
 mod program;
 pub mod secure_file;
 
-use std::{fmt, path::Path};
+use std::{borrow::Cow, fmt, path::Path};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -160,18 +160,20 @@ impl Rule {
 
     fn message_for(&self, event: &Event) -> String {
         match &self.message {
+            // Written into one string: a flood of failing calls formats one
+            // message per record.
             Message::Default => format!(
                 "{}{}: {} {} by {} (pid {}, uid {})",
                 self.description,
-                outcome(event),
+                Outcome(event),
                 event.syscall.name(),
                 event.module().unwrap_or(match event.syscall {
                     Syscall::InitModule => "an image from memory",
                     _ => "an unnamed module",
                 }),
                 display(event, &["process", "exe"]),
-                display(event, &["process", "pid"]),
-                display(event, &["process", "uid"]),
+                event.process().pid,
+                event.process().uid,
             ),
             Message::Template(template) => fill(template, &self.id, event),
             Message::Bypass(directive) => directive.explain(event),
@@ -201,19 +203,27 @@ fn split_syscalls(when: &Condition) -> (u8, Vec<Condition>) {
 /// succeeded, else that it failed and how, so that a description such as
 /// "module unload attempt" or "load of an unsigned module" never reads as
 /// if a failed call had changed the kernel.
-pub(super) fn outcome(event: &Event) -> String {
-    match event.ok() {
-        Some(true) => String::new(),
-        Some(false) => format!(" failed ({})", errno_of(event)),
-        None => " (no result: the call had not returned)".into(),
+pub(super) struct Outcome<'e, 'a>(pub(super) &'e Event<'a>);
+
+impl std::fmt::Display for Outcome<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.ok() {
+            Some(true) => Ok(()),
+            Some(false) => write!(f, " failed ({})", Errno(self.0)),
+            None => f.write_str(" (no result: the call had not returned)"),
+        }
     }
 }
 
 /// The errno name of a failed call, or its raw return when it has none.
-fn errno_of(event: &Event) -> String {
-    match event.errno() {
-        Some(errno) => errno.to_owned(),
-        None => format!("ret {}", display(event, &["result", "ret"])),
+struct Errno<'e, 'a>(&'e Event<'a>);
+
+impl std::fmt::Display for Errno<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.errno() {
+            Some(errno) => f.write_str(errno),
+            None => write!(f, "ret {}", display(self.0, &["result", "ret"])),
+        }
     }
 }
 
@@ -221,18 +231,18 @@ fn errno_of(event: &Event) -> String {
 fn result_word(event: &Event) -> String {
     match event.ok() {
         Some(true) => "ok".into(),
-        Some(false) => errno_of(event),
+        Some(false) => Errno(event).to_string(),
         None => "no result".into(),
     }
 }
 
-fn display(event: &Event, path: &[&str]) -> String {
+fn display<'e>(event: &'e Event, path: &[&str]) -> Cow<'e, str> {
     if let Some(text) = event.typed_text(path) {
         return text;
     }
     match event.at(path) {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+        Some(Value::String(s)) => Cow::Borrowed(s),
+        Some(other) => other.to_string().into(),
         None => "?".into(),
     }
 }

@@ -324,7 +324,7 @@ impl Directive {
             self.written(),
             self.file.display(),
             self.line,
-            super::outcome(event),
+            super::Outcome(event),
         )
     }
 }

@@ -1,6 +1,8 @@
 //! Kernel values as the output shows them: flag bits with their names, errno
 //! numbers as names, taint letters, captured strings that say what was not
 //! captured. Nothing here invents data.
+use std::sync::OnceLock;
+
 use serde::{Deserialize, Serialize};
 
 use super::Text;
@@ -45,8 +47,20 @@ pub fn decode_flags(raw: u32, table: FlagTable) -> Flags {
     }
 }
 
-/// The symbolic name of an errno value, e.g. 2 → "ENOENT".
-pub fn errno_name(errno: i32) -> String {
+/// The symbolic name of an errno value, e.g. 2 → "ENOENT". The names of
+/// the first 256 values (Linux's own end at 133) are made once: a flood of
+/// failing calls names the same errno in every record.
+pub fn errno_name(errno: i32) -> Text {
+    const NAMED_ONCE: i32 = 256;
+    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| (0..NAMED_ONCE).map(name_of_errno).collect());
+    match usize::try_from(errno).ok().and_then(|i| names.get(i)) {
+        Some(name) => Text::Borrowed(name.as_str()),
+        None => Text::Owned(name_of_errno(errno)),
+    }
+}
+
+fn name_of_errno(errno: i32) -> String {
     let name = format!("{:?}", nix::errno::Errno::from_raw(errno));
     if name == "UnknownErrno" {
         format!("E{errno}")
@@ -152,7 +166,7 @@ pub fn taint(raw: u64) -> Taint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallResult {
     pub ret: i64,
-    pub errno: Option<String>,
+    pub errno: Option<Text>,
     pub ok: bool,
 }
 
@@ -261,6 +275,8 @@ mod tests {
         assert_eq!(errno_name(16), "EBUSY");
         assert_eq!(errno_name(11), "EAGAIN");
         assert_eq!(errno_name(4000), "E4000");
+        assert_eq!(errno_name(200), "E200");
+        assert_eq!(errno_name(-1), "E-1");
         assert_eq!(
             call_result(-38),
             CallResult {
