@@ -110,37 +110,56 @@ impl Write for Line {
         Ok(piece.len())
     }
 
-    #[inline]
+    // Always inlined: most pieces are of a length known where they are
+    // written (a quote, a comma), and then the copy folds to a store.
+    #[inline(always)]
     fn write_all(&mut self, piece: &[u8]) -> io::Result<()> {
         let n = piece.len();
-        let end = self.len + n;
-        if end + 16 > self.bytes.len() {
-            self.bytes.resize((end + 16).next_power_of_two(), 0);
+        match self.bytes.get_mut(self.len..self.len + 16) {
+            Some(out) if n <= 16 => copy_short(piece, out),
+            _ => self.write_long(piece),
         }
-        let out = &mut self.bytes[self.len..];
-        match n {
-            0 => {}
-            1..=3 => {
-                out[0] = piece[0];
-                out[n / 2] = piece[n / 2];
-                out[n - 1] = piece[n - 1];
-            }
-            4..=7 => {
-                out[..4].copy_from_slice(&piece[..4]);
-                out[n - 4..n].copy_from_slice(&piece[n - 4..]);
-            }
-            8..=16 => {
-                out[..8].copy_from_slice(&piece[..8]);
-                out[n - 8..n].copy_from_slice(&piece[n - 8..]);
-            }
-            _ => out[..n].copy_from_slice(piece),
-        }
-        self.len = end;
+        self.len += n;
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl Line {
+    /// A piece too long for [`copy_short`], or one that needs more room.
+    #[inline(never)]
+    fn write_long(&mut self, piece: &[u8]) {
+        let end = self.len + piece.len();
+        if end + 16 > self.bytes.len() {
+            self.bytes.resize((end + 16).next_power_of_two(), 0);
+        }
+        self.bytes[self.len..end].copy_from_slice(piece);
+    }
+}
+
+/// Copies a piece of at most 16 bytes to the start of `out` (16 bytes) as
+/// at most two overlapping words.
+#[inline(always)]
+fn copy_short(piece: &[u8], out: &mut [u8]) {
+    let n = piece.len();
+    match n {
+        0 => {}
+        1..=3 => {
+            out[0] = piece[0];
+            out[n / 2] = piece[n / 2];
+            out[n - 1] = piece[n - 1];
+        }
+        4..=7 => {
+            out[..4].copy_from_slice(&piece[..4]);
+            out[n - 4..n].copy_from_slice(&piece[n - 4..]);
+        }
+        _ => {
+            out[..8].copy_from_slice(&piece[..8]);
+            out[n - 8..n].copy_from_slice(&piece[n - 8..]);
+        }
     }
 }
 
