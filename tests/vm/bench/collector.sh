@@ -39,7 +39,16 @@ stamped_stop() {
     wait "$stamp_pid"
 }
 
-rss() { grep -E '^(VmRSS|VmHWM|RssAnon|RssFile|RssShmem):' "/proc/$modtrace_pid/status" > "$1"; }
+# rss FILE: the collector's RSS lines of /proc/PID/status, then BpfMapRss:
+# the resident pages of its BPF map mappings, which are its ring buffers
+# (the only maps it mmaps; each ring's data pages are mapped twice). They
+# count as file-backed RSS.
+rss() {
+    grep -E '^(VmRSS|VmHWM|RssAnon|RssFile|RssShmem):' "/proc/$modtrace_pid/status" > "$1"
+    awk '/^[0-9a-f]+-[0-9a-f]+ / { ring = ($6 == "anon_inode:bpf-map") }
+        ring && /^Rss:/ { kb += $2 }
+        END { printf "BpfMapRss:\t%d kB\n", kb }' "/proc/$modtrace_pid/smaps" >> "$1"
+}
 
 lines() { wc -l < "$d/stamped.ndjson"; }
 

@@ -146,10 +146,16 @@ impl Collector {
             );
         }
         for (label, status) in &self.rss {
-            let fields: Vec<String> = status
+            let mut fields: Vec<String> = status
                 .iter()
                 .map(|(k, kb)| format!("{k} {:.1} MiB", *kb as f64 / 1024.0))
                 .collect();
+            if let Some(kb) = without_rings_kib(status) {
+                fields.push(format!(
+                    "without the rings (VmRSS - BpfMapRss) {:.1} MiB",
+                    kb as f64 / 1024.0
+                ));
+            }
             let _ = writeln!(text, "    RSS {label}: {}", fields.join(", "));
         }
         if let (Some(calls), Some(stop)) = (self.flood_calls, &self.stop) {
@@ -171,8 +177,9 @@ impl Collector {
             "latency_idle_us": self.latency_idle.to_json(),
             "latency_flooded_us": self.latency_flooded.to_json(),
             "rss_kib": self.rss.iter().map(|(label, status)| {
-                let fields: serde_json::Map<String, Value> =
+                let mut fields: serde_json::Map<String, Value> =
                     status.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                fields.insert("WithoutRings".into(), json!(without_rings_kib(status)));
                 (label.to_string(), Value::Object(fields))
             }).collect::<serde_json::Map<_, _>>(),
             "flood_calls": self.flood_calls,
@@ -409,6 +416,13 @@ fn read_status(path: &Path) -> Result<Vec<(String, u64)>> {
             ))
         })
         .collect())
+}
+
+/// The collector's RSS less its ring buffers' pages, which the goal leaves
+/// out (20 MiB); None when the run did not read them (before BpfMapRss).
+fn without_rings_kib(status: &[(String, u64)]) -> Option<u64> {
+    let field = |name: &str| status.iter().find(|(k, _)| k == name).map(|(_, kb)| *kb);
+    field("VmRSS")?.checked_sub(field("BpfMapRss")?)
 }
 
 /// The q-quantile of sorted values, by the nearest rank.
