@@ -20,7 +20,7 @@ setting() {
 ROUNDS=$(setting BENCH_ROUNDS bench_rounds 3)
 CALLS=$(setting BENCH_CALLS bench_calls 200000)
 LOOPS=$(setting BENCH_LOOPS bench_loops 10)
-CONFIGS=$(setting BENCH_CONFIGS bench_configs bare,fentry,kprobe,syscall-tracepoints,raw-syscalls,auditd | tr , ' ')
+CONFIGS=$(setting BENCH_CONFIGS bench_configs bare,fentry,kprobe,syscall-tracepoints,raw-syscalls,enforce,auditd | tr , ' ')
 BENCH_DIR=${BENCH_DIR:-/scenarios/bench}
 AUDIT_LOG=${AUDIT_LOG:-/var/log/audit/audit.log}
 AUDIT_RULES_D=${AUDIT_RULES_D:-/etc/audit/rules.d}
@@ -93,8 +93,9 @@ audit_probe_count() {
 }
 audit_probe_seen() { [ "$(audit_probe_count)" -gt "$audit_seen_before" ]; }
 
+# modtrace_up WATCH-OPTION...: modtrace watch started with them.
 modtrace_up() {
-    watch_start "$label" --strategy "$1"
+    watch_start "$label" "$@"
     status=$(cat "$R/watch/$label/status")
     [ "$status" = started ] && return 0
     note="$status: $(tail -n1 "$R/watch/$label/stderr" | tr '\t' ' ' | cut -c1-200)"
@@ -112,7 +113,10 @@ run_config() {
     case $2 in
     bare) ;;
     auditd) audit_up || up=1 ;;
-    fentry | kprobe | syscall-tracepoints | raw-syscalls) modtrace_up "$2" || up=1 ;;
+    fentry | kprobe | syscall-tracepoints | raw-syscalls) modtrace_up --strategy "$2" || up=1 ;;
+    # The default strategy with the default policy's deny rules enforced
+    # through the BPF LSM: what enforcement adds to a syscall it never sees.
+    enforce) modtrace_up --enforce || up=1 ;;
     *)
         note="unknown configuration"
         up=1

@@ -1,7 +1,8 @@
 //! What each tracer costs a syscall it does not trace: `tests/vm/bench/syscalls.sh`
 //! times a getppid loop under each configuration (bare, modtrace with each attach
-//! strategy, Debian's auditd with the hardening guide's module rules), interleaved
-//! over rounds, in one guest boot per kernel of the VM matrix and then on this host.
+//! strategy, modtrace enforcing its default policy's deny rules, Debian's auditd
+//! with the hardening guide's module rules), interleaved over rounds, in one guest
+//! boot per kernel of the VM matrix and then on this host.
 //! Each run is a ratio to the bare run of its own round; the table gives the median
 //! ratio and its spread, and goes to `target/bench/<kernel>.json`.
 use std::{
@@ -32,6 +33,8 @@ const CONFIGS: &[&str] = &[
     "kprobe",
     "syscall-tracepoints",
     "raw-syscalls",
+    // The default strategy with `--enforce`.
+    "enforce",
     "auditd",
 ];
 /// The guest's time is all TCG: boot, each modtrace start and stop, the loops.
