@@ -123,6 +123,14 @@ struct Collector {
 }
 
 impl Collector {
+    /// `drain` as a real-time thread: each record costs map lookups (the
+    /// caller's exec, whether it is still in its call), bpf() syscalls that
+    /// must not be preempted either (`Unpreempted`).
+    fn drain_unpreempted(&mut self, rings: &mut Rings, maps: &mut Maps) -> Result<(), WatchError> {
+        let _unpreempted = Unpreempted::enter();
+        self.drain(rings, maps)
+    }
+
     /// Reads every ring, the notices first (their loads are in progress),
     /// then the loads, then at most `EVENTS_PER_PASS` of the failing calls,
     /// until all are empty: a flood in `EVENTS` never delays a load.
@@ -506,14 +514,16 @@ fn set_scheduling(policy: libc::c_int, priority: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The loop thread as a real-time thread (SCHED_FIFO 1) while it reads the
-/// kernel's maps in bulk. A bpf() syscall on a map holds the CPU's
+/// The loop thread as a real-time thread (SCHED_FIFO 1) while it drains the
+/// rings and reads the kernel's maps. A bpf() syscall on a map holds the CPU's
 /// `bpf_prog_active` while it runs, and the kernel skips every kprobe
 /// program on that CPU meanwhile (kernel/skipped.rs): on a preemptible
 /// kernel a module syscall that preempts the collector there would lose
-/// its entry. No ordinary task preempts a real-time one. The work is
-/// bounded (the maps' capacities), and the thread returns to its normal
-/// policy at once.
+/// its entry. No ordinary task preempts a real-time one. A bulk read is
+/// bounded by the maps' capacities; a drain under a flood is not, and then
+/// the kernel's real-time throttling (sched_rt_runtime_us, 95% by default)
+/// leaves the CPU's other tasks their share. The thread returns to its
+/// normal policy as soon as the work is done.
 struct Unpreempted;
 
 impl Unpreempted {
@@ -631,12 +641,12 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
         tokio::select! {
             ready = wakers.readable() => {
                 let mut guard = ready.map_err(io("waiting on the ring buffers"))?;
-                collector.drain(&mut rings, &mut maps)?;
+                collector.drain_unpreempted(&mut rings, &mut maps)?;
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                collector.drain(&mut rings, &mut maps)?;
                 let _unpreempted = Unpreempted::enter();
+                collector.drain(&mut rings, &mut maps)?;
                 collector.report_losses(&maps)?;
                 collector.pipeline.report_denials()?;
                 let now = Clock.stamp(None);

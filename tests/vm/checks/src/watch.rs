@@ -389,8 +389,10 @@ pub(crate) fn skipped_exit_runs(records: &[&Value]) -> u64 {
 }
 
 /// The calls `summary` records counted, by (syscall, pid, ret), as traced
-/// calls without a record of their own use them up.
-struct Aggregated(std::collections::BTreeMap<(String, u64, i64), u64>);
+/// calls without a record of their own use them up. `ret` is `None` for a
+/// summary of calls whose exit the kernel skipped (`result` null): it counts
+/// calls of its process and syscall whatever they returned.
+struct Aggregated(std::collections::BTreeMap<(String, u64, Option<i64>), u64>);
 
 impl Aggregated {
     fn of(records: &[&Value]) -> Self {
@@ -402,10 +404,10 @@ impl Aggregated {
                     .pointer("/process/pid")
                     .and_then(Value::as_u64)
                     .unwrap_or(0),
-                summary
-                    .pointer("/result/ret")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0),
+                match summary["syscall"] == "request" {
+                    true => Some(0),
+                    false => summary.pointer("/result/ret").and_then(Value::as_i64),
+                },
             );
             *counts.entry(key).or_default() += summary["count"].as_u64().unwrap_or(0);
         }
@@ -413,19 +415,18 @@ impl Aggregated {
     }
 
     /// Whether a summary counted `call`, which then is no longer available.
+    /// A summary of its result is used first, then one of unseen results.
     fn take(&mut self, call: &TracedCall) -> bool {
-        let key = (
-            call.syscall.clone(),
-            call.tgid.map_or(0, u64::from),
-            call.ret.unwrap_or(i64::MIN),
-        );
-        match self.0.get_mut(&key) {
-            Some(left) if *left > 0 => {
-                *left -= 1;
-                true
+        let (syscall, pid) = (call.syscall.clone(), call.tgid.map_or(0, u64::from));
+        [call.ret.or(Some(i64::MIN)), None].into_iter().any(|ret| {
+            match self.0.get_mut(&(syscall.clone(), pid, ret)) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    true
+                }
+                _ => false,
             }
-            _ => false,
-        }
+        })
     }
 
     /// Summaries of a traced process must count exactly its calls that have
