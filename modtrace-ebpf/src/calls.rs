@@ -17,11 +17,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use modtrace_common::{
-    DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, LoadEntryEvent,
-    LoadedModule, ModuleRequestEvent, Syscall, TaskInfo, ABI_VERSION, KERNEL_MODULE_NAME_LEN,
-    KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE, KIND_LOAD_ENTRY, KIND_MODULE_REQUEST,
-    LOSS_ENTRY_MISSING, LOSS_PENDING_FULL, LOSS_REASONS, LOSS_RINGBUF_FULL, PENDING_CAPACITY,
-    RET_UNSEEN, UNPRIVILEGED_PENDING_CAPACITY,
+    BoundedStr, DeleteModuleEvent, EventHeader, FinitModuleEvent, InitModuleEvent, Invocation,
+    LoadEntryEvent, LoadedModule, ModuleRequestEvent, Syscall, TaskInfo, ABI_VERSION,
+    KERNEL_MODULE_NAME_LEN, KIND_DELETE_MODULE, KIND_FINIT_MODULE, KIND_INIT_MODULE,
+    KIND_LOAD_ENTRY, KIND_MODULE_REQUEST, LOSS_ENTRY_MISSING, LOSS_PENDING_FULL, LOSS_REASONS,
+    LOSS_RINGBUF_FULL, PENDING_CAPACITY, RET_UNSEEN, UNPRIVILEGED_PENDING_CAPACITY,
 };
 
 use crate::{
@@ -304,11 +304,28 @@ trait PendingCall {
     fn changed_modules(&self) -> bool;
 }
 
+/// What both loads read again at exit: their parameters and the caller's
+/// command line.
+#[inline(always)]
+fn retry_load_capture<const N: usize>(
+    params_addr: u64,
+    params: &mut BoundedStr<N>,
+    invocation: &mut Invocation,
+) {
+    capture::retry_user_str(params_addr, params);
+    capture::retry_argv(invocation);
+}
+
+/// Whether a load's module events saw its module created or freed.
+#[inline(always)]
+fn loaded_or_freed(module: &LoadedModule) -> bool {
+    module.seen != 0 || module.freed != 0
+}
+
 impl PendingCall for InitModuleEvent {
     #[inline(always)]
     fn retry_capture(&mut self) {
-        capture::retry_user_str(self.params_addr, &mut self.params);
-        capture::retry_argv(&mut self.invocation);
+        retry_load_capture(self.params_addr, &mut self.params, &mut self.invocation);
     }
 
     #[inline(always)]
@@ -320,15 +337,14 @@ impl PendingCall for InitModuleEvent {
 
     #[inline(always)]
     fn changed_modules(&self) -> bool {
-        self.module.seen != 0 || self.module.freed != 0
+        loaded_or_freed(&self.module)
     }
 }
 
 impl PendingCall for FinitModuleEvent {
     #[inline(always)]
     fn retry_capture(&mut self) {
-        capture::retry_user_str(self.params_addr, &mut self.params);
-        capture::retry_argv(&mut self.invocation);
+        retry_load_capture(self.params_addr, &mut self.params, &mut self.invocation);
     }
 
     #[inline(always)]
@@ -342,7 +358,7 @@ impl PendingCall for FinitModuleEvent {
 
     #[inline(always)]
     fn changed_modules(&self) -> bool {
-        self.module.seen != 0 || self.module.freed != 0
+        loaded_or_freed(&self.module)
     }
 }
 
